@@ -1,0 +1,3 @@
+"""itemjax: graph recommenders in JAX trained with smooth ranking losses."""
+
+__version__ = "0.1.0"
