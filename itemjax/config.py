@@ -1,0 +1,112 @@
+"""Run configuration: one frozen dataclass holding every option, validated up front."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from itemjax.errors import ConfigError
+
+MODEL_NAMES = ("mf", "lightgcn")
+LOSS_NAMES = ("bpr", "bce", "item")
+BACKEND_NAMES = ("auto", "segment", "csr")
+NEG_SAMPLERS = ("uniform", "ppr", "mixed")
+ITEM_METRICS = ("ndcg", "recall")
+
+
+#: Per-loss defaults of the options left as None. For BPR/BCE ``batch_size`` counts
+#: (user, positive, negative) triples per step; for ITEM it counts users per step.
+LOSS_DEFAULTS = {
+    "bpr": dict(batch_size=2048, lr=1e-3, l2=1e-4),
+    "bce": dict(batch_size=2048, lr=1e-3, l2=1e-4),
+    "item": dict(batch_size=256, lr=1e-2, l2=0.0),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Every option of a training run (what ``experiments/train.py`` exposes)."""
+
+    # data
+    dataset: str = "ml-100k"
+    data_dir: Optional[str] = None
+    sep: Optional[str] = None
+    min_rating: Optional[float] = None
+    kcore: int = 0
+    test_frac: float = 0.2
+    valid_frac: float = 0.1
+    # model
+    model: str = "lightgcn"
+    dim: int = 64
+    layers: int = 3
+    backend: str = "auto"
+    # optimisation
+    loss: str = "bpr"
+    epochs: int = 1000
+    batch_size: Optional[int] = None  # None: the loss's default (LOSS_DEFAULTS)
+    lr: Optional[float] = None
+    l2: Optional[float] = None
+    # ITEM / list-wise losses (batch_size then counts users per step)
+    item_metric: str = "ndcg"
+    tau: float = 0.1
+    positives: int = 32
+    negatives: int = 256
+    neg_sampler: str = "uniform"
+    hard_ratio: float = 0.5
+    ppr_alpha: float = 0.15
+    ppr_window: tuple = (10, 100)
+    # evaluation and selection
+    ks: tuple = (10, 20, 50)
+    select_metric: str = "ndcg@20"
+    eval_every: int = 5
+    patience: int = 10
+    eval_chunk: int = 1024
+    # bookkeeping
+    seed: int = 0
+    out: Optional[str] = None
+    resume: bool = False
+    progress: bool = True
+
+    def resolve(self) -> "TrainConfig":
+        """Validate, then fill the options left as None from :data:`LOSS_DEFAULTS`."""
+        self.validate()
+        fill = {k: v for k, v in LOSS_DEFAULTS[self.loss].items() if getattr(self, k) is None}
+        return dataclasses.replace(self, **fill).validate()
+
+    def validate(self) -> "TrainConfig":
+        """Raise :class:`ConfigError` naming the first invalid option; return self."""
+
+        def need(cond, msg):
+            if not cond:
+                raise ConfigError(msg)
+
+        need(self.model in MODEL_NAMES, f"unknown --model {self.model!r}; choose one of {', '.join(MODEL_NAMES)}")
+        need(self.loss in LOSS_NAMES, f"unknown --loss {self.loss!r}; choose one of {', '.join(LOSS_NAMES)}")
+        need(self.backend in BACKEND_NAMES, f"unknown --backend {self.backend!r}; choose one of {', '.join(BACKEND_NAMES)}")
+        need(self.neg_sampler in NEG_SAMPLERS, f"unknown --neg-sampler {self.neg_sampler!r}; choose one of {', '.join(NEG_SAMPLERS)}")
+        need(self.item_metric in ITEM_METRICS, f"unknown --item-metric {self.item_metric!r}; choose one of {', '.join(ITEM_METRICS)}")
+        for name in ("dim", "epochs", "eval_every", "patience", "positives", "negatives", "eval_chunk"):
+            need(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
+        need(self.layers >= 0, f"--layers must be >= 0 (got {self.layers})")
+        need(self.kcore >= 0, f"--kcore must be >= 0 (got {self.kcore})")
+        need(self.batch_size is None or self.batch_size >= 1, f"--batch-size must be >= 1 (got {self.batch_size})")
+        need(self.lr is None or self.lr > 0, f"--lr must be > 0 (got {self.lr})")
+        need(self.l2 is None or self.l2 >= 0, f"--l2 must be >= 0 (got {self.l2})")
+        need(self.tau > 0, f"--tau must be > 0 (got {self.tau})")
+        need(0 < self.test_frac < 1, f"--test-frac must be in (0, 1) (got {self.test_frac})")
+        need(0 <= self.valid_frac < 1, f"--valid-frac must be in [0, 1) (got {self.valid_frac})")
+        need(0 <= self.hard_ratio <= 1, f"--hard-ratio must be in [0, 1] (got {self.hard_ratio})")
+        need(0 < self.ppr_alpha < 1, f"--ppr-alpha must be in (0, 1) (got {self.ppr_alpha})")
+        lo, hi = self.ppr_window
+        need(0 <= lo < hi, f"--ppr-window must be LO,HI with 0 <= LO < HI (got {lo},{hi})")
+        need(len(self.ks) >= 1 and all(k >= 1 for k in self.ks), f"--ks must be positive integers (got {self.ks})")
+        name, _, k = self.select_metric.partition("@")
+        need(
+            name in ("recall", "ndcg", "precision", "hitrate") and k.isdigit() and int(k) in self.ks,
+            f"--select-metric {self.select_metric!r} must be recall|ndcg|precision|hitrate@K with K in --ks {self.ks}",
+        )
+        need(not (self.resume and not self.out), "--resume needs --out DIR naming the run directory to continue")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
