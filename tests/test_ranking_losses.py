@@ -1,0 +1,417 @@
+"""Tests of itemjax.ranking_losses against float64 numpy loops, limits and invariances."""
+
+from __future__ import annotations
+
+import math
+
+import hypothesis.extra.numpy as hnp
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from itemjax.errors import ConfigError
+from itemjax.ranking_losses import bce_loss, item_loss, smooth_ndcg, smooth_ranks, smooth_recall
+
+
+# ----------------------------------------------------------------------------------------------
+# float64 references written as plain loops (one list at a time)
+# ----------------------------------------------------------------------------------------------
+
+
+def sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def ref_ranks(scores, valid, tau, clamp=50.0, weights=None):
+    """Smooth ranks of one list; masked entries get 1 + (number of valid entries)."""
+    n = len(scores)
+    weights = np.ones(n) if weights is None else weights
+    ranks = np.zeros(n)
+    for i in range(n):
+        if not valid[i]:
+            ranks[i] = 1.0 + sum(valid)
+            continue
+        rank = 1.0
+        for j in range(n):
+            if j != i and valid[j]:
+                rank += weights[j] * sigmoid(min(max((scores[j] - scores[i]) / tau, -clamp), clamp))
+        ranks[i] = rank
+    return ranks
+
+
+def ref_ndcg(scores, labels, valid, tau, negative_weight=1.0):
+    positive = [bool(labels[i] > 0 and valid[i]) for i in range(len(scores))]
+    weights = np.array([1.0 if p else negative_weight for p in positive])
+    ranks = ref_ranks(scores, valid, tau, weights=weights)
+    n_pos = sum(positive)
+    if n_pos == 0:
+        return 0.0
+    dcg = sum(1.0 / math.log2(1.0 + ranks[i]) for i in range(len(scores)) if positive[i])
+    idcg = sum(1.0 / math.log2(1.0 + r) for r in range(1, n_pos + 1))
+    return dcg / idcg
+
+
+def ref_recall(scores, labels, valid, tau, k, tau_k):
+    positive = [bool(labels[i] > 0 and valid[i]) for i in range(len(scores))]
+    ranks = ref_ranks(scores, valid, tau)
+    n_pos = sum(positive)
+    if n_pos == 0:
+        return 0.0
+    hits = sum(sigmoid(min(max((k - ranks[i]) / tau_k, -50.0), 50.0)) for i in range(len(scores)) if positive[i])
+    return min(1.0, hits / min(n_pos, k))
+
+
+def exact_ranks(scores, valid):
+    """1-based rank of each valid entry among the valid entries (distinct scores)."""
+    ranks = np.zeros(len(scores))
+    for i in range(len(scores)):
+        if valid[i]:
+            ranks[i] = 1 + sum(1 for j in range(len(scores)) if valid[j] and scores[j] > scores[i])
+    return ranks
+
+
+def exact_ndcg(scores, labels, valid):
+    """NDCG of the whole list ordered by score (sort, then discount by position)."""
+    order = sorted((i for i in range(len(scores)) if valid[i]), key=lambda i: -scores[i])
+    dcg = sum(1.0 / math.log2(2 + pos) for pos, i in enumerate(order) if labels[i] > 0)
+    n_pos = sum(1 for i in order if labels[i] > 0)
+    idcg = sum(1.0 / math.log2(2 + pos) for pos in range(n_pos))
+    return dcg / idcg if n_pos else 0.0
+
+
+def random_batch(seed, n_users=5, n_slots=9, p_valid=0.8, p_positive=0.35, scale=1.0):
+    rng = np.random.default_rng(seed)
+    scores = rng.normal(size=(n_users, n_slots)) * scale
+    valid = rng.random((n_users, n_slots)) < p_valid
+    labels = (rng.random((n_users, n_slots)) < p_positive).astype(np.int32)
+    valid[0] = False  # an all-masked user
+    labels[1] = 0  # a user without positives
+    labels[2, 0], valid[2, 0] = 1, True  # a user with at least one valid positive
+    return scores, labels, valid
+
+
+@pytest.fixture
+def x64():
+    with jax.enable_x64(True):
+        yield
+
+
+# ----------------------------------------------------------------------------------------------
+# values against the references
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tau", [0.05, 0.5, 3.0])
+def test_smooth_ranks_match_reference_float64(x64, tau):
+    scores, _, valid = random_batch(0)
+    got = np.asarray(smooth_ranks(jnp.asarray(scores), jnp.asarray(valid), tau=tau))
+    assert got.dtype == np.float64
+    want = np.stack([ref_ranks(scores[u], valid[u], tau) for u in range(len(scores))])
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_smooth_ranks_float32_close_to_float64_reference():
+    scores, _, valid = random_batch(1, scale=3.0)
+    got = np.asarray(smooth_ranks(jnp.asarray(scores, jnp.float32), jnp.asarray(valid), tau=0.1))
+    assert got.dtype == np.float32
+    want = np.stack([ref_ranks(scores[u], valid[u], 0.1) for u in range(len(scores))])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("tau, negative_weight", [(0.1, 1.0), (1.0, 1.0), (0.3, 7.5), (0.3, 0.0)])
+def test_smooth_ndcg_matches_reference_float64(x64, tau, negative_weight):
+    scores, labels, valid = random_batch(2)
+    got = np.asarray(smooth_ndcg(scores, labels, where=valid, tau=tau, reduce=None,
+                                 negative_weight=negative_weight))
+    want = np.array([ref_ndcg(scores[u], labels[u], valid[u], tau, negative_weight) for u in range(len(scores))])
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    assert got[0] == 0.0 and got[1] == 0.0  # all-masked user, user without positives
+    has_positive = (labels * valid).sum(1) > 0
+    mean = smooth_ndcg(scores, labels, where=valid, tau=tau, negative_weight=negative_weight)
+    np.testing.assert_allclose(mean, want[has_positive].mean(), rtol=1e-12)
+    total = smooth_ndcg(scores, labels, where=valid, tau=tau, negative_weight=negative_weight, reduce="sum")
+    np.testing.assert_allclose(total, want.sum(), rtol=1e-12)
+
+
+def test_per_user_negative_weight_matches_reference(x64):
+    scores, labels, valid = random_batch(3)
+    weights = np.array([1.0, 2.0, 0.5, 10.0, 3.0])
+    got = np.asarray(smooth_ndcg(scores, labels, where=valid, tau=0.2, reduce=None, negative_weight=weights))
+    want = np.array([ref_ndcg(scores[u], labels[u], valid[u], 0.2, weights[u]) for u in range(len(scores))])
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("k, tau_k", [(1, 0.1), (3, 1.0), (20, 1.0), (2, 50.0)])
+def test_smooth_recall_matches_reference_float64(x64, k, tau_k):
+    scores, labels, valid = random_batch(4, n_slots=12, p_positive=0.5)
+    got = np.asarray(smooth_recall(scores, labels, where=valid, k=k, tau=0.2, tau_k=tau_k, reduce=None))
+    want = np.array([ref_recall(scores[u], labels[u], valid[u], 0.2, k, tau_k) for u in range(len(scores))])
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_smooth_recall_is_capped_at_one_when_many_positives_and_soft_step():
+    # 12 positives, k = 2, very soft step: the uncapped sum would be about 12 * 0.5 / 2 = 3.
+    scores = jnp.linspace(0.0, 1.0, 12)[None]
+    labels = jnp.ones((1, 12), jnp.int32)
+    got = smooth_recall(scores, labels, k=2, tau_k=1000.0, reduce=None)
+    np.testing.assert_allclose(got, [1.0], rtol=1e-6)
+
+
+def test_item_loss_is_one_minus_mean_metric_over_users_with_positives(x64):
+    scores, labels, valid = random_batch(5)
+    has_positive = (labels * valid).sum(1) > 0
+    ndcg = np.array([ref_ndcg(scores[u], labels[u], valid[u], 0.1) for u in range(len(scores))])
+    np.testing.assert_allclose(item_loss(scores, labels, where=valid), np.mean(1 - ndcg[has_positive]), rtol=1e-12)
+    recall = np.array([ref_recall(scores[u], labels[u], valid[u], 0.1, 3, 0.5) for u in range(len(scores))])
+    got = item_loss(scores, labels, where=valid, metric="recall", k=3, tau_k=0.5)
+    np.testing.assert_allclose(got, np.mean(1 - recall[has_positive]), rtol=1e-12)
+
+
+def test_bce_loss_matches_reference(x64):
+    rng = np.random.default_rng(6)
+    pos, neg = rng.normal(size=(4, 3)) * 3, rng.normal(size=(4, 5)) * 3
+    pos_where, neg_where = rng.random((4, 3)) < 0.6, rng.random((4, 5)) < 0.6
+    pos_ref = [math.log1p(math.exp(-s)) for s, w in zip(pos.ravel(), pos_where.ravel()) if w]
+    neg_ref = [math.log1p(math.exp(s)) for s, w in zip(neg.ravel(), neg_where.ravel()) if w]
+    got = bce_loss(pos, neg, pos_where=pos_where, neg_where=neg_where)
+    np.testing.assert_allclose(got, np.mean(pos_ref) + np.mean(neg_ref), rtol=1e-12)
+    unmasked = [math.log1p(math.exp(-s)) for s in pos.ravel()], [math.log1p(math.exp(s)) for s in neg.ravel()]
+    np.testing.assert_allclose(bce_loss(pos, neg), np.mean(unmasked[0]) + np.mean(unmasked[1]), rtol=1e-12)
+    # nothing valid: 0 with zero gradients
+    grads = jax.grad(lambda p, n: bce_loss(p, n, pos_where=np.zeros((4, 3), bool), neg_where=np.zeros((4, 5), bool)),
+                     argnums=(0, 1))(jnp.asarray(pos), jnp.asarray(neg))
+    assert all(np.all(np.asarray(g) == 0) for g in grads)
+
+
+# ----------------------------------------------------------------------------------------------
+# limits and invariances
+# ----------------------------------------------------------------------------------------------
+
+
+def test_tau_to_zero_gives_exact_ranks_and_exact_ndcg(x64):
+    rng = np.random.default_rng(7)
+    n_users, n_slots = 6, 11
+    # distinct scores, gaps >= 0.01 >> tau
+    scores = np.stack([rng.permutation(n_slots) * 0.01 + rng.normal() for _ in range(n_users)])
+    valid = rng.random((n_users, n_slots)) < 0.75
+    valid[:, 0] = True
+    labels = (rng.random((n_users, n_slots)) < 0.4).astype(np.int32)
+    labels[:, 0] = 1
+    got_ranks = np.asarray(smooth_ranks(scores, valid, tau=1e-4))
+    want_ranks = np.stack([exact_ranks(scores[u], valid[u]) for u in range(n_users)])
+    np.testing.assert_allclose(got_ranks[valid], want_ranks[valid], atol=1e-9)
+    got_ndcg = np.asarray(smooth_ndcg(scores, labels, where=valid, tau=1e-4, reduce=None))
+    want_ndcg = np.array([exact_ndcg(scores[u], labels[u], valid[u]) for u in range(n_users)])
+    np.testing.assert_allclose(got_ndcg, want_ndcg, atol=1e-9)
+    assert np.any(want_ndcg < 0.99)  # the check is not trivially 1 everywhere
+
+
+def test_masking_an_entry_equals_dropping_it(x64):
+    rng = np.random.default_rng(8)
+    scores = rng.normal(size=10)
+    labels = np.array([1, 0, 1, 0, 0, 1, 0, 0, 1, 0])
+    for dropped in (0, 1, 5, 9):  # positives and negatives, first and last slot
+        valid = np.ones(10, bool)
+        valid[dropped] = False
+        keep = np.flatnonzero(valid)
+        masked = smooth_ranks(scores[None], valid[None], tau=0.3)[0]
+        dropped_list = smooth_ranks(scores[keep][None], tau=0.3)[0]
+        np.testing.assert_allclose(np.asarray(masked)[keep], dropped_list, rtol=1e-12)
+        for fn in (smooth_ndcg, smooth_recall):
+            kwargs = {"tau_k": 0.7, "k": 2} if fn is smooth_recall else {}
+            np.testing.assert_allclose(
+                fn(scores[None], labels[None], where=valid[None], tau=0.3, **kwargs),
+                fn(scores[keep][None], labels[keep][None], tau=0.3, **kwargs),
+                rtol=1e-12,
+            )
+        np.testing.assert_allclose(
+            item_loss(scores[None], labels[None], where=valid[None], negative_weight=3.0),
+            item_loss(scores[keep][None], labels[keep][None], negative_weight=3.0),
+            rtol=1e-12,
+        )
+
+
+def test_masked_entries_with_nonfinite_scores_do_not_leak(x64):
+    scores, labels, valid = random_batch(9)
+    poisoned = np.where(valid, scores, np.nan)
+    poisoned[3, ~valid[3]] = np.inf
+    clean = item_loss(scores, labels, where=valid)
+    np.testing.assert_allclose(item_loss(poisoned, labels, where=valid), clean, rtol=1e-12)
+    grad = np.asarray(jax.grad(lambda s: item_loss(s, labels, where=valid))(jnp.asarray(poisoned)))
+    assert np.all(np.isfinite(grad))
+    assert np.all(grad[~valid] == 0)
+
+
+def test_query_slots_equal_full_computation(x64):
+    rng = np.random.default_rng(10)
+    n_users, n_pos, n_neg = 4, 3, 7
+    scores = rng.normal(size=(n_users, n_pos + n_neg))
+    labels = np.concatenate([np.ones((n_users, n_pos)), np.zeros((n_users, n_neg))], 1)
+    valid = rng.random(scores.shape) < 0.8
+    query = np.arange(n_pos)
+    full = np.asarray(smooth_ranks(scores, valid, tau=0.2))
+    part = np.asarray(smooth_ranks(scores, valid, query=query, tau=0.2))
+    assert part.shape == (n_users, n_pos)
+    np.testing.assert_allclose(part, full[:, :n_pos], rtol=1e-12)
+    per_user_query = np.stack([rng.permutation(n_pos + n_neg)[:5] for _ in range(n_users)])
+    np.testing.assert_allclose(
+        smooth_ranks(scores, valid, query=per_user_query, tau=0.2),
+        np.take_along_axis(full, per_user_query, 1), rtol=1e-12,
+    )
+    for kwargs in ({"metric": "ndcg", "negative_weight": 2.0}, {"metric": "recall", "k": 2}):
+        np.testing.assert_allclose(
+            item_loss(scores, labels, where=valid, query=query, **kwargs),
+            item_loss(scores, labels, where=valid, **kwargs), rtol=1e-12,
+        )
+
+
+def test_jit_equals_no_jit():
+    scores, labels, valid = random_batch(11)
+    scores = jnp.asarray(scores, jnp.float32)
+    for fn in (
+        lambda s: smooth_ranks(s, valid, tau=0.2),
+        lambda s: smooth_ndcg(s, labels, where=valid, reduce=None),
+        lambda s: smooth_recall(s, labels, where=valid, k=3, reduce=None),
+        lambda s: item_loss(s, labels, where=valid, negative_weight=4.0),
+    ):
+        np.testing.assert_allclose(jax.jit(fn)(scores), fn(scores), rtol=1e-6)
+
+
+def test_leading_axes_equal_loop_over_users(x64):
+    rng = np.random.default_rng(12)
+    scores = rng.normal(size=(2, 3, 8))
+    labels = (rng.random((2, 3, 8)) < 0.4).astype(int)
+    valid = rng.random((2, 3, 8)) < 0.8
+    batched = np.asarray(smooth_ndcg(scores, labels, where=valid, tau=0.3, reduce=None))
+    assert batched.shape == (2, 3)
+    for a in range(2):
+        for b in range(3):
+            single = smooth_ndcg(scores[a, b][None], labels[a, b][None], where=valid[a, b][None], tau=0.3, reduce=None)
+            np.testing.assert_allclose(batched[a, b], single[0], rtol=1e-12)
+
+
+def test_raising_a_positive_score_lowers_the_loss():
+    rng = np.random.default_rng(13)
+    scores = jnp.asarray(rng.normal(size=(3, 10)), jnp.float32)
+    labels = jnp.asarray((np.arange(10) < 3)[None].repeat(3, 0).astype(np.int32))
+    for metric in ("ndcg", "recall"):
+        base = item_loss(scores, labels, metric=metric, tau=0.5, k=3, tau_k=1.0)
+        raised = item_loss(scores.at[1, 0].add(1.0), labels, metric=metric, tau=0.5, k=3, tau_k=1.0)
+        lowered_negative = item_loss(scores.at[1, 7].add(-1.0), labels, metric=metric, tau=0.5, k=3, tau_k=1.0)
+        assert raised < base and lowered_negative < base
+        grad = np.asarray(jax.grad(lambda s: item_loss(s, labels, metric=metric, tau=0.5, k=3))(scores))
+        # raising a negative only pushes positives down; raising all positives together only
+        # lifts them over negatives (positive-positive terms cancel in the sum of their gradients)
+        assert np.all(grad[:, 3:] > 0) and np.all(grad[:, :3].sum(1) < 0)
+    # with a single positive per user, raising it alone always helps
+    single = jnp.asarray((np.arange(10) < 1)[None].repeat(3, 0).astype(np.int32))
+    grad = np.asarray(jax.grad(lambda s: item_loss(s, single, tau=0.5))(scores))
+    assert np.all(grad[:, 0] < 0) and np.all(grad[:, 1:] > 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# gradients
+# ----------------------------------------------------------------------------------------------
+
+
+def test_gradients_finite_for_all_masked_users_and_huge_gaps():
+    scores = jnp.array(
+        [
+            [1.0, 2.0, 3.0, 4.0],  # all masked
+            [1e30, -1e30, 0.0, 5.0],  # huge gaps
+            [7.0, 7.0, 7.0, 7.0],  # ties
+            [0.0, 0.0, 0.0, 0.0],  # valid but no positive
+        ],
+        jnp.float32,
+    )
+    labels = jnp.array([[1, 0, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]])
+    where = jnp.array([[0, 0, 0, 0], [1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 1, 1]], bool)
+    for metric in ("ndcg", "recall"):
+        for tau in (1e-6, 0.1, 10.0):
+            loss, grad = jax.value_and_grad(lambda s: item_loss(s, labels, where=where, metric=metric, tau=tau,
+                                                                negative_weight=100.0))(scores)
+            assert np.isfinite(loss) and np.all(np.isfinite(np.asarray(grad)))
+            assert np.all(np.asarray(grad)[0] == 0) and np.all(np.asarray(grad)[3] == 0)
+    # a batch where nobody has a valid positive: loss 0, gradient 0
+    loss, grad = jax.value_and_grad(lambda s: item_loss(s, labels, where=jnp.zeros_like(where)))(scores)
+    assert loss == 0 and np.all(np.asarray(grad) == 0)
+    grad = jax.grad(lambda s: smooth_ranks(s, where, tau=1e-3).sum())(scores)
+    assert np.all(np.isfinite(np.asarray(grad)))
+
+
+def central_differences(fn, x, eps=1e-6):
+    grad = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        up, down = x.copy(), x.copy()
+        up[idx] += eps
+        down[idx] -= eps
+        grad[idx] = (float(fn(up)) - float(fn(down))) / (2 * eps)
+    return grad
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"metric": "ndcg", "tau": 0.3},
+        {"metric": "ndcg", "tau": 1.0, "negative_weight": 5.0},
+        {"metric": "recall", "tau": 0.3, "k": 2, "tau_k": 0.8},
+    ],
+)
+def test_gradients_match_central_differences_float64(x64, kwargs):
+    scores, labels, valid = random_batch(14, n_users=4, n_slots=6, p_positive=0.5)
+    fn = jax.jit(lambda s: item_loss(s, labels, where=valid, **kwargs))
+    grad = np.asarray(jax.grad(fn)(jnp.asarray(scores)))
+    assert grad.dtype == np.float64
+    want = central_differences(lambda s: fn(jnp.asarray(s)), scores)
+    np.testing.assert_allclose(grad, want, rtol=1e-6, atol=1e-8)
+    assert np.abs(grad).max() > 1e-3
+
+
+def test_bad_options_raise_config_error():
+    scores, labels = jnp.zeros((1, 3)), jnp.ones((1, 3))
+    with pytest.raises(ConfigError, match="metric"):
+        item_loss(scores, labels, metric="map")
+    with pytest.raises(ConfigError, match="reduce"):
+        smooth_ndcg(scores, labels, reduce="max")
+    with pytest.raises(ConfigError, match="tau"):
+        smooth_ranks(scores, tau=0.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# property tests
+# ----------------------------------------------------------------------------------------------
+
+N_USERS, N_SLOTS = 3, 6
+_jitted_metrics = jax.jit(
+    lambda s, l, w, tau: (
+        smooth_ndcg(s, l, where=w, tau=tau, reduce=None),
+        smooth_recall(s, l, where=w, k=2, tau=tau, reduce=None),
+        jax.value_and_grad(lambda x: item_loss(x, l, where=w, tau=tau))(s),
+        smooth_ranks(s, w, tau=tau),
+    )
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    scores=hnp.arrays(np.float32, (N_USERS, N_SLOTS),
+                      elements=st.floats(-1e4, 1e4, width=32, allow_nan=False, allow_infinity=False)),
+    labels=hnp.arrays(np.int32, (N_USERS, N_SLOTS), elements=st.integers(0, 1)),
+    where=hnp.arrays(np.bool_, (N_USERS, N_SLOTS)),
+    tau=st.sampled_from([1e-4, 0.01, 0.1, 1.0, 100.0]),
+)
+def test_property_outputs_finite_and_in_unit_interval(scores, labels, where, tau):
+    ndcg, recall, (loss, grad), ranks = jax.tree.map(np.asarray, _jitted_metrics(scores, labels, where, np.float32(tau)))
+    for value in (ndcg, recall, loss, grad, ranks):
+        assert np.all(np.isfinite(value))
+    assert np.all(ndcg >= 0) and np.all(ndcg <= 1 + 1e-5)
+    assert np.all(recall >= 0) and np.all(recall <= 1)
+    assert 0 <= loss <= 1 + 1e-5
+    n_valid = where.sum(1, keepdims=True)
+    assert np.all(ranks >= 1 - 1e-6) and np.all(ranks <= n_valid + 1 + 1e-4)
+    no_positive = (labels * where).sum(1) == 0
+    assert np.all(ndcg[no_positive] == 0) and np.all(recall[no_positive] == 0)
+    assert np.all(grad[~where] == 0)
