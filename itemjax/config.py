@@ -55,6 +55,8 @@ class TrainConfig:
     hard_ratio: float = 0.5
     ppr_alpha: float = 0.15
     ppr_window: tuple = (10, 100)
+    curriculum_epochs: int = 0  # >0: hard share rises linearly from 0 over this many epochs
+    shared_negatives: bool = False  # one negative set per batch, scored by a single matmul
     # evaluation and selection
     ks: tuple = (10, 20, 50)
     select_metric: str = "ndcg@20"
@@ -88,6 +90,9 @@ class TrainConfig:
         for name in ("dim", "epochs", "eval_every", "patience", "positives", "negatives", "eval_chunk"):
             need(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
         need(self.layers >= 0, f"--layers must be >= 0 (got {self.layers})")
+        need(self.curriculum_epochs >= 0, f"--curriculum must be >= 0 (got {self.curriculum_epochs})")
+        need(not (self.curriculum_epochs and self.neg_sampler == "uniform"),
+             "--curriculum needs PPR negatives: pass --neg-sampler ppr or mixed")
         need(self.kcore >= 0, f"--kcore must be >= 0 (got {self.kcore})")
         need(self.batch_size is None or self.batch_size >= 1, f"--batch-size must be >= 1 (got {self.batch_size})")
         need(self.lr is None or self.lr > 0, f"--lr must be > 0 (got {self.lr})")

@@ -1,0 +1,262 @@
+"""A whole training run on the host: data → graph → model → epochs → selection → summary.
+
+:func:`fit` is what ``experiments/train.py`` calls. The run directory it fills::
+
+    config.json     every option, environment (versions, JAX backend, devices), dataset
+                    checksums and split statistics: enough to reproduce the run
+    metrics.jsonl   one JSON object per evaluation: epoch, split, every metric, seconds
+    summary.json    test metrics of the selected (best validation) checkpoint
+    checkpoints/    orbax ``latest`` and ``best``; ``--resume`` continues from ``latest``
+
+The test split is evaluated once, at the end, on the checkpoint selected on validation; it
+never chooses an epoch. Without a validation split (``valid_frac=0``) the last epoch is used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from itemjax import sampling
+from itemjax.checkpoint import RunCheckpoints
+from itemjax.config import TrainConfig
+from itemjax.errors import CheckpointError, ConfigError
+from itemjax.evaluate import evaluate
+from itemjax.graph import build_graph
+from itemjax.propagation import to_device
+from itemjax.runio import append_jsonl, read_jsonl, rewrite_jsonl, write_json_atomic
+from itemjax.training import (
+    Batch,
+    NumericalError,
+    create_state,
+    default_out,
+    embed,
+    environment,
+    log,
+    make_model,
+    steps_per_epoch,
+    train_step,
+)
+
+
+@dataclasses.dataclass
+class Prepared:
+    """Everything built on the host before training: split, graph, device data, model."""
+
+    split: object
+    raw: object
+    batch: Batch
+    model: object
+    hard_negatives_seconds: float = 0.0
+
+
+def prepare(config: TrainConfig, *, out: pathlib.Path | None = None) -> Prepared:
+    """Load and split the data, build the graph and the device-side training data."""
+    from itemjax.datasets import load_dataset
+    from itemjax.split import make_split
+
+    raw = load_dataset(
+        config.dataset,
+        data_dir=config.data_dir,
+        min_rating=config.min_rating,
+        kcore=config.kcore,
+        sep=config.sep,
+        progress=config.progress,
+    )
+    split = make_split(raw, test_frac=config.test_frac, valid_frac=config.valid_frac, seed=config.seed)
+    log(split.describe())
+    graph = to_device(build_graph(split.train), config.backend)
+    hard, hard_seconds = None, 0.0
+    if config.neg_sampler != "uniform":
+        from itemjax.ppr import cached_hard_negative_table
+
+        t0 = time.perf_counter()
+        cache_dir = pathlib.Path(config.data_dir or _data_root()) / ".itemjax-cache"
+        hard = cached_hard_negative_table(
+            split.train,
+            cache_dir=_writable_cache(cache_dir),
+            key=f"{split.name}-seed{config.seed}-t{config.test_frac}-v{config.valid_frac}",
+            window=tuple(config.ppr_window),
+            alpha=config.ppr_alpha,
+            progress=config.progress,
+        )
+        hard_seconds = time.perf_counter() - t0
+    data = sampling.make_train_data(split.train, hard)
+    model = make_model(config, split.n_users, split.n_items)
+    return Prepared(split=split, raw=raw, batch=Batch(graph=graph, data=data), model=model,
+                    hard_negatives_seconds=hard_seconds)
+
+
+def _data_root():
+    from itemjax.datasets import data_root
+
+    return data_root(None)
+
+
+def _writable_cache(path: pathlib.Path) -> pathlib.Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+        return path
+    except OSError:
+        fallback = pathlib.Path.home() / ".cache" / "itemjax" / "ppr"
+        fallback.mkdir(parents=True, exist_ok=True)
+        return fallback
+
+
+def fit(config: TrainConfig) -> dict:
+    """Train, select on validation, evaluate on test; return the summary dict."""
+    config = config.resolve()
+    out = pathlib.Path(config.out) if config.out else default_out(config)
+    ckpt_dir = out / "checkpoints"
+    if config.resume:
+        if not (out / "config.json").exists():
+            raise ConfigError(f"--resume: {out} is not a run directory (no config.json); check --out")
+        _check_resume_compatible(config, json.loads((out / "config.json").read_text())["config"])
+    elif ckpt_dir.exists() and any(ckpt_dir.iterdir()):
+        raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+
+    prep = prepare(config, out=out)
+    split, batch, model = prep.split, prep.batch, prep.model
+    key = jax.random.PRNGKey(config.seed)
+    init_key, train_key = jax.random.split(key)
+    state = create_state(config, model, batch.graph, batch.data, init_key)
+
+    if not config.resume:
+        write_json_atomic(out / "config.json", {
+            "config": config.to_dict(),
+            "environment": environment(),
+            "dataset": {"name": split.name, "files": prep.raw.files, "stats": split.stats()},
+        })
+    ckpts = RunCheckpoints(out)
+    meta = {"epoch": 0, "best_value": None, "best_epoch": 0, "bad_evals": 0, "train_seconds": 0.0,
+            "eval_seconds": 0.0, "stopped_early": False}
+    if config.resume and ckpts.latest_step("latest") is not None:
+        restored, meta = ckpts.restore("latest", _checkpointable(state))
+        state = state.replace(**restored)
+        log(f"resumed from epoch {meta['epoch']} (step {int(state.step)}) in {out}")
+        rewrite_jsonl(out / "metrics.jsonl", [r for r in read_jsonl(out / "metrics.jsonl") if r["epoch"] <= meta["epoch"]])
+    elif (out / "metrics.jsonl").exists():
+        (out / "metrics.jsonl").unlink()
+
+    n_steps = steps_per_epoch(config, batch.data)
+    has_valid = split.valid.nnz > 0
+    select = config.select_metric
+    start_epoch = meta["epoch"] + 1
+    bar = tqdm(range(start_epoch, config.epochs + 1), initial=start_epoch - 1, total=config.epochs,
+               desc=f"{config.model}+{config.loss}", unit="epoch", disable=not config.progress, dynamic_ncols=True)
+    last_eval = {}
+    epoch = meta["epoch"]
+    for epoch in bar:
+        if meta["stopped_early"]:
+            break
+        t0 = time.perf_counter()
+        losses = []
+        for _ in range(n_steps):
+            state, step_metrics = train_step(state, batch, train_key)
+            losses.append(step_metrics["loss"])
+        losses = np.asarray(jax.device_get(jnp.stack(losses)))
+        epoch_seconds = time.perf_counter() - t0
+        meta["train_seconds"] += epoch_seconds
+        if not np.all(np.isfinite(losses)):
+            bad = int(np.flatnonzero(~np.isfinite(losses))[0])
+            step = int(state.step) - n_steps + bad
+            raise NumericalError(
+                f"the loss became {losses[bad]} at step {step} (epoch {epoch}); the last good checkpoint is kept "
+                f"in {ckpt_dir / 'latest'}; try a lower --lr (now {config.lr})"
+                + (f" or a larger --tau (now {config.tau})" if config.loss == "item" else "")
+            )
+        mean_loss = float(losses.mean())
+        postfix = {"loss": f"{mean_loss:.4f}", "steps/s": f"{n_steps / epoch_seconds:.1f}"}
+        if epoch % config.eval_every == 0 or epoch == config.epochs:
+            t1 = time.perf_counter()
+            user_emb, item_emb = embed(state.apply_fn, state.params, batch.graph)
+            split_name, targets, exclude = ("valid", split.valid, split.train) if has_valid else (
+                "test", split.test, [split.train, split.valid])
+            metrics = evaluate(user_emb, item_emb, exclude, targets, ks=config.ks, chunk_size=config.eval_chunk)
+            meta["eval_seconds"] += time.perf_counter() - t1
+            record = {"epoch": epoch, "split": split_name, "loss": mean_loss, "step": int(state.step),
+                      "train_seconds": meta["train_seconds"], "elapsed": meta["train_seconds"] + meta["eval_seconds"],
+                      **{k: float(v) for k, v in metrics.items()}}
+            last_eval = record
+            meta["epoch"] = epoch
+            if has_valid:
+                value = record[select]
+                if meta["best_value"] is None or value > meta["best_value"]:
+                    meta.update(best_value=value, best_epoch=epoch, bad_evals=0)
+                    ckpts.save("best", int(state.step), _checkpointable(state), meta)
+                else:
+                    meta["bad_evals"] += 1
+                    if meta["bad_evals"] >= config.patience:
+                        meta["stopped_early"] = True
+            append_jsonl(out / "metrics.jsonl", record)
+            ckpts.save("latest", int(state.step), _checkpointable(state), meta)
+            postfix[select] = f"{record.get(select, float('nan')):.4f}"
+            if meta["best_value"] is not None:
+                postfix["best"] = f"{meta['best_value']:.4f}@{meta['best_epoch']}"
+        bar.set_postfix(postfix)
+        if meta["stopped_early"]:
+            log(f"early stop at epoch {epoch}: no {select} gain on validation for {config.patience} evaluations")
+            break
+    bar.close()
+
+    if has_valid and ckpts.latest_step("best") is not None:
+        best, best_meta = ckpts.restore("best", _checkpointable(state))
+        final = state.replace(**best)
+        selected_epoch = best_meta["best_epoch"]
+    else:
+        final, selected_epoch = state, meta["epoch"]
+    user_emb, item_emb = embed(final.apply_fn, final.params, batch.graph)
+    test = evaluate(user_emb, item_emb, [split.train, split.valid], split.test, ks=config.ks,
+                    chunk_size=config.eval_chunk)
+    summary = {
+        **{k: float(v) for k, v in test.items()},
+        "split": "test",
+        "protocol": "transductive",
+        "selected_epoch": selected_epoch,
+        "epochs": meta["epoch"],
+        "steps": int(state.step),
+        "train_seconds": meta["train_seconds"],
+        "eval_seconds": meta["eval_seconds"],
+        "stopped_early": meta["stopped_early"],
+        "selection": f"best validation {select}" if has_valid else "last epoch (no validation split)",
+        "dataset": split.name,
+        "model": config.model,
+        "loss": config.loss,
+        "hard_negatives_seconds": prep.hard_negatives_seconds,
+    }
+    write_json_atomic(out / "summary.json", summary)
+    ckpts.close()
+    log("test: " + ", ".join(f"{k}={v:.4f}" for k, v in test.items() if "@" in k))
+    log(f"run saved in {out}")
+    return summary
+
+
+def _checkpointable(state) -> dict:
+    return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+
+
+#: Options that may differ when resuming (they do not change what is computed so far).
+_RESUME_FREE = {"epochs", "resume", "progress", "out", "data_dir", "patience", "eval_chunk"}
+
+
+def _check_resume_compatible(config: TrainConfig, saved: dict) -> None:
+    current = json.loads(json.dumps(config.to_dict()))
+    diffs = [k for k in current if k not in _RESUME_FREE and saved.get(k) != current[k]]
+    if diffs:
+        k = diffs[0]
+        raise ConfigError(
+            f"--resume: option {k} is {current[k]!r} but the run in {config.out} used {saved.get(k)!r}; "
+            "pass the same options to continue it, or start a new --out"
+        )

@@ -1,0 +1,255 @@
+"""The training loop: one jitted ``train_step``, evaluation, early stopping, checkpoints.
+
+Functional core: :func:`train_step` is a module-level pure function
+``train_step(state, batch, key) -> (state, metrics)``, jitted once per run. All sampling
+happens inside it on the device; per-step randomness is ``fold_in(key, state.step)``, so a
+run resumed from a checkpoint draws exactly the batches the uninterrupted run would have.
+
+Host side (:func:`fit`): data loading and splitting, graph building, the epoch loop with a
+tqdm bar, evaluation every ``eval_every`` epochs on the validation split, early stopping,
+orbax checkpoints (``latest`` and ``best``), and the run directory::
+
+    <out>/config.json      every option, package versions, devices, dataset checksums
+    <out>/metrics.jsonl    one JSON object per evaluation (epoch, split, metrics, seconds)
+    <out>/summary.json     test metrics of the selected checkpoint, train seconds, epochs
+    <out>/checkpoints/     orbax: latest/ and best/
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import pathlib
+import platform
+import sys
+import time
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
+
+from itemjax import sampling
+from itemjax.config import TrainConfig
+from itemjax.errors import ConfigError, ItemjaxError
+from itemjax.losses import bpr_loss, l2_penalty
+from itemjax.ranking_losses import bce_loss, item_loss
+from itemjax.models import MODELS, id_embeddings
+from itemjax.propagation import DeviceGraph
+
+
+class NumericalError(ItemjaxError):
+    """The loss became NaN or infinite."""
+
+
+class TrainState(train_state.TrainState):
+    """Flax TrainState plus the (static) objective ``objective(params, apply_fn, batch, key, step)``."""
+
+    objective: Callable = flax.struct.field(pytree_node=False)
+
+
+@flax.struct.dataclass
+class Batch:
+    """What every step reads: the propagation graph and the training interactions (device)."""
+
+    graph: DeviceGraph
+    data: sampling.TrainData
+
+
+@jax.jit
+def train_step(state: TrainState, batch: Batch, key: jax.Array):
+    """One optimisation step. Returns ``(new_state, {"loss": scalar, ...})``."""
+    step_key = jax.random.fold_in(key, state.step)
+
+    def objective(params):
+        return state.objective(params, state.apply_fn, batch, step_key, state.step)
+
+    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads)
+    return state, {"loss": loss, **aux}
+
+
+# ----------------------------------------------------------------------------- objectives
+
+
+def _forward(params, apply_fn, batch, key):
+    return apply_fn({"params": params}, batch.graph, train=True, rngs={"dropout": key})
+
+
+def bpr_objective(params, apply_fn, batch: Batch, key, step, *, batch_size: int, l2: float, hard_share: float):
+    """BPR over ``batch_size`` uniformly drawn training interactions, one negative each.
+
+    ``L = mean softplus(s_un - s_up) + l2 * 0.5 * (||e_u||^2 + ||e_p||^2 + ||e_n||^2) / B``
+    on the ego (layer-0) embeddings, as in LightGCN.
+    """
+    k_fwd, k_edge, k_neg = jax.random.split(key, 3)
+    users, pos = sampling.sample_edges(k_edge, batch.data, batch_size)
+    neg = sampling.negatives(k_neg, batch.data, users, 1, hard_share)[:, 0]
+    user_emb, item_emb = _forward(params, apply_fn, batch, k_fwd)
+    u = user_emb[users]
+    pos_scores = jnp.sum(u * item_emb[pos], axis=-1)
+    neg_scores = jnp.sum(u * item_emb[neg], axis=-1)
+    loss = bpr_loss(pos_scores, neg_scores)
+    ego_u, ego_i = id_embeddings(params)
+    reg = l2_penalty(ego_u[users], ego_i[pos], ego_i[neg], batch_size=batch_size)
+    return loss + l2 * reg, {"rank_loss": loss}
+
+
+def bce_objective(params, apply_fn, batch: Batch, key, step, *, batch_size: int, l2: float, hard_share):
+    """Binary cross-entropy over ``batch_size`` training edges and as many sampled non-edges.
+
+    ``L = mean softplus(-s_up) + mean softplus(s_un)`` plus the same L2 term as BPR.
+    """
+    k_fwd, k_edge, k_neg = jax.random.split(key, 3)
+    users, pos = sampling.sample_edges(k_edge, batch.data, batch_size)
+    neg = sampling.negatives(k_neg, batch.data, users, 1, hard_share)[:, 0]
+    user_emb, item_emb = _forward(params, apply_fn, batch, k_fwd)
+    u = user_emb[users]
+    loss = bce_loss(jnp.sum(u * item_emb[pos], -1), jnp.sum(u * item_emb[neg], -1))
+    ego_u, ego_i = id_embeddings(params)
+    reg = l2_penalty(ego_u[users], ego_i[pos], ego_i[neg], batch_size=batch_size)
+    return loss + l2 * reg, {"rank_loss": loss}
+
+
+def item_objective(params, apply_fn, batch: Batch, key, step, *, n_users: int, n_pos: int, n_neg: int,
+                   metric: str, tau: float, k: int, l2: float, hard_share, shared_negatives: bool):
+    """ITEM: ``mean_u (1 - smooth_metric_u)`` over user-centric lists (DESIGN.md, Math).
+
+    Each step draws ``n_users`` users; for each, up to ``n_pos`` of its training items (masked
+    padding when fewer) and ``n_neg`` negatives (PPR hard / uniform mix, see
+    :func:`itemjax.sampling.negatives`), all scored against ONE propagation of the GNN. The list
+    of a user is ``[positives | negatives]``, ``scores [B, P + N]``.
+
+    ``shared_negatives`` (PinSAGE): one set of ``n_neg`` items for the whole batch, scored by a
+    single ``[B, d] x [d, N]`` matmul; entries that are a user's own training items are masked.
+    ``hard_share`` may be a callable of the step (curriculum).
+    """
+    k_fwd, k_users, k_pos, k_neg, k_owner = jax.random.split(key, 5)
+    data = batch.data
+    share = hard_share(step) if callable(hard_share) else hard_share
+    users = sampling.sample_users(k_users, data, n_users)
+    pos, pos_where = sampling.sample_positives(k_pos, data, users, n_pos)
+    user_emb, item_emb = _forward(params, apply_fn, batch, k_fwd)
+    u = user_emb[users]  # [B, d]
+    pos_scores = jnp.einsum("bd,bpd->bp", u, item_emb[pos])
+    if shared_negatives:
+        owners = users[jax.random.randint(k_owner, (n_neg,), 0, n_users)]  # hard candidates of batch users
+        neg = sampling.negatives(k_neg, data, owners[:, None], 1, share)[:, 0]  # [N]
+        neg_scores = u @ item_emb[neg].T  # [B, N]
+        neg_where = ~sampling.is_training_item(data, users[:, None], neg[None, :])
+        neg_ids = jnp.broadcast_to(neg[None, :], neg_scores.shape)
+    else:
+        neg_ids = sampling.negatives(k_neg, data, users, n_neg, share)  # [B, N]
+        neg_scores = jnp.einsum("bd,bnd->bn", u, item_emb[neg_ids])
+        neg_where = jnp.ones(neg_scores.shape, bool)
+    scores = jnp.concatenate([pos_scores, neg_scores], axis=-1)
+    labels = jnp.concatenate([jnp.ones_like(pos_scores), jnp.zeros_like(neg_scores)], axis=-1)
+    where = jnp.concatenate([pos_where, neg_where], axis=-1)
+    loss = item_loss(scores, labels, where=where, metric=metric, tau=tau, k=k)
+    total = loss
+    if l2 > 0:
+        ego_u, ego_i = id_embeddings(params)
+        reg = l2_penalty(ego_u[users], ego_i[pos] * pos_where[..., None], ego_i[neg_ids], batch_size=n_users)
+        total = loss + l2 * reg
+    return total, {"rank_loss": loss}
+
+
+def make_objective(config: TrainConfig, steps_per_epoch: int = 1) -> Callable:
+    """The objective function for ``config.loss`` with its static options bound.
+
+    With ``curriculum_epochs > 0`` the PPR share rises linearly from 0 to its target over that
+    many epochs (PinSAGE's curriculum): ``share(step) = target * min(1, step / (E * steps))``.
+    """
+    hard_share = {"uniform": 0.0, "ppr": 1.0, "mixed": config.hard_ratio}[config.neg_sampler]
+    if config.curriculum_epochs:
+        ramp = config.curriculum_epochs * steps_per_epoch
+        target = hard_share
+        hard_share = functools.partial(_curriculum, target=target, ramp=ramp)
+    common = dict(l2=config.l2, hard_share=hard_share)
+    if config.loss == "bpr":
+        return functools.partial(bpr_objective, batch_size=config.batch_size, **common)
+    if config.loss == "bce":
+        return functools.partial(bce_objective, batch_size=config.batch_size, **common)
+    if config.loss == "item":
+        return functools.partial(
+            item_objective, n_users=config.batch_size, n_pos=config.positives, n_neg=config.negatives,
+            metric=config.item_metric, tau=config.tau, k=20, shared_negatives=config.shared_negatives, **common)
+    raise ConfigError(f"unknown --loss {config.loss!r}")
+
+
+def _curriculum(step, *, target, ramp):
+    return target * jnp.minimum(1.0, step / ramp)
+
+
+def steps_per_epoch(config: TrainConfig, data: sampling.TrainData) -> int:
+    """Pairwise losses: ``ceil(n_train / B)`` steps; list-wise: ``ceil(n_active_users / B)``."""
+    if config.loss in ("bpr", "bce"):
+        return max(1, math.ceil(data.n_train / config.batch_size))
+    return max(1, math.ceil(data.active_users.shape[0] / config.batch_size))
+
+
+# ----------------------------------------------------------------------------- model and state
+
+
+def make_model(config: TrainConfig, n_users: int, n_items: int):
+    cls = MODELS[config.model]
+    kwargs = dict(n_users=n_users, n_items=n_items, dim=config.dim)
+    if "n_layers" in cls.__dataclass_fields__:
+        kwargs["n_layers"] = config.layers
+    return cls(**kwargs)
+
+
+def create_state(config: TrainConfig, model, graph: DeviceGraph, data: sampling.TrainData, key) -> TrainState:
+    params = model.init(key, graph)["params"]
+    return TrainState.create(
+        apply_fn=model.apply, params=params, tx=optax.adam(config.lr),
+        objective=make_objective(config, steps_per_epoch(config, data)),
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn",))
+def embed(apply_fn, params, graph):
+    """Final ``(user_emb, item_emb)`` in inference mode."""
+    return apply_fn({"params": params}, graph, train=False)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def environment() -> dict:
+    """Package versions, JAX backend and devices: recorded in config.json."""
+    import flax
+    import orbax.checkpoint
+    import scipy
+
+    import itemjax
+
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "versions": {
+            "itemjax": itemjax.__version__,
+            "jax": jax.__version__,
+            "flax": flax.__version__,
+            "optax": optax.__version__,
+            "orbax-checkpoint": orbax.checkpoint.__version__,
+            "numpy": np.__version__,
+            "scipy": scipy.__version__,
+        },
+        "jax_backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+    }
+
+
+def default_out(config: TrainConfig) -> pathlib.Path:
+    name = pathlib.Path(config.dataset).stem if pathlib.Path(config.dataset).exists() else config.dataset
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return pathlib.Path("runs") / f"{name}-{config.model}-{config.loss}-{stamp}"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
