@@ -149,7 +149,8 @@ def item_objective(params, apply_fn, batch: Batch, key, step, *, n_users: int, n
     scores = jnp.concatenate([pos_scores, neg_scores], axis=-1)
     labels = jnp.concatenate([jnp.ones_like(pos_scores), jnp.zeros_like(neg_scores)], axis=-1)
     where = jnp.concatenate([pos_where, neg_where], axis=-1)
-    loss = item_loss(scores, labels, where=where, metric=metric, tau=tau, k=k)
+    loss = item_loss(scores, labels, where=where, metric=metric, tau=tau, k=k,
+                     query=jnp.arange(n_pos, dtype=jnp.int32))  # only positives are ranked: [B, P, L]
     total = loss
     if l2 > 0:
         ego_u, ego_i = id_embeddings(params)
