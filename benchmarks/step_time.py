@@ -1,0 +1,121 @@
+#!/usr/bin/env python
+"""Median jitted training-step time of ITEM vs BPR (and BCE) at equal users per batch.
+
+    python benchmarks/step_time.py                       # ml-100k and gowalla, both backends
+    python benchmarks/step_time.py --datasets ml-100k --users 256,2048 --repeats 20
+
+For each dataset, backend, loss and batch size B (users per step: BPR/BCE draw B training
+interactions, i.e. B users with one positive and one negative each; ITEM draws B users with up to
+``--positives`` positives and ``--negatives`` negatives each) the real ``train_step`` of
+``itemjax.training`` is compiled, warmed up, then timed ``--repeats`` times with
+``block_until_ready``; the median is reported. Also the PPR hard-negative precomputation time
+(``itemjax.ppr.hard_negative_table``, default window). Prints a markdown table and writes
+``benchmarks/out/step_time.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import platform
+import statistics
+import time
+
+import jax
+
+from itemjax.config import TrainConfig
+from itemjax.run import prepare
+from itemjax.training import Batch, create_state, train_step
+
+
+def time_steps(config: TrainConfig, prep, repeats: int) -> float:
+    batch = Batch(graph=prep_graph(prep, config.backend), data=prep.batch.data)
+    state = create_state(config, prep.model, batch.graph, batch.data, jax.random.PRNGKey(0))
+    key = jax.random.PRNGKey(1)
+    for _ in range(3):  # compile + warm up
+        state, m = train_step(state, batch, key)
+    jax.block_until_ready(state)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        state, m = train_step(state, batch, key)
+        jax.block_until_ready(state)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+_graphs = {}
+
+
+def prep_graph(prep, backend):
+    """The device graph of ``prep`` on ``backend`` (built once per backend)."""
+    from itemjax.graph import build_graph
+    from itemjax.propagation import to_device
+
+    k = (id(prep), backend)
+    if k not in _graphs:
+        _graphs[k] = to_device(build_graph(prep.split.train), backend)
+    return _graphs[k]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--datasets", default="ml-100k,gowalla")
+    p.add_argument("--backends", default="csr,segment")
+    p.add_argument("--losses", default="bpr,item")
+    p.add_argument("--users", default="256,2048", help="users per step")
+    p.add_argument("--positives", type=int, default=32)
+    p.add_argument("--negatives", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--out", default=str(pathlib.Path(__file__).parent / "out" / "step_time.json"))
+    args = p.parse_args()
+
+    rows = []
+    for dataset in args.datasets.split(","):
+        base = TrainConfig(dataset=dataset, model="lightgcn", dim=64, layers=3, valid_frac=0.0, progress=False,
+                           positives=args.positives, negatives=args.negatives)
+        prep = prepare(base.resolve())
+        from itemjax.ppr import hard_negative_table
+
+        t0 = time.perf_counter()
+        hard_negative_table(prep.split.train, window=tuple(base.ppr_window), alpha=base.ppr_alpha, progress=False)
+        ppr_seconds = time.perf_counter() - t0
+        rows.append(dict(dataset=dataset, what="ppr_precompute", seconds=ppr_seconds,
+                         n_users=prep.split.n_users, n_items=prep.split.n_items, n_train=int(prep.split.train.nnz)))
+        print(f"{dataset}: PPR table {ppr_seconds:.2f} s", flush=True)
+        for backend in args.backends.split(","):
+            for users in map(int, args.users.split(",")):
+                for loss in args.losses.split(","):
+                    config = dataclasses.replace(base, loss=loss, backend=backend, batch_size=users).resolve()
+                    median = time_steps(config, prep, args.repeats)
+                    rows.append(dict(dataset=dataset, what="step", loss=loss, backend=backend, users=users,
+                                     median_seconds=median))
+                    print(f"{dataset} {backend} {loss} B={users}: {median * 1000:.1f} ms", flush=True)
+
+    print("\n| dataset | backend | users/step | BPR step (ms) | ITEM step (ms) | ITEM / BPR |")
+    print("|---|---|---|---|---|---|")
+    steps = [r for r in rows if r["what"] == "step"]
+    for r in steps:
+        if r["loss"] != "bpr":
+            continue
+        item = next((s for s in steps if s["loss"] == "item" and all(s[k] == r[k] for k in ("dataset", "backend", "users"))), None)
+        if item:
+            print(f"| {r['dataset']} | {r['backend']} | {r['users']} | {r['median_seconds'] * 1e3:.1f} | "
+                  f"{item['median_seconds'] * 1e3:.1f} | {item['median_seconds'] / r['median_seconds']:.2f} |")
+    print("\n| dataset | PPR precomputation (s) |\n|---|---|")
+    for r in rows:
+        if r["what"] == "ppr_precompute":
+            print(f"| {r['dataset']} | {r['seconds']:.2f} |")
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    machine = dict(platform=platform.platform(), cpus=os.cpu_count(), jax=jax.__version__,
+                   devices=[str(d) for d in jax.devices()], load_average=os.getloadavg())
+    out.write_text(json.dumps(dict(machine=machine, args=vars(args), rows=rows), indent=2))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
