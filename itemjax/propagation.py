@@ -15,9 +15,10 @@ Backends (same values and gradients, checked by tests/test_propagation.py):
 * ``"csr"``: ``A_hat`` as a :class:`jax.experimental.sparse.BCSR` matrix, whose matmul
   lowers to a native CSR kernel on CPU, wrapped in :func:`jax.custom_vjp`. Since
   ``A_hat`` is symmetric the backward pass is the same matmul,
-  ``x_bar = A_hat^T y_bar = A_hat y_bar``; the default BCSR gradient would transpose
-  through BCOO and be several times slower. No gradient flows to the matrix values.
-  Fastest on CPU (see benchmarks/propagation.py).
+  ``x_bar = A_hat^T y_bar = A_hat y_bar``; JAX's own BCSR gradient transposes through
+  BCOO and was 1.4-3x slower on Gowalla. No gradient flows to the matrix values.
+  The fastest of the CPU candidates measured by benchmarks/propagation.py (BCOO,
+  the older ``sparse.CSR`` class, scipy through ``pure_callback``, segment_sum).
 
 :func:`propagate_weighted` propagates with arbitrary per-edge weights (attention,
 edge dropout) over the padded edge arrays, differentiable in ``x`` and the weights.

@@ -224,3 +224,14 @@ def test_backend_names():
         to_device(host_graph, "dense")
     with pytest.raises(ValueError, match="n_nodes=8"):
         propagate(to_device(host_graph, "segment"), jnp.zeros((7, 2)))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_graph_without_interactions_gives_zeros(backend):
+    host_graph = build_graph(scipy.sparse.csr_matrix((3, 2)))
+    assert host_graph.n_edges == 0 and host_graph.senders.shape == (8,)
+    graph = to_device(host_graph, backend)
+    x = jnp.ones((5, 2))
+    np.testing.assert_array_equal(np.asarray(propagate(graph, x)), np.zeros((5, 2)))
+    grad = jax.grad(lambda x: jnp.sum(propagate(graph, x) ** 2 + x))(x)
+    np.testing.assert_array_equal(np.asarray(grad), np.ones((5, 2)))
