@@ -9,8 +9,10 @@ value, patience counter, elapsed time) needed to continue the loop exactly.
 from __future__ import annotations
 
 import pathlib
+import re
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from itemjax.errors import CheckpointError
@@ -21,13 +23,21 @@ class RunCheckpoints:
 
     def __init__(self, run_dir):
         root = pathlib.Path(run_dir).absolute() / "checkpoints"
-        options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True, enable_async_checkpointing=False)
+        options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True, enable_async_checkpointing=False,
+                                               cleanup_tmp_directories=True)  # debris of a save cut by a kill
         self.root = root
         self._managers = {name: ocp.CheckpointManager(root / name, options=options) for name in ("latest", "best")}
 
     def save(self, slot: str, step: int, state, meta: dict) -> None:
-        """Save ``state`` (any pytree of arrays) and ``meta`` (JSON) under ``slot`` at ``step``."""
+        """Save ``state`` (any pytree of arrays) and ``meta`` (JSON) under ``slot`` at ``step``.
+
+        A checkpoint already stored at ``step`` is kept: the state at a step is a function of
+        the step (per-step randomness is ``fold_in(key, step)``), and a run killed between its
+        ``best`` and ``latest`` saves re-reaches the same step after ``--resume``.
+        """
         manager = self._managers[slot]
+        if int(step) in manager.all_steps():
+            return
         manager.save(
             int(step),
             args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
@@ -54,9 +64,8 @@ class RunCheckpoints:
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
             )
         except Exception as e:  # orbax raises many types for corrupt or mismatched files
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CheckpointError(
-                f"cannot restore the {slot} checkpoint {self.root / slot / str(step)} ({first[:200]}); "
+                f"cannot restore the {slot} checkpoint {self.root / slot / str(step)} ({_reason(e)}); "
                 "it is corrupt or was written by a different model/config: delete it or use another --out"
             ) from None
         _check_shapes(restored.state, like, self.root / slot / str(step))
@@ -67,9 +76,19 @@ class RunCheckpoints:
             m.close()
 
 
+def _reason(error: BaseException) -> str:
+    """One short line from the innermost exception of a chain (orbax wraps TensorStore's)."""
+    while (error.__cause__ or error.__context__) is not None:
+        error = error.__cause__ or error.__context__
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else type(error).__name__
+    first = re.split(r"\.? See full TensorStore details", first)[0]
+    return first if len(first) <= 200 else first[:197] + "..."
+
+
 def _check_shapes(restored, like, where):
-    got = jax.tree.map(lambda a: tuple(a.shape), restored)
-    want = jax.tree.map(lambda a: tuple(a.shape), like)
+    got = jax.tree.map(np.shape, restored)  # np.shape: Python ints (a fresh state's step) too
+    want = jax.tree.map(np.shape, like)
     if got != want:
         raise CheckpointError(
             f"checkpoint {where} holds arrays of other shapes than this run's model; "

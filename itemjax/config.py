@@ -102,6 +102,7 @@ class TrainConfig:
         need(0 <= self.valid_frac < 1, f"--valid-frac must be in [0, 1) (got {self.valid_frac})")
         need(0 <= self.hard_ratio <= 1, f"--hard-ratio must be in [0, 1] (got {self.hard_ratio})")
         need(0 < self.ppr_alpha < 1, f"--ppr-alpha must be in (0, 1) (got {self.ppr_alpha})")
+        need(len(self.ppr_window) == 2, f"--ppr-window must be two ranks LO,HI (got {','.join(map(str, self.ppr_window))})")
         lo, hi = self.ppr_window
         need(0 <= lo < hi, f"--ppr-window must be LO,HI with 0 <= LO < HI (got {lo},{hi})")
         need(len(self.ks) >= 1 and all(k >= 1 for k in self.ks), f"--ks must be positive integers (got {self.ks})")

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from itemjax import sampling
 from itemjax.checkpoint import RunCheckpoints
-from itemjax.config import TrainConfig
+from itemjax.config import LOSS_DEFAULTS, TrainConfig
 from itemjax.errors import CheckpointError, ConfigError
 from itemjax.evaluate import evaluate
 from itemjax.graph import build_graph
@@ -119,21 +119,28 @@ def fit(config: TrainConfig) -> dict:
     config = config.resolve()
     out = pathlib.Path(config.out) if config.out else default_out(config)
     ckpt_dir = out / "checkpoints"
+    saved = None
     if config.resume:
-        if not (out / "config.json").exists():
+        if (out / "config.json").exists():
+            saved = json.loads((out / "config.json").read_text())
+            _check_resume_compatible(config, saved["config"])
+        elif not out.is_dir() or (ckpt_dir.exists() and any(ckpt_dir.iterdir())):
             raise ConfigError(f"--resume: {out} is not a run directory (no config.json); check --out")
-        _check_resume_compatible(config, json.loads((out / "config.json").read_text())["config"])
+        else:  # killed while loading data, before anything was saved
+            log(f"--resume: nothing saved yet in {out}; starting from epoch 1")
     elif ckpt_dir.exists() and any(ckpt_dir.iterdir()):
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
 
     prep = prepare(config, out=out)
+    if saved is not None:
+        _check_same_data(prep.raw.files, saved["dataset"]["files"], out)
     split, batch, model = prep.split, prep.batch, prep.model
     key = jax.random.PRNGKey(config.seed)
     init_key, train_key = jax.random.split(key)
     state = create_state(config, model, batch.graph, batch.data, init_key)
 
-    if not config.resume:
+    if saved is None:
         write_json_atomic(out / "config.json", {
             "config": config.to_dict(),
             "environment": environment(),
@@ -177,9 +184,16 @@ def fit(config: TrainConfig) -> dict:
                 f"in {ckpt_dir / 'latest'}; try a lower --lr (now {config.lr})"
                 + (f" or a larger --tau (now {config.tau})" if config.loss == "item" else "")
             )
+        evaluating = epoch % config.eval_every == 0 or epoch == config.epochs
+        if evaluating and not _all_finite(state.params):  # never checkpoint NaN parameters
+            raise NumericalError(
+                f"the parameters became NaN/inf in epoch {epoch} (steps {int(state.step) - n_steps}-"
+                f"{int(state.step) - 1}) though the loss stayed finite; the last good checkpoint is kept in "
+                f"{ckpt_dir / 'latest'}; try a lower --lr (now {config.lr})"
+            )
         mean_loss = float(losses.mean())
         postfix = {"loss": f"{mean_loss:.4f}", "steps/s": f"{n_steps / epoch_seconds:.1f}"}
-        if epoch % config.eval_every == 0 or epoch == config.epochs:
+        if evaluating:
             t1 = time.perf_counter()
             user_emb, item_emb = embed(state.apply_fn, state.params, batch.graph)
             split_name, targets, exclude = ("valid", split.valid, split.train) if has_valid else (
@@ -238,6 +252,12 @@ def fit(config: TrainConfig) -> dict:
     }
     write_json_atomic(out / "summary.json", summary)
     ckpts.close()
+    try:
+        from itemjax.plots import plot_run
+
+        plot_run(out)
+    except Exception as e:  # a plot is a convenience: never fail a finished run over it
+        log(f"warning: no learning-curve plot in {out} ({type(e).__name__}: {e})")
     log("test: " + ", ".join(f"{k}={v:.4f}" for k, v in test.items() if "@" in k))
     log(f"run saved in {out}")
     return summary
@@ -253,6 +273,9 @@ _RESUME_FREE = {"epochs", "resume", "progress", "out", "data_dir", "patience", "
 
 def _check_resume_compatible(config: TrainConfig, saved: dict) -> None:
     current = json.loads(json.dumps(config.to_dict()))
+    # an option absent from an older run's config.json had its default value then
+    defaults = json.loads(json.dumps(TrainConfig().to_dict()))
+    saved = {**{k: v for k, v in defaults.items() if k not in LOSS_DEFAULTS["bpr"]}, **saved}
     diffs = [k for k in current if k not in _RESUME_FREE and saved.get(k) != current[k]]
     if diffs:
         k = diffs[0]
@@ -260,3 +283,17 @@ def _check_resume_compatible(config: TrainConfig, saved: dict) -> None:
             f"--resume: option {k} is {current[k]!r} but the run in {config.out} used {saved.get(k)!r}; "
             "pass the same options to continue it, or start a new --out"
         )
+
+
+def _check_same_data(files: dict, saved_files: dict, out) -> None:
+    """``--resume`` must read the very files the run started on (compared by sha256)."""
+    if sorted(files.values()) != sorted(saved_files.values()):
+        changed = [path for path, sha in sorted(files.items()) if sha not in set(saved_files.values())] or sorted(files)
+        raise ConfigError(
+            f"--resume: the data changed since the run in {out} started ({changed[0]} has another sha256 "
+            "than config.json records); restore the original file or start a new --out"
+        )
+
+
+def _all_finite(tree) -> bool:
+    return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree))

@@ -222,28 +222,45 @@ def embed(apply_fn, params, graph):
 
 
 def environment() -> dict:
-    """Package versions, JAX backend and devices: recorded in config.json."""
-    import flax
-    import orbax.checkpoint
-    import scipy
+    """Package versions, JAX backend and devices, JAX/XLA environment variables, the itemjax
+    git commit: recorded in config.json so that a run can be reproduced from its directory."""
+    import importlib.metadata
+    import os
 
     import itemjax
 
+    versions = {"itemjax": itemjax.__version__}
+    for dist in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "jraph", "numpy", "scipy", "tqdm",
+                 "matplotlib"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = None
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "versions": {
-            "itemjax": itemjax.__version__,
-            "jax": jax.__version__,
-            "flax": flax.__version__,
-            "optax": optax.__version__,
-            "orbax-checkpoint": orbax.checkpoint.__version__,
-            "numpy": np.__version__,
-            "scipy": scipy.__version__,
-        },
+        "versions": versions,
+        "itemjax_git": _git_commit(pathlib.Path(itemjax.__file__).parent),
         "jax_backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
+        "process_count": jax.process_count(),
+        "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(("JAX_", "XLA_", "ITEMJAX_"))},
     }
+
+
+def _git_commit(package_dir: pathlib.Path):
+    """``<commit>`` (``+dirty`` when files differ) of a git checkout holding itemjax, else None."""
+    import subprocess
+
+    try:
+        def git(*args):
+            return subprocess.run(["git", "-C", str(package_dir), *args], capture_output=True, text=True,
+                                  timeout=5, check=True).stdout.strip()
+
+        commit = git("rev-parse", "HEAD")
+        return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def default_out(config: TrainConfig) -> pathlib.Path:
