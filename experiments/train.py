@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 
 from itemjax.cli import ArgumentParser, int_list, run_main
-from itemjax.config import BACKEND_NAMES, ITEM_METRICS, LOSS_NAMES, MODEL_NAMES, NEG_SAMPLERS, TrainConfig
+from itemjax.config import BACKEND_NAMES, COMPUTE_DTYPES, ITEM_METRICS, LOSS_NAMES, MODEL_NAMES, NEG_SAMPLERS, TrainConfig
 
 D = TrainConfig()
 
@@ -38,6 +38,8 @@ def parser() -> ArgumentParser:
     g.add_argument("--layers", type=int, default=D.layers)
     g.add_argument("--backend", default=D.backend, choices=BACKEND_NAMES,
                    help="propagation backend (auto: csr on CPU, segment elsewhere)")
+    g.add_argument("--compute-dtype", default=D.compute_dtype, choices=COMPUTE_DTYPES,
+                   help="dtype of propagation and scoring (params and loss stay float32); bfloat16 for GPU/TPU")
     g = p.add_argument_group("training")
     g.add_argument("--loss", default=D.loss, choices=LOSS_NAMES)
     g.add_argument("--epochs", type=int, default=D.epochs)
@@ -59,6 +61,11 @@ def parser() -> ArgumentParser:
                    help="raise the PPR share linearly from 0 over this many epochs (0: off)")
     g.add_argument("--shared-negatives", action="store_true",
                    help="one negative set per batch for all its users (a single matmul)")
+    g = p.add_argument_group("devices")
+    g.add_argument("--shard-embeddings", action="store_true",
+                   help="shard the ID embedding tables' rows across devices (default: replicated)")
+    g.add_argument("--distributed", action="store_true",
+                   help="call jax.distributed.initialize() first (multi-host GPU / Cloud TPU slice)")
     g = p.add_argument_group("evaluation and output")
     g.add_argument("--ks", type=int_list, default=D.ks, help="cut-offs K, e.g. 10,20,50")
     g.add_argument("--select-metric", default=D.select_metric, help="validation metric for selection/early stop")

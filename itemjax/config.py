@@ -11,6 +11,7 @@ MODEL_NAMES = ("mf", "lightgcn")
 LOSS_NAMES = ("bpr", "bce", "item")
 BACKEND_NAMES = ("auto", "segment", "csr")
 NEG_SAMPLERS = ("uniform", "ppr", "mixed")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 ITEM_METRICS = ("ndcg", "recall")
 
 
@@ -40,6 +41,7 @@ class TrainConfig:
     dim: int = 64
     layers: int = 3
     backend: str = "auto"
+    compute_dtype: str = "float32"  # propagation and scoring dtype (params and loss stay float32)
     # optimisation
     loss: str = "bpr"
     epochs: int = 1000
@@ -63,6 +65,9 @@ class TrainConfig:
     eval_every: int = 5
     patience: int = 10
     eval_chunk: int = 1024
+    # devices (itemjax.distributed): a 1-D mesh over every device, users split across it
+    shard_embeddings: bool = False  # shard the ID tables' rows across devices (default replicated)
+    distributed: bool = False  # call jax.distributed.initialize() first (multi-host)
     # bookkeeping
     seed: int = 0
     out: Optional[str] = None
@@ -86,6 +91,8 @@ class TrainConfig:
         need(self.loss in LOSS_NAMES, f"unknown --loss {self.loss!r}; choose one of {', '.join(LOSS_NAMES)}")
         need(self.backend in BACKEND_NAMES, f"unknown --backend {self.backend!r}; choose one of {', '.join(BACKEND_NAMES)}")
         need(self.neg_sampler in NEG_SAMPLERS, f"unknown --neg-sampler {self.neg_sampler!r}; choose one of {', '.join(NEG_SAMPLERS)}")
+        need(self.compute_dtype in COMPUTE_DTYPES,
+             f"unknown --compute-dtype {self.compute_dtype!r}; choose one of {', '.join(COMPUTE_DTYPES)}")
         need(self.item_metric in ITEM_METRICS, f"unknown --item-metric {self.item_metric!r}; choose one of {', '.join(ITEM_METRICS)}")
         for name in ("dim", "epochs", "eval_every", "patience", "positives", "negatives", "eval_chunk"):
             need(getattr(self, name) >= 1, f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")

@@ -44,6 +44,7 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
+from itemjax.distributed import replicate_value, shard_rows
 from itemjax.errors import ConfigError, DataError
 from itemjax.metrics import METRIC_NAMES, check_ks, topk_metrics
 
@@ -157,12 +158,13 @@ def _chunk_metrics(
     Returns:
       ``{"recall@k", ...}`` each ``[C]`` (0 for padded users).
     """
-    scores = jnp.matmul(user_emb[user_ids], item_emb.T, precision=jax.lax.Precision.HIGHEST)
+    # Under a mesh (itemjax.distributed) the chunk's user rows, so its scores and top-k, are split across devices.
+    scores = jnp.matmul(user_emb[shard_rows(user_ids)], item_emb.T, precision=jax.lax.Precision.HIGHEST)
     scores = scores.at[exclude_rows, exclude_cols].set(-jnp.inf, mode="drop")
     top_scores, top_items = jax.lax.top_k(scores, max(ks))  # [C, Kmax]
     is_target = jnp.zeros(scores.shape, bool).at[target_rows, target_cols].set(True, mode="drop")
     hits = jnp.take_along_axis(is_target, top_items, axis=1) & (top_scores > -jnp.inf)
-    return topk_metrics(hits, n_relevant, ks, where=user_valid)
+    return jax.tree.map(replicate_value, topk_metrics(hits, n_relevant, ks, where=user_valid))
 
 
 # ------------------------------------------------------------------------------ public API

@@ -8,9 +8,18 @@ Every model maps a :class:`~itemjax.propagation.DeviceGraph` to final embeddings
 Parameters always include the ID ("ego") embedding tables ``user_embedding``
 [n_users, dim] and ``item_embedding`` [n_items, dim], which the BPR L2 term regularises.
 Sizes come from static fields, never from traced values.
+
+Compute dtype (flax convention): a model's ``dtype`` field (default float32) is the dtype of
+propagation and of the returned embeddings (so of the objectives' score products);
+parameters stay float32 (``param_dtype``) and the objectives compute the loss in float32.
+``dtype=jnp.bfloat16`` halves memory traffic on GPU / TPU; on CPU the csr backend has no
+bfloat16 kernel (JAX falls back to a slow generic one), so bfloat16 is for the segment backend.
+New models cast with :func:`compute_cast`.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -36,17 +45,24 @@ class IdEmbeddings(nn.Module):
         return users, items
 
 
+def compute_cast(dtype, *arrays):
+    """``arrays`` cast to the compute ``dtype`` (float32 parameters -> e.g. bfloat16 activations)."""
+    cast = tuple(jnp.asarray(a, dtype) for a in arrays)
+    return cast[0] if len(cast) == 1 else cast
+
+
 class MF(nn.Module):
     """Matrix factorisation: ``s(u, i) = <p_u, q_i>``; the graph is ignored."""
 
     n_users: int
     n_items: int
     dim: int = 64
+    dtype: Any = jnp.float32  # compute dtype of the returned embeddings
 
     @nn.compact
     def __call__(self, graph: DeviceGraph | None = None, *, train: bool = False):
         users, items = IdEmbeddings(self.n_users, self.n_items, self.dim, name="ids")()
-        return users, items
+        return compute_cast(self.dtype, users, items)
 
 
 class LightGCN(nn.Module):
@@ -62,11 +78,12 @@ class LightGCN(nn.Module):
     n_items: int
     dim: int = 64
     n_layers: int = 3
+    dtype: Any = jnp.float32  # compute dtype of propagation and of the returned embeddings
 
     @nn.compact
     def __call__(self, graph: DeviceGraph, *, train: bool = False):
         users, items = IdEmbeddings(self.n_users, self.n_items, self.dim, name="ids")()
-        x = jnp.concatenate([users, items], axis=0)
+        x = compute_cast(self.dtype, jnp.concatenate([users, items], axis=0))
         total = x
         for _ in range(self.n_layers):
             x = propagate(graph, x)

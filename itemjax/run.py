@@ -26,6 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from itemjax import sampling
+from itemjax.distributed import Placement, initialize, make_mesh
 from itemjax.checkpoint import RunCheckpoints
 from itemjax.config import LOSS_DEFAULTS, TrainConfig
 from itemjax.errors import CheckpointError, ConfigError
@@ -117,6 +118,7 @@ def _writable_cache(path: pathlib.Path) -> pathlib.Path:
 def fit(config: TrainConfig) -> dict:
     """Train, select on validation, evaluate on test; return the summary dict."""
     config = config.resolve()
+    initialize(config.distributed)  # multi-host: before anything touches a device
     out = pathlib.Path(config.out) if config.out else default_out(config)
     ckpt_dir = out / "checkpoints"
     saved = None
@@ -139,11 +141,16 @@ def fit(config: TrainConfig) -> dict:
     key = jax.random.PRNGKey(config.seed)
     init_key, train_key = jax.random.split(key)
     state = create_state(config, model, batch.graph, batch.data, init_key)
+    # One code path for 1..N devices: users of each step / evaluation chunk split across the mesh.
+    placement = Placement(make_mesh(), shard_embeddings=config.shard_embeddings)
+    batch, state = placement.place_batch(batch), placement.place_state(state)
+    train_key = placement.replicate(train_key)
+    step_fn = placement.jit_step(train_step, state)
 
     if saved is None:
         write_json_atomic(out / "config.json", {
             "config": config.to_dict(),
-            "environment": environment(),
+            "environment": {**environment(), "placement": placement.describe()},
             "dataset": {"name": split.name, "files": prep.raw.files, "stats": split.stats()},
         })
     ckpts = RunCheckpoints(out)
@@ -171,7 +178,7 @@ def fit(config: TrainConfig) -> dict:
         t0 = time.perf_counter()
         losses = []
         for _ in range(n_steps):
-            state, step_metrics = train_step(state, batch, train_key)
+            state, step_metrics = step_fn(state, batch, train_key)
             losses.append(step_metrics["loss"])
         losses = np.asarray(jax.device_get(jnp.stack(losses)))
         epoch_seconds = time.perf_counter() - t0
@@ -195,10 +202,10 @@ def fit(config: TrainConfig) -> dict:
         postfix = {"loss": f"{mean_loss:.4f}", "steps/s": f"{n_steps / epoch_seconds:.1f}"}
         if evaluating:
             t1 = time.perf_counter()
-            user_emb, item_emb = embed(state.apply_fn, state.params, batch.graph)
+            user_emb, item_emb = placement.embed(state, batch.graph)
             split_name, targets, exclude = ("valid", split.valid, split.train) if has_valid else (
                 "test", split.test, [split.train, split.valid])
-            metrics = evaluate(user_emb, item_emb, exclude, targets, ks=config.ks, chunk_size=config.eval_chunk)
+            metrics = placement.evaluate(user_emb, item_emb, exclude, targets, ks=config.ks, chunk_size=config.eval_chunk)
             meta["eval_seconds"] += time.perf_counter() - t1
             record = {"epoch": epoch, "split": split_name, "loss": mean_loss, "step": int(state.step),
                       "train_seconds": meta["train_seconds"], "elapsed": meta["train_seconds"] + meta["eval_seconds"],
@@ -231,9 +238,9 @@ def fit(config: TrainConfig) -> dict:
         selected_epoch = best_meta["best_epoch"]
     else:
         final, selected_epoch = state, meta["epoch"]
-    user_emb, item_emb = embed(final.apply_fn, final.params, batch.graph)
-    test = evaluate(user_emb, item_emb, [split.train, split.valid], split.test, ks=config.ks,
-                    chunk_size=config.eval_chunk)
+    user_emb, item_emb = placement.embed(final, batch.graph)
+    test = placement.evaluate(user_emb, item_emb, [split.train, split.valid], split.test, ks=config.ks,
+                              chunk_size=config.eval_chunk)
     summary = {
         **{k: float(v) for k, v in test.items()},
         "split": "test",
@@ -268,7 +275,7 @@ def _checkpointable(state) -> dict:
 
 
 #: Options that may differ when resuming (they do not change what is computed so far).
-_RESUME_FREE = {"epochs", "resume", "progress", "out", "data_dir", "patience", "eval_chunk"}
+_RESUME_FREE = {"epochs", "resume", "progress", "out", "data_dir", "patience", "eval_chunk", "distributed"}
 
 
 def _check_resume_compatible(config: TrainConfig, saved: dict) -> None:

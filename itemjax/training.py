@@ -34,6 +34,7 @@ import optax
 from flax.training import train_state
 
 from itemjax import sampling
+from itemjax.distributed import shard_rows
 from itemjax.config import TrainConfig
 from itemjax.errors import ConfigError, ItemjaxError
 from itemjax.losses import bpr_loss, l2_penalty
@@ -88,11 +89,12 @@ def bpr_objective(params, apply_fn, batch: Batch, key, step, *, batch_size: int,
     """
     k_fwd, k_edge, k_neg = jax.random.split(key, 3)
     users, pos = sampling.sample_edges(k_edge, batch.data, batch_size)
+    users, pos = shard_rows(users), shard_rows(pos)  # triples split across the mesh's data axis
     neg = sampling.negatives(k_neg, batch.data, users, 1, hard_share)[:, 0]
     user_emb, item_emb = _forward(params, apply_fn, batch, k_fwd)
     u = user_emb[users]
-    pos_scores = jnp.sum(u * item_emb[pos], axis=-1)
-    neg_scores = jnp.sum(u * item_emb[neg], axis=-1)
+    pos_scores = jnp.sum(u * item_emb[pos], axis=-1, dtype=jnp.float32)  # loss in float32 whatever the compute dtype
+    neg_scores = jnp.sum(u * item_emb[neg], axis=-1, dtype=jnp.float32)
     loss = bpr_loss(pos_scores, neg_scores)
     ego_u, ego_i = id_embeddings(params)
     reg = l2_penalty(ego_u[users], ego_i[pos], ego_i[neg], batch_size=batch_size)
@@ -106,10 +108,11 @@ def bce_objective(params, apply_fn, batch: Batch, key, step, *, batch_size: int,
     """
     k_fwd, k_edge, k_neg = jax.random.split(key, 3)
     users, pos = sampling.sample_edges(k_edge, batch.data, batch_size)
+    users, pos = shard_rows(users), shard_rows(pos)
     neg = sampling.negatives(k_neg, batch.data, users, 1, hard_share)[:, 0]
     user_emb, item_emb = _forward(params, apply_fn, batch, k_fwd)
     u = user_emb[users]
-    loss = bce_loss(jnp.sum(u * item_emb[pos], -1), jnp.sum(u * item_emb[neg], -1))
+    loss = bce_loss(jnp.sum(u * item_emb[pos], -1, dtype=jnp.float32), jnp.sum(u * item_emb[neg], -1, dtype=jnp.float32))
     ego_u, ego_i = id_embeddings(params)
     reg = l2_penalty(ego_u[users], ego_i[pos], ego_i[neg], batch_size=batch_size)
     return loss + l2 * reg, {"rank_loss": loss}
@@ -131,20 +134,20 @@ def item_objective(params, apply_fn, batch: Batch, key, step, *, n_users: int, n
     k_fwd, k_users, k_pos, k_neg, k_owner = jax.random.split(key, 5)
     data = batch.data
     share = hard_share(step) if callable(hard_share) else hard_share
-    users = sampling.sample_users(k_users, data, n_users)
+    users = shard_rows(sampling.sample_users(k_users, data, n_users))  # lists split across the data axis
     pos, pos_where = sampling.sample_positives(k_pos, data, users, n_pos)
     user_emb, item_emb = _forward(params, apply_fn, batch, k_fwd)
     u = user_emb[users]  # [B, d]
-    pos_scores = jnp.einsum("bd,bpd->bp", u, item_emb[pos])
+    pos_scores = jnp.einsum("bd,bpd->bp", u, item_emb[pos], preferred_element_type=jnp.float32)
     if shared_negatives:
         owners = users[jax.random.randint(k_owner, (n_neg,), 0, n_users)]  # hard candidates of batch users
         neg = sampling.negatives(k_neg, data, owners[:, None], 1, share)[:, 0]  # [N]
-        neg_scores = u @ item_emb[neg].T  # [B, N]
+        neg_scores = jnp.matmul(u, item_emb[neg].T, preferred_element_type=jnp.float32)  # [B, N]
         neg_where = ~sampling.is_training_item(data, users[:, None], neg[None, :])
         neg_ids = jnp.broadcast_to(neg[None, :], neg_scores.shape)
     else:
         neg_ids = sampling.negatives(k_neg, data, users, n_neg, share)  # [B, N]
-        neg_scores = jnp.einsum("bd,bnd->bn", u, item_emb[neg_ids])
+        neg_scores = jnp.einsum("bd,bnd->bn", u, item_emb[neg_ids], preferred_element_type=jnp.float32)
         neg_where = jnp.ones(neg_scores.shape, bool)
     scores = jnp.concatenate([pos_scores, neg_scores], axis=-1)
     labels = jnp.concatenate([jnp.ones_like(pos_scores), jnp.zeros_like(neg_scores)], axis=-1)
@@ -201,6 +204,11 @@ def make_model(config: TrainConfig, n_users: int, n_items: int):
     kwargs = dict(n_users=n_users, n_items=n_items, dim=config.dim)
     if "n_layers" in cls.__dataclass_fields__:
         kwargs["n_layers"] = config.layers
+    if config.compute_dtype != "float32":  # propagation and scoring dtype; params stay float32
+        if "dtype" not in cls.__dataclass_fields__:
+            raise ConfigError(f"--compute-dtype {config.compute_dtype} is not supported by --model {config.model}; "
+                              "use --compute-dtype float32")
+        kwargs["dtype"] = jnp.dtype(config.compute_dtype)
     return cls(**kwargs)
 
 
