@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 
 from itemjax.cli import ArgumentParser, int_list, run_main
-from itemjax.config import BACKEND_NAMES, COMPUTE_DTYPES, ITEM_METRICS, LOSS_NAMES, MODEL_NAMES, NEG_SAMPLERS, TrainConfig
+from itemjax.config import BACKEND_NAMES, COMPUTE_DTYPES, ITEM_METRICS, LOSS_NAMES, MODEL_NAMES, NEG_SAMPLERS, PROTOCOLS, TrainConfig
 
 D = TrainConfig()
 
@@ -70,6 +70,13 @@ def parser() -> ArgumentParser:
     g.add_argument("--ks", type=int_list, default=D.ks, help="cut-offs K, e.g. 10,20,50")
     g.add_argument("--select-metric", default=D.select_metric, help="validation metric for selection/early stop")
     g.add_argument("--eval-every", type=int, default=D.eval_every, help="evaluate every N epochs")
+    g.add_argument("--protocol", default=D.protocol, choices=PROTOCOLS,
+                   help="inductive: hold --holdout-users of the users out of training and report on them "
+                        "(embedded from --reveal of their items, no gradient step); selection stays on validation")
+    g.add_argument("--holdout-users", type=float, default=D.holdout_users,
+                   help="inductive: fraction of users held out of training")
+    g.add_argument("--reveal", type=float, default=D.reveal,
+                   help="inductive: fraction of a held-out user's interactions revealed as graph edges (rest: targets)")
     g.add_argument("--patience", type=int, default=D.patience, help="evaluations without gain before stopping")
     g.add_argument("--out", default=None, help="run directory (default runs/<dataset>-<model>-<loss>-<time>)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")

@@ -13,6 +13,7 @@ BACKEND_NAMES = ("auto", "segment", "csr")
 NEG_SAMPLERS = ("uniform", "ppr", "mixed")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 ITEM_METRICS = ("ndcg", "recall")
+PROTOCOLS = ("transductive", "inductive")  # itemjax.inductive: users held out of training
 
 
 #: Per-loss defaults of the options left as None. For BPR/BCE ``batch_size`` counts
@@ -65,6 +66,9 @@ class TrainConfig:
     eval_every: int = 5
     patience: int = 10
     eval_chunk: int = 1024
+    protocol: str = "transductive"  # "inductive": final report on users held out of training
+    holdout_users: float = 0.2  # inductive: fraction of users held out of training
+    reveal: float = 0.5  # inductive: fraction of a held-out user's interactions revealed as edges
     # devices (itemjax.distributed): a 1-D mesh over every device, users split across it
     shard_embeddings: bool = False  # shard the ID tables' rows across devices (default replicated)
     distributed: bool = False  # call jax.distributed.initialize() first (multi-host)
@@ -118,6 +122,11 @@ class TrainConfig:
             name in ("recall", "ndcg", "precision", "hitrate") and k.isdigit() and int(k) in self.ks,
             f"--select-metric {self.select_metric!r} must be recall|ndcg|precision|hitrate@K with K in --ks {self.ks}",
         )
+        need(self.protocol in PROTOCOLS, f"unknown --protocol {self.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+        need(0 < self.holdout_users < 1, f"--holdout-users must be in (0, 1) (got {self.holdout_users})")
+        need(0 < self.reveal < 1, f"--reveal must be in (0, 1) (got {self.reveal})")
+        need(not (self.protocol == "inductive" and (self.model == "mf" or self.layers == 0)),
+             "--protocol inductive embeds unseen users by message passing: use a graph --model with --layers >= 1")
         need(not (self.resume and not self.out), "--resume needs --out DIR naming the run directory to continue")
         return self
 

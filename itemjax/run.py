@@ -57,6 +57,7 @@ class Prepared:
     batch: Batch
     model: object
     hard_negatives_seconds: float = 0.0
+    inductive: object = None  # itemjax.inductive.InductiveSplit with --protocol inductive; split = its training part
 
 
 def prepare(config: TrainConfig, *, out: pathlib.Path | None = None) -> Prepared:
@@ -74,6 +75,13 @@ def prepare(config: TrainConfig, *, out: pathlib.Path | None = None) -> Prepared
     )
     split = make_split(raw, test_frac=config.test_frac, valid_frac=config.valid_frac, seed=config.seed)
     log(split.describe())
+    inductive = None
+    if config.protocol == "inductive":  # train without the held-out users (their nodes keep ids, no edges)
+        from itemjax.inductive import make_inductive_split
+
+        inductive = make_inductive_split(split, holdout=config.holdout_users, reveal=config.reveal, seed=config.seed)
+        split = inductive.train_split
+        log(inductive.describe())
     graph = to_device(build_graph(split.train), config.backend)
     hard, hard_seconds = None, 0.0
     if config.neg_sampler != "uniform":
@@ -93,7 +101,7 @@ def prepare(config: TrainConfig, *, out: pathlib.Path | None = None) -> Prepared
     data = sampling.make_train_data(split.train, hard)
     model = make_model(config, split.n_users, split.n_items)
     return Prepared(split=split, raw=raw, batch=Batch(graph=graph, data=data), model=model,
-                    hard_negatives_seconds=hard_seconds)
+                    hard_negatives_seconds=hard_seconds, inductive=inductive)
 
 
 def _data_root():
@@ -241,10 +249,17 @@ def fit(config: TrainConfig) -> dict:
     user_emb, item_emb = placement.embed(final, batch.graph)
     test = placement.evaluate(user_emb, item_emb, [split.train, split.valid], split.test, ks=config.ks,
                               chunk_size=config.eval_chunk)
+    metrics = test
+    if prep.inductive is not None:  # held-out users, popularity/..., transductive/... (itemjax.inductive)
+        from itemjax.inductive import inductive_report, report_line
+
+        metrics = inductive_report(model, placement.model_params(final), prep.inductive, test, backend=config.backend,
+                                   ks=config.ks, chunk_size=config.eval_chunk)
+        log(report_line(metrics))
     summary = {
-        **{k: float(v) for k, v in test.items()},
-        "split": "test",
-        "protocol": "transductive",
+        **{k: float(v) for k, v in metrics.items()},
+        "split": "test" if prep.inductive is None else "held-out users' targets",
+        "protocol": config.protocol,
         "selected_epoch": selected_epoch,
         "epochs": meta["epoch"],
         "steps": int(state.step),

@@ -1,0 +1,285 @@
+"""The inductive, user-centric protocol: users never seen in training (host side + one forward).
+
+Split (:func:`make_inductive_split`, numpy only). From a transductive
+:class:`~itemjax.split.Split`, a seeded fraction ``holdout`` of the users is held out of
+training entirely: every one of their train / valid / test interactions leaves the training
+split. Ids are KEPT, not re-indexed: a held-out user is still node ``u`` of the graph, with no
+edge, so every shape (``n_users``, the ID tables, the padded graph's node count) is the same as
+in the transductive run. Such an isolated node has a zero row in ``A_hat`` and is never drawn by
+the samplers (they draw training interactions / users with training items), so it takes no
+part in training. For each held-out user with ``n`` interactions (all of them: train, valid and
+test of the original split)::
+
+    n_target(n)   = min(max(round((1 - reveal) * n), 1), n - 1)      (round half to even)
+    n_revealed(n) = n - n_target(n)                                  (so 1 <= n_revealed <= n - 1)
+
+interactions, drawn uniformly (:func:`itemjax.split.holdout_mask`), are the targets and the
+others are revealed. Only users with ``n >= 2`` can be held out (the others stay in training);
+``n_holdout = min(max(round(holdout * n_users), 1), n_eligible)`` users are drawn uniformly
+among those that can. Randomness: ``np.random.default_rng([seed, 4])`` (a stream of its own,
+independent of :func:`~itemjax.split.make_split`'s ``default_rng(seed)``): first the held-out
+users, then the reveal keys.
+
+Evaluation (:func:`evaluate_inductive`). The augmented graph is the training graph plus the
+revealed edges (``A_hat`` renormalised with the new degrees). The trained parameters are used
+as they are, with NO gradient step; **an unseen user's own ID embedding is zero** (its row of
+``user_embedding`` is set to 0). With LightGCN, ``e_u = 1/(K+1) sum_k (A_hat^k x^0)_u`` with
+``x^0_u = 0``, so the held-out user's embedding comes only from the item embeddings propagated
+from its revealed items (``K >= 1`` needed; ``K = 0`` gives zero scores). Full ranking over
+every item, the revealed items excluded, metrics averaged over the held-out users
+(:func:`itemjax.evaluate.evaluate`). The popularity baseline (:func:`evaluate_popularity`)
+ranks items by their training degree through the same evaluator, revealed items excluded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import scipy.sparse
+
+from itemjax.errors import ConfigError, DataError
+from itemjax.split import Split, holdout_mask
+
+__all__ = [
+    "InductiveSplit",
+    "make_inductive_split",
+    "augmented_graph",
+    "zero_user_embeddings",
+    "inductive_embeddings",
+    "evaluate_inductive",
+    "evaluate_popularity",
+    "inductive_report",
+    "report_line",
+]
+
+#: Second entropy word of the protocol's generator, ``default_rng([seed, _STREAM])``.
+_STREAM = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class InductiveSplit:
+    """Training split without the held-out users, and their revealed / target interactions.
+
+    Attributes:
+      train_split: the original :class:`~itemjax.split.Split` with the held-out users' rows of
+        ``train``, ``valid`` and ``test`` emptied (same ``n_users``, ``n_items``, ids).
+      holdout_users: int64 ``[H]`` dense ids of the held-out users, ascending.
+      revealed: ``[n_users, n_items]`` float32 canonical CSR of ones; only the rows of
+        ``holdout_users`` are non-empty (each has >= 1 entry): the edges added at evaluation.
+      targets: same layout, disjoint from ``revealed``; ``revealed + targets`` is each held-out
+        user's full interaction set (each row has >= 1 target).
+      holdout, reveal, seed: the options that produced the split.
+    """
+
+    train_split: Split
+    holdout_users: np.ndarray
+    revealed: scipy.sparse.csr_matrix
+    targets: scipy.sparse.csr_matrix
+    holdout: float
+    reveal: float
+    seed: int
+
+    def graph_interactions(self) -> scipy.sparse.csr_matrix:
+        """``[n_users, n_items]`` interactions of the augmented graph: training edges + revealed."""
+        return _canonical(self.train_split.train + self.revealed)
+
+    def stats(self) -> dict:
+        return {
+            "holdout_users": int(self.holdout_users.size),
+            "revealed": int(self.revealed.nnz),
+            "targets": int(self.targets.nnz),
+            "holdout": float(self.holdout),
+            "reveal": float(self.reveal),
+        }
+
+    def describe(self) -> str:
+        s = self.stats()
+        return (
+            f"inductive: {s['holdout_users']} held-out users (out of training), {s['revealed']} revealed "
+            f"interactions as edges at evaluation, {s['targets']} targets"
+        )
+
+
+def _canonical(matrix) -> scipy.sparse.csr_matrix:
+    """Float32 CSR of ones, sorted indices, no duplicates (the layout of :class:`Split`)."""
+    matrix = scipy.sparse.csr_matrix(matrix, dtype=np.float32, copy=True)
+    matrix.sum_duplicates()
+    matrix.eliminate_zeros()
+    matrix.data[:] = 1.0
+    return matrix
+
+
+def _pairs_csr(users, items, shape) -> scipy.sparse.csr_matrix:
+    ones = np.ones(len(users), dtype=np.float32)
+    return _canonical(scipy.sparse.csr_matrix((ones, (users, items)), shape=shape))
+
+
+def _without_rows(matrix, drop_row: np.ndarray) -> scipy.sparse.csr_matrix:
+    """``matrix`` with the rows where ``drop_row`` [n_rows] is True emptied (shape kept)."""
+    coo = matrix.tocoo()
+    keep = ~drop_row[coo.row]
+    return _pairs_csr(coo.row[keep], coo.col[keep], matrix.shape)
+
+
+def make_inductive_split(split: Split, *, holdout: float = 0.2, reveal: float = 0.5, seed: int = 0) -> InductiveSplit:
+    """Hold a seeded fraction of users out of ``split`` (see the module docstring for the counts).
+
+    Args:
+      split: a transductive split; its train, valid and test parts are disjoint.
+      holdout: fraction of all users held out, in (0, 1).
+      reveal: fraction of a held-out user's interactions revealed as edges, in (0, 1).
+      seed: seed of ``np.random.default_rng([seed, 4])``.
+
+    Raises:
+      ConfigError: a fraction outside (0, 1).
+      DataError: no user has 2 interactions, or no user would be left for training.
+    """
+    if not 0.0 < float(holdout) < 1.0:
+        raise ConfigError(f"--holdout-users must be in (0, 1), got {holdout!r}")
+    if not 0.0 < float(reveal) < 1.0:
+        raise ConfigError(f"--reveal must be in (0, 1), got {reveal!r}")
+    n_users, n_items = int(split.n_users), int(split.n_items)
+    everything = _canonical(split.train + split.valid + split.test)  # the parts are disjoint
+    n_per_user = np.diff(everything.indptr)
+    eligible = np.flatnonzero(n_per_user >= 2)
+    if eligible.size == 0:
+        raise DataError(
+            f"{split.name}: no user has 2 or more interactions, so none can be held out for the inductive "
+            "protocol; use --protocol transductive or give more interactions per user"
+        )
+    n_holdout = min(max(int(round(holdout * n_users)), 1), eligible.size)
+    rng = np.random.default_rng([int(seed), _STREAM])
+    holdout_users = np.sort(rng.choice(eligible, size=n_holdout, replace=False)).astype(np.int64)
+    is_holdout = np.zeros(n_users, dtype=bool)
+    is_holdout[holdout_users] = True
+    if not np.any(np.diff(split.train.indptr)[~is_holdout] > 0):
+        raise DataError(
+            f"{split.name}: holding out {n_holdout} of {n_users} users leaves no training interaction; "
+            "lower --holdout-users or give more users"
+        )
+
+    coo = everything.tocoo()  # canonical: sorted by user, then item
+    mine = is_holdout[coo.row]
+    users, items = coo.row[mine].astype(np.int64), coo.col[mine].astype(np.int64)
+    is_target = holdout_mask(users, n_users, 1.0 - float(reveal), rng)
+    shape = (n_users, n_items)
+    train_split = dataclasses.replace(
+        split,
+        train=_without_rows(split.train, is_holdout),
+        valid=_without_rows(split.valid, is_holdout),
+        test=_without_rows(split.test, is_holdout),
+    )
+    return InductiveSplit(
+        train_split=train_split,
+        holdout_users=holdout_users,
+        revealed=_pairs_csr(users[~is_target], items[~is_target], shape),
+        targets=_pairs_csr(users[is_target], items[is_target], shape),
+        holdout=float(holdout),
+        reveal=float(reveal),
+        seed=int(seed),
+    )
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def augmented_graph(inductive: InductiveSplit):
+    """Host :class:`~itemjax.graph.Graph` of the training edges plus the revealed edges."""
+    from itemjax.graph import build_graph
+
+    return build_graph(inductive.graph_interactions())
+
+
+def zero_user_embeddings(params, users):
+    """``params`` with the rows ``users`` of ``params["ids"]["user_embedding"]`` set to 0.
+
+    The convention for users unseen in training: their own ID embedding is zero, so every
+    representation they get comes from message passing. Returns a new tree (``params`` is
+    not modified); other leaves are shared.
+    """
+    import jax.numpy as jnp
+
+    ids = params["ids"]
+    table = jnp.asarray(ids["user_embedding"])
+    users = np.asarray(users, dtype=np.int64)
+    return {**params, "ids": {**ids, "user_embedding": table.at[users].set(0.0)}}
+
+
+def inductive_embeddings(model, params, interactions, unseen_users, *, backend: str = "auto"):
+    """Final ``(user_emb [n_users, d], item_emb [n_items, d])`` over the graph of ``interactions``.
+
+    No gradient step: ``model`` (``model.n_users`` = rows of ``interactions``) is applied in
+    inference mode with ``params`` whose ``unseen_users`` rows of the user ID table are zero
+    (:func:`zero_user_embeddings`). The graph is :func:`~itemjax.graph.build_graph` of
+    ``interactions`` ``[n_users, n_items]`` on the ``backend`` of
+    :func:`~itemjax.propagation.to_device`.
+    """
+    from itemjax.graph import build_graph
+    from itemjax.propagation import to_device
+    from itemjax.training import embed
+
+    if interactions.shape != (model.n_users, model.n_items):
+        raise DataError(
+            f"the graph's interactions have shape {interactions.shape} but the model has "
+            f"(n_users, n_items) = ({model.n_users}, {model.n_items}); build both from the same split"
+        )
+    graph = to_device(build_graph(interactions), backend)
+    return embed(model.apply, zero_user_embeddings(params, unseen_users), graph)
+
+
+def evaluate_inductive(model, params, inductive: InductiveSplit, *, backend: str = "auto", ks=(20,),
+                       chunk_size: int = 1024) -> dict:
+    """Full-ranking metrics of the held-out users on their targets (revealed items excluded).
+
+    Embeddings from :func:`inductive_embeddings` over the augmented graph
+    (:meth:`InductiveSplit.graph_interactions`) with the held-out users' ID embeddings zero.
+    Returns :func:`itemjax.evaluate.evaluate`'s dict (``"recall@k"``, ..., ``"n_users"``).
+    """
+    from itemjax.evaluate import evaluate
+
+    user_emb, item_emb = inductive_embeddings(
+        model, params, inductive.graph_interactions(), inductive.holdout_users, backend=backend)
+    return evaluate(user_emb, item_emb, inductive.revealed, inductive.targets, ks=ks,
+                    users=inductive.holdout_users, chunk_size=chunk_size)
+
+
+def evaluate_popularity(inductive: InductiveSplit, *, ks=(20,), chunk_size: int = 1024) -> dict:
+    """The most-popular-items baseline on the held-out users, through the same evaluator.
+
+    Items are ranked by their degree in the training split (``train_split.train``; ties to the
+    lower item id), each held-out user's revealed items excluded.
+    """
+    from itemjax.evaluate import evaluate, popularity_embeddings
+
+    user_emb, item_emb = popularity_embeddings(inductive.train_split.train)
+    return evaluate(user_emb, item_emb, inductive.revealed, inductive.targets, ks=ks,
+                    users=inductive.holdout_users, chunk_size=chunk_size)
+
+
+def inductive_report(model, params, inductive: InductiveSplit, transductive_test: dict, *,
+                     backend: str = "auto", ks=(20,), chunk_size: int = 1024) -> dict:
+    """The metric part of an inductive run's summary.json (flat dict of floats / ints).
+
+    ``"recall@k"``, ``"ndcg@k"``, ... and ``"n_users"``: the held-out users
+    (:func:`evaluate_inductive`); ``"popularity/<metric>"``: the popularity baseline on the same
+    users (:func:`evaluate_popularity`); ``"transductive/<metric>"``: ``transductive_test``, the
+    test metrics of the training users; ``"inductive/holdout_users"``, ``"inductive/revealed"``,
+    ``"inductive/targets"``, ``"inductive/holdout"``, ``"inductive/reveal"``: the split.
+    """
+    held_out = evaluate_inductive(model, params, inductive, backend=backend, ks=ks, chunk_size=chunk_size)
+    popular = evaluate_popularity(inductive, ks=ks, chunk_size=chunk_size)
+    return {
+        **held_out,
+        **{f"popularity/{name}": value for name, value in popular.items()},
+        **{f"transductive/{name}": value for name, value in transductive_test.items()},
+        **{f"inductive/{name}": value for name, value in inductive.stats().items()},
+    }
+
+
+def report_line(report: dict) -> str:
+    """One printable line of :func:`inductive_report`: held-out users' and popularity's metrics."""
+    cutoffs = [name for name in report if "@" in name and "/" not in name and name.split("@")[0] in ("recall", "ndcg")]
+    held_out = ", ".join(f"{name}={report[name]:.4f}" for name in cutoffs)
+    popular = ", ".join(f"{name}={report['popularity/' + name]:.4f}" for name in cutoffs)
+    return f"inductive ({report['n_users']} held-out users): {held_out}; popularity baseline: {popular}"
