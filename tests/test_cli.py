@@ -1,0 +1,147 @@
+"""Bad input to ``experiments/train.py``: exit status 2 and one line that names the problem.
+
+``main`` runs in-process through :func:`itemjax.cli.run_main` (what ``__main__`` calls), so
+each case costs milliseconds. Flag problems must be rejected before any data is read: for
+those cases ``load_dataset`` is replaced by a function that fails the test if called.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import pathlib
+
+import pytest
+
+from itemjax.cli import run_main
+
+_TRAIN = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "train.py"
+
+
+def _load_train():
+    spec = importlib.util.spec_from_file_location("itemjax_train_cli", _TRAIN)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train = _load_train()
+
+
+def run_cli(argv, capsys):
+    """``(exit status, stderr)`` of ``train.py argv`` run in-process."""
+    try:
+        status = run_main(train.main, argv)
+    except SystemExit as e:  # argparse errors exit from inside parse_args
+        status = e.code
+    return status, capsys.readouterr().err
+
+
+def error_line(stderr: str) -> str:
+    """The one error line of stderr (after optional dataset statistics lines)."""
+    lines = [line for line in stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1, stderr
+    assert stderr.rstrip("\n").splitlines()[-1] == lines[0], "the error must be the last line, no traceback"
+    return lines[0]
+
+
+@pytest.fixture
+def no_data_loading(monkeypatch):
+    """Make any attempt to read data fail the test."""
+    import itemjax.datasets
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("data was loaded before the options were checked")
+
+    monkeypatch.setattr(itemjax.datasets, "load_dataset", forbidden)
+
+
+# (case, argv, words the message must contain). A dataset path is never read for these.
+FLAG_CASES = [
+    ("unknown model", ["--model", "transformer"], ["--model", "invalid choice", "'transformer'"]),
+    ("unknown loss", ["--loss", "hinge"], ["--loss", "invalid choice", "'hinge'"]),
+    ("negative epochs", ["--epochs", "-3"], ["--epochs must be >= 1", "-3"]),
+    ("zero dim", ["--dim", "0"], ["--dim must be >= 1", "0"]),
+    ("ppr window reversed", ["--ppr-window", "100,10"], ["--ppr-window", "LO < HI", "100,10"]),
+    ("ppr window one value", ["--ppr-window", "10"], ["--ppr-window", "two ranks", "10"]),
+    ("ppr window not numbers", ["--ppr-window", "a,b"], ["--ppr-window", "integers", "'a,b'"]),
+    ("resume without out", ["--resume"], ["--resume needs --out"]),
+    ("curriculum with uniform negatives", ["--curriculum", "5", "--neg-sampler", "uniform"],
+     ["--curriculum", "--neg-sampler ppr or mixed"]),
+    ("select metric K not in ks", ["--select-metric", "ndcg@30"], ["--select-metric", "'ndcg@30'", "--ks"]),
+    ("test fraction out of range", ["--test-frac", "1.5"], ["--test-frac", "(0, 1)", "1.5"]),
+    ("zero learning rate", ["--lr", "0"], ["--lr must be > 0"]),
+    ("unknown flag", ["--learning-rate", "0.1"], ["unrecognized arguments", "--learning-rate"]),
+]
+
+
+@pytest.mark.parametrize("case,argv,words", FLAG_CASES, ids=[c[0] for c in FLAG_CASES])
+def test_bad_flags_exit_2_before_any_data_is_read(case, argv, words, no_data_loading, capsys, tmp_path):
+    argv = argv + ["--no-progress"] + ([] if case == "resume without out" else ["--out", str(tmp_path / "run")])
+    status, err = run_cli(["--dataset", str(tmp_path / "never-read.csv"), *argv], capsys)
+    assert status == 2, err
+    line = error_line(err)
+    for word in words:
+        assert word in line, (word, line)
+    assert not (tmp_path / "run").exists(), "a rejected command must not create its run directory"
+
+
+def test_existing_run_without_resume_is_rejected_before_loading(no_data_loading, capsys, tmp_path):
+    (tmp_path / "run" / "checkpoints" / "latest").mkdir(parents=True)
+    status, err = run_cli(["--out", str(tmp_path / "run"), "--no-progress"], capsys)
+    assert status == 2
+    assert "already holds a run; pass --resume" in error_line(err)
+
+
+# ----------------------------------------------------------------------------- bad data files
+
+
+def _write(path: pathlib.Path, content) -> pathlib.Path:
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return path
+
+
+# (case, file name, content, words the message must contain: "{path}" is the file's path)
+DATA_CASES = [
+    ("missing file", "absent.csv", None, ["{path}", "neither a known dataset nor an existing file"]),
+    ("empty file", "empty.csv", b"", ["{path}", "file is empty"]),
+    ("blank lines only", "blank.csv", "\n  \n\n", ["{path}", "empty"]),
+    ("header only", "header.csv", "user,item\n", ["{path}", "only a header line"]),
+    ("binary file", "binary.csv", bytes(range(256)) * 4, ["{path}:", "binary data, not a text file"]),
+    ("missing item column", "nocol.csv", "user,rating\nu1,3\nu2,4\n", ["{path}:1", "no item column"]),
+    ("single column", "onecol.csv", "u1\nu2\n", ["{path}", "column"]),
+    ("malformed line", "malformed.csv", "user,item\nu1,i1\nu2,i2,5,7,9\nu3,i3\n",
+     ["{path}:3", "expected 2 columns", "found 5"]),
+    ("empty id", "emptyid.csv", "user,item\nu1,i1\nu2,\n", ["{path}:3", "empty item id"]),
+    ("rating not a number", "rating.csv", "u1,i1,5\nu1,i2,abc\n", ["{path}:2", "rating 'abc' is not a number"]),
+    ("gz that is not gzip", "fake.csv.gz", "u1,i1\n", ["{path}", "not gzip-compressed"]),
+    ("corrupt gzip", "trunc.csv.gz", gzip.compress(b"u1,i1\n" * 500)[:40], ["{path}", "corrupt or truncated gzip"]),
+    ("too few interactions for the split", "few.csv", "user,item\nu1,i1\nu1,i2\nu2,i1\n",
+     ["few", "nothing can be held out"]),
+    ("unknown registry dataset", None, None, ["'ml-10m'", "neither a known dataset nor an existing file"]),
+]
+
+
+@pytest.mark.parametrize("case,name,content,words", DATA_CASES, ids=[c[0] for c in DATA_CASES])
+def test_bad_data_exit_2_with_file_and_line(case, name, content, words, capsys, tmp_path):
+    if name is None:
+        dataset = "ml-10m"
+    else:
+        dataset = str(tmp_path / name)
+        if content is not None:
+            _write(tmp_path / name, content)
+    extra = ["--min-rating", "3"] if case == "rating not a number" else []
+    status, err = run_cli(["--dataset", dataset, *extra, "--no-progress", "--epochs", "1", "--dim", "4",
+                           "--out", str(tmp_path / "run")], capsys)
+    assert status == 2, err
+    line = error_line(err)
+    for word in words:
+        assert word.format(path=dataset) in line, (word, line)
+
+
+def test_resume_of_a_directory_that_is_not_a_run(capsys, tmp_path):
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "stray").write_text("")
+    status, err = run_cli(["--resume", "--out", str(tmp_path / "run"), "--no-progress"], capsys)
+    assert status == 2
+    assert "is not a run directory (no config.json)" in error_line(err)
