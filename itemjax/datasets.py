@@ -226,7 +226,7 @@ def _to_float64(column: np.ndarray, lines: np.ndarray, path) -> np.ndarray:
     except (ValueError, OverflowError):
         bad = _first_failing(column.tolist(), float)
         raise DataError(
-            f"{path}:{lines[bad]}: rating {column[bad]!r} is not a number; fix the line or drop min_rating"
+            f"{path}:{lines[bad]}: rating {column[bad]!r} is not a number; fix the line or drop --min-rating"
         ) from None
 
 
@@ -315,7 +315,7 @@ def _read_table(
         if fixed_columns is None and not 2 <= expected <= 4:
             raise DataError(
                 f"{path}:{line_numbers[0]}: expected 2 to 4 columns (user, item[, rating[, timestamp]]) "
-                f"separated by {shown_sep}, found {expected}; pass sep= or fix the file"
+                f"separated by {shown_sep}, found {expected}; pass --sep or fix the file"
             )
         roles = {role: column for column, role in enumerate(("user", "item", "rating", "timestamp")[:expected])}
     wrong = np.flatnonzero(n_columns != expected)
@@ -323,7 +323,7 @@ def _read_table(
         bad = wrong[0]
         raise DataError(
             f"{path}:{line_numbers[bad]}: expected {expected} columns separated by {shown_sep}, "
-            f"found {n_columns[bad]}; fix the line (or pass sep=)"
+            f"found {n_columns[bad]}; fix the line (or pass --sep)"
         )
     columns = []
     rest = rows
@@ -497,7 +497,7 @@ def _load_registry(name, root, *, min_rating, kcore, download, progress) -> RawD
 
     if name in _LIGHTGCN_SETS:
         if min_rating is not None:
-            raise DataError(f"{name}: min_rating needs a rating column, but the LightGCN split has none; drop min_rating")
+            raise DataError(f"{name}: min_rating needs a rating column, but the LightGCN split has none; drop --min-rating")
         (train_path, train_text), (test_path, test_text) = read("train.txt"), read("test.txt")
         users, items, max_train_user = _parse_adjacency(train_text, train_path)
         test_users, test_items, max_test_user = _parse_adjacency(test_text, test_path)
@@ -524,7 +524,7 @@ def _rating_mask(table: _Table, path, min_rating) -> np.ndarray:
     if min_rating is None:
         return np.ones(table.user.size, dtype=bool)
     if table.rating is None:
-        raise DataError(f"{path}: min_rating needs a rating column (user, item, rating), but the file has none; drop min_rating")
+        raise DataError(f"{path}: min_rating needs a rating column (user, item, rating), but the file has none; drop --min-rating")
     return _to_float64(table.rating, table.lines, path) >= min_rating
 
 

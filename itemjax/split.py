@@ -172,7 +172,7 @@ def make_split(raw, *, test_frac=0.2, valid_frac=0.1, seed=0) -> Split:
         if not held.any():
             raise DataError(
                 f"{raw.name}: no user has 2 or more training interactions, so nothing can be held out for "
-                "validation; use valid_frac=0 or give more interactions per user"
+                "validation; use --valid-frac 0 or give more interactions per user"
             )
         valid_users, valid_items = users[held], items[held]
         users, items = users[~held], items[~held]
