@@ -1,0 +1,203 @@
+#!/usr/bin/env python
+"""Every architecture x loss x protocol on one dataset, as one markdown table.
+
+    python experiments/arch_table.py                                   # ml-100k, runs/arch-table
+    python experiments/arch_table.py --epochs 200 --extra "--eval-every 5 --patience 8" --out /tmp/arch-table
+
+Each cell (model, loss, protocol) is a normal training run (``experiments/train.py`` options:
+the shared ``--epochs`` cap, ``--extra`` options, and otherwise the per-loss defaults of
+``itemjax.config.LOSS_DEFAULTS`` for every model, chosen on LightGCN) written to
+``<out>/<model>-<loss>-<protocol>/``. A cell whose ``summary.json`` exists is reused (after
+checking its ``config.json`` used the same options) and an interrupted cell is resumed, so the
+command can simply be re-run. MF, which has no graph to embed an unseen user with, gets
+transductive cells only.
+
+The table (``<out>/arch_table.md``, also printed) has test Recall@20 / NDCG@20 of the epoch
+selected on validation, training wall time and the selected epoch; inductive rows also give
+the popularity baseline (most popular unseen items) on the same held-out users, from
+``summary.json``'s ``popularity/...`` entries. Below it, one line per model says whether ITEM
+>= BPR on NDCG@20, transductively and inductively.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import shlex
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+from train import config_from_args, parser as train_parser  # noqa: E402
+
+from itemjax.cli import ArgumentParser, run_main  # noqa: E402
+from itemjax.config import LOSS_DEFAULTS, LOSS_NAMES, MODEL_NAMES, PROTOCOLS  # noqa: E402
+from itemjax.errors import ConfigError  # noqa: E402
+
+#: Models without message passing: an unseen user cannot be embedded, so no inductive cell.
+NON_GRAPH_MODELS = ("mf",)
+#: config.json keys that may differ between a reused run and the current command.
+REUSE_FREE = ("out", "progress", "resume")
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One table row: a (model, loss, protocol) run and its directory."""
+
+    model: str
+    loss: str
+    protocol: str
+    run: pathlib.Path
+
+
+def parser() -> ArgumentParser:
+    p = ArgumentParser(prog="arch_table.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", default="ml-100k")
+    p.add_argument("--models", default="mf,lightgcn,ngcf,gat,sage",
+                   help="comma-separated models (mf: transductive only)")
+    p.add_argument("--losses", default="bpr,item", help="comma-separated losses")
+    p.add_argument("--protocols", default="transductive,inductive", help="comma-separated protocols")
+    p.add_argument("--epochs", type=int, default=1000, help="the same epoch cap for every cell (early stopping applies)")
+    p.add_argument("--extra", default="", help="train.py options given to every cell, e.g. \"--eval-every 5 --patience 8\" (one flag alone: --extra=--flag)")
+    p.add_argument("--out", default="runs/arch-table", help="folder of the cell runs and arch_table.md")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _names(text: str, allowed: tuple, flag: str) -> list:
+    names = [n for n in text.split(",") if n]
+    for n in names:
+        if n not in allowed:
+            raise ConfigError(f"unknown {n!r} in {flag}; choose from {', '.join(allowed)}")
+    if not names:
+        raise ConfigError(f"{flag} is empty; give comma-separated names from {', '.join(allowed)}")
+    return names
+
+
+def cell_configs(args) -> list:
+    """``[(Cell, resolved TrainConfig)]`` in run and table order (model, protocol, loss); all checked before training."""
+    out = pathlib.Path(args.out)
+    extra = shlex.split(args.extra)
+    cells = []
+    for model in _names(args.models, MODEL_NAMES, "--models"):
+        for protocol in _names(args.protocols, PROTOCOLS, "--protocols"):
+            for loss in _names(args.losses, LOSS_NAMES, "--losses"):
+                if protocol == "inductive" and model in NON_GRAPH_MODELS:
+                    continue
+                run = out / f"{model}-{loss}-{protocol}"
+                argv = ["--dataset", args.dataset, "--model", model, "--loss", loss, "--protocol", protocol,
+                        "--epochs", str(args.epochs), "--out", str(run)] + extra
+                if args.no_progress:
+                    argv.append("--no-progress")
+                try:
+                    ns = train_parser().parse_args(argv)
+                except SystemExit:
+                    raise ConfigError(f"bad train.py options in --extra: {args.extra!r}") from None
+                cells.append((Cell(model, loss, protocol, run), config_from_args(ns)))
+    return cells
+
+
+def check_reusable(config, run: pathlib.Path) -> None:
+    """Raise ConfigError if the finished run in ``run`` was made with other options than ``config``."""
+    saved = json.loads((run / "config.json").read_text())["config"]
+    current = json.loads(json.dumps(config.to_dict()))
+    diffs = [k for k in current if k not in REUSE_FREE and saved.get(k) != current[k]]
+    if diffs:
+        k = diffs[0]
+        raise ConfigError(f"{run} was trained with {k}={saved.get(k)!r}, not {current[k]!r}; "
+                          "delete that folder or choose another --out")
+
+
+def read_rows(cells: list) -> list:
+    """One dict per cell from its ``summary.json`` (``finished=False`` when it has none yet)."""
+    rows = []
+    for c in cells:
+        path = pathlib.Path(c.run) / "summary.json"
+        row = {"model": c.model, "loss": c.loss, "protocol": c.protocol, "finished": path.exists()}
+        if path.exists():
+            s = json.loads(path.read_text())
+            row.update({"recall@20": s["recall@20"], "ndcg@20": s["ndcg@20"], "train_seconds": s["train_seconds"],
+                        "selected_epoch": s["selected_epoch"], "epochs": s["epochs"],
+                        "popularity/recall@20": s.get("popularity/recall@20"),
+                        "popularity/ndcg@20": s.get("popularity/ndcg@20")})
+        rows.append(row)
+    return rows
+
+
+def _fmt(value, digits: int = 4) -> str:
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def verdicts(rows: list, base: str = "bpr", challenger: str = "item") -> list:
+    """Per model, whether ``challenger`` >= ``base`` on NDCG@20 under each protocol (finished pairs only)."""
+    by_key = {(r["model"], r["loss"], r["protocol"]): r for r in rows if r["finished"]}
+    lines = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        parts = []
+        for protocol in dict.fromkeys(r["protocol"] for r in rows):
+            b, c = by_key.get((model, base, protocol)), by_key.get((model, challenger, protocol))
+            if b is None or c is None:
+                continue
+            ok = c["ndcg@20"] >= b["ndcg@20"]
+            parts.append(f"{protocol} {'yes' if ok else 'NO'} ({c['ndcg@20']:.4f} vs {b['ndcg@20']:.4f}, "
+                         f"{(c['ndcg@20'] - b['ndcg@20']) / b['ndcg@20']:+.1%})")
+        if parts:
+            lines.append(f"- {model}: {challenger.upper()} >= {base.upper()} on NDCG@20: " + "; ".join(parts))
+    return lines
+
+
+def markdown(rows: list, header: str = "") -> str:
+    """The table (one line per row), then the per-model ITEM >= BPR lines."""
+    lines = ([header, ""] if header else []) + [
+        "| model | loss | protocol | Recall@20 | NDCG@20 | train time (s) | selected epoch "
+        "| popularity Recall@20 | popularity NDCG@20 |",
+        "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if not r["finished"]:
+            lines.append(f"| {r['model']} | {r['loss'].upper()} | {r['protocol']} | not finished | | | | | |")
+            continue
+        lines.append(
+            f"| {r['model']} | {r['loss'].upper()} | {r['protocol']} | {_fmt(r['recall@20'])} | {_fmt(r['ndcg@20'])} "
+            f"| {r['train_seconds']:.0f} | {r['selected_epoch']} of {r['epochs']} | {_fmt(r['popularity/recall@20'])} "
+            f"| {_fmt(r['popularity/ndcg@20'])} |")
+    found = verdicts(rows)
+    if found:
+        lines += [""] + found
+    return "\n".join(lines) + "\n"
+
+
+def header_text(args) -> str:
+    defaults = "; ".join(f"{loss.upper()} " + ", ".join(f"{k}={v:g}" for k, v in LOSS_DEFAULTS[loss].items())
+                         for loss in _names(args.losses, LOSS_NAMES, "--losses"))
+    return (f"{args.dataset}: test metrics of the epoch selected on validation NDCG@20 (inductive: held-out users' "
+            f"targets). Epoch cap {args.epochs}, train.py options `{args.extra or '(none)'}`; the per-loss defaults "
+            f"(chosen on LightGCN) for every model: {defaults}. Produced by `experiments/arch_table.py`.")
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    cells = cell_configs(args)
+    from itemjax.run import fit
+
+    for n, (cell, config) in enumerate(cells, 1):
+        tag = f"[arch_table {n}/{len(cells)}] {cell.model} {cell.loss} {cell.protocol}"
+        if (cell.run / "summary.json").exists():
+            check_reusable(config, cell.run)
+            print(f"{tag}: reusing {cell.run}", file=sys.stderr)
+            continue
+        resume = (cell.run / "config.json").exists()
+        print(f"{tag}: {'resuming' if resume else 'training'} -> {cell.run}", file=sys.stderr)
+        fit(dataclasses.replace(config, resume=resume))
+    text = markdown(read_rows([c for c, _ in cells]), header_text(args))
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "arch_table.md").write_text(text)
+    print(text)
+    print(f"saved {out / 'arch_table.md'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,101 @@
+"""experiments/arch_table.py: the markdown table built from run directories (no training)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pathlib
+import sys
+
+import pytest
+
+from itemjax.errors import ConfigError
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("arch_table", ROOT / "experiments" / "arch_table.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["arch_table"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+arch_table = _load_script()
+
+
+def _fake_run(path: pathlib.Path, **summary) -> pathlib.Path:
+    path.mkdir(parents=True)
+    (path / "summary.json").write_text(json.dumps(summary))
+    return path
+
+
+def _cells_of_table(text: str) -> list:
+    """Rows of the markdown table as lists of stripped cells (header and rule excluded)."""
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| model")]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in rows]
+
+
+def test_table_numbers_come_from_summary_json(tmp_path):
+    bpr = _fake_run(tmp_path / "gat-bpr-inductive", **{
+        "recall@20": 0.123449, "ndcg@20": 0.30001, "train_seconds": 12.6, "selected_epoch": 35, "epochs": 75,
+        "popularity/recall@20": 0.1538, "popularity/ndcg@20": 0.33176})
+    item = _fake_run(tmp_path / "gat-item-inductive", **{
+        "recall@20": 0.2, "ndcg@20": 0.35, "train_seconds": 99.4, "selected_epoch": 60, "epochs": 100,
+        "popularity/recall@20": 0.1538, "popularity/ndcg@20": 0.33176})
+    cells = [arch_table.Cell("gat", "bpr", "inductive", bpr), arch_table.Cell("gat", "item", "inductive", item)]
+    text = arch_table.markdown(arch_table.read_rows(cells))
+    assert _cells_of_table(text) == [
+        ["gat", "BPR", "inductive", "0.1234", "0.3000", "13", "35 of 75", "0.1538", "0.3318"],
+        ["gat", "ITEM", "inductive", "0.2000", "0.3500", "99", "60 of 100", "0.1538", "0.3318"],
+    ]
+    # (0.35 - 0.30001) / 0.30001 = +16.66 %
+    assert "- gat: ITEM >= BPR on NDCG@20: inductive yes (0.3500 vs 0.3000, +16.7%)" in text.splitlines()
+
+
+def test_transductive_rows_have_no_popularity_and_a_loss_is_reported(tmp_path):
+    bpr = _fake_run(tmp_path / "a", **{"recall@20": 0.25, "ndcg@20": 0.24, "train_seconds": 3.0,
+                                       "selected_epoch": 5, "epochs": 10})
+    item = _fake_run(tmp_path / "b", **{"recall@20": 0.22, "ndcg@20": 0.18, "train_seconds": 4.0,
+                                        "selected_epoch": 10, "epochs": 10})
+    missing = tmp_path / "c"  # not finished: no summary.json
+    cells = [arch_table.Cell("mf", "bpr", "transductive", bpr), arch_table.Cell("mf", "item", "transductive", item),
+             arch_table.Cell("sage", "bpr", "transductive", missing)]
+    text = arch_table.markdown(arch_table.read_rows(cells), header="my header")
+    rows = _cells_of_table(text)
+    assert rows[0] == ["mf", "BPR", "transductive", "0.2500", "0.2400", "3", "5 of 10", "—", "—"]
+    assert rows[1][3:5] == ["0.2200", "0.1800"]
+    assert rows[2][:4] == ["sage", "BPR", "transductive", "not finished"]
+    assert text.startswith("my header\n")
+    assert "- mf: ITEM >= BPR on NDCG@20: transductive NO (0.1800 vs 0.2400, -25.0%)" in text.splitlines()
+    assert not any(line.startswith("- sage") for line in text.splitlines())  # no finished pair
+
+
+def test_cells_skip_inductive_mf_and_keep_loss_defaults(tmp_path):
+    args = arch_table.parser().parse_args(
+        ["--models", "mf,lightgcn", "--epochs", "7", "--extra", "--eval-every 5 --patience 8", "--out", str(tmp_path)])
+    cells = arch_table.cell_configs(args)
+    keys = [(c.model, c.protocol, c.loss) for c, _ in cells]
+    assert keys == [("mf", "transductive", "bpr"), ("mf", "transductive", "item"),
+                    ("lightgcn", "transductive", "bpr"), ("lightgcn", "transductive", "item"),
+                    ("lightgcn", "inductive", "bpr"), ("lightgcn", "inductive", "item")]
+    for cell, config in cells:
+        assert (config.model, config.loss, config.protocol) == (cell.model, cell.loss, cell.protocol)
+        assert (config.epochs, config.eval_every, config.patience) == (7, 5, 8)
+        assert pathlib.Path(config.out) == tmp_path / f"{cell.model}-{cell.loss}-{cell.protocol}"
+        for k, v in arch_table.LOSS_DEFAULTS[cell.loss].items():
+            assert getattr(config, k) == v
+
+
+def test_reuse_refuses_a_run_made_with_other_options(tmp_path):
+    args = arch_table.parser().parse_args(["--models", "lightgcn", "--losses", "bpr", "--protocols", "transductive",
+                                           "--epochs", "7", "--out", str(tmp_path)])
+    (cell, config), = arch_table.cell_configs(args)
+    cell.run.mkdir(parents=True)
+    saved = json.loads(json.dumps(config.to_dict()))
+    (cell.run / "config.json").write_text(json.dumps({"config": {**saved, "progress": not saved["progress"]}}))
+    arch_table.check_reusable(config, cell.run)  # progress/out/resume may differ
+    (cell.run / "config.json").write_text(json.dumps({"config": {**saved, "epochs": 9}}))
+    with pytest.raises(ConfigError, match="epochs=9, not 7"):
+        arch_table.check_reusable(config, cell.run)
