@@ -141,7 +141,7 @@ def item_objective(params, apply_fn, batch: Batch, key, step, *, n_users: int, n
     pos_scores = jnp.einsum("bd,bpd->bp", u, item_emb[pos], preferred_element_type=jnp.float32)
     if shared_negatives:
         owners = users[jax.random.randint(k_owner, (n_neg,), 0, n_users)]  # hard candidates of batch users
-        neg = sampling.negatives(k_neg, data, owners[:, None], 1, share)[:, 0]  # [N]
+        neg = sampling.negatives(k_neg, data, owners, 1, share)[:, 0]  # [N]
         neg_scores = jnp.matmul(u, item_emb[neg].T, preferred_element_type=jnp.float32)  # [B, N]
         neg_where = ~sampling.is_training_item(data, users[:, None], neg[None, :])
         neg_ids = jnp.broadcast_to(neg[None, :], neg_scores.shape)
