@@ -7,7 +7,7 @@ from typing import Optional
 
 from itemjax.errors import ConfigError
 
-MODEL_NAMES = ("mf", "lightgcn")
+MODEL_NAMES = ("mf", "lightgcn", "ngcf", "gat", "sage")
 LOSS_NAMES = ("bpr", "bce", "item")
 BACKEND_NAMES = ("auto", "segment", "csr")
 NEG_SAMPLERS = ("uniform", "ppr", "mixed")
