@@ -9,8 +9,8 @@ the shared ``--epochs`` cap, ``--extra`` options, and otherwise the per-loss def
 ``itemjax.config.LOSS_DEFAULTS`` for every model, chosen on LightGCN) written to
 ``<out>/<model>-<loss>-<protocol>/``. A cell whose ``summary.json`` exists is reused (after
 checking its ``config.json`` used the same options) and an interrupted cell is resumed, so the
-command can simply be re-run. MF, which has no graph to embed an unseen user with, gets
-transductive cells only.
+command can simply be re-run; ``--table-only`` rebuilds the table from the cells finished so
+far. MF, which has no graph to embed an unseen user with, gets transductive cells only.
 
 The table (``<out>/arch_table.md``, also printed) has test Recall@20 / NDCG@20 of the epoch
 selected on validation, training wall time and the selected epoch; inductive rows also give
@@ -63,6 +63,8 @@ def parser() -> ArgumentParser:
     p.add_argument("--extra", default="", help="train.py options given to every cell, e.g. \"--eval-every 5 --patience 8\" (one flag alone: --extra=--flag)")
     p.add_argument("--out", default="runs/arch-table", help="folder of the cell runs and arch_table.md")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--table-only", action="store_true",
+                   help="train nothing: rebuild arch_table.md from the cells finished so far")
     return p
 
 
@@ -186,6 +188,9 @@ def main(argv=None) -> int:
         if (cell.run / "summary.json").exists():
             check_reusable(config, cell.run)
             print(f"{tag}: reusing {cell.run}", file=sys.stderr)
+            continue
+        if args.table_only:
+            print(f"{tag}: not finished (--table-only)", file=sys.stderr)
             continue
         resume = (cell.run / "config.json").exists()
         print(f"{tag}: {'resuming' if resume else 'training'} -> {cell.run}", file=sys.stderr)

@@ -99,3 +99,19 @@ def test_reuse_refuses_a_run_made_with_other_options(tmp_path):
     (cell.run / "config.json").write_text(json.dumps({"config": {**saved, "epochs": 9}}))
     with pytest.raises(ConfigError, match="epochs=9, not 7"):
         arch_table.check_reusable(config, cell.run)
+
+
+def test_table_only_rebuilds_from_finished_cells_without_training(tmp_path, capsys):
+    argv = ["--models", "mf,lightgcn", "--losses", "bpr", "--protocols", "transductive", "--epochs", "7",
+            "--table-only", "--out", str(tmp_path)]
+    cells = arch_table.cell_configs(arch_table.parser().parse_args(argv))
+    (cell, config) = cells[1]  # lightgcn finished; mf never started
+    _fake_run(cell.run, **{"recall@20": 0.3314, "ndcg@20": 0.3976, "train_seconds": 84.0, "selected_epoch": 200,
+                           "epochs": 200})
+    (cell.run / "config.json").write_text(json.dumps({"config": config.to_dict()}))
+    assert arch_table.main(argv) == 0
+    rows = _cells_of_table((tmp_path / "arch_table.md").read_text())
+    assert rows == [["mf", "BPR", "transductive", "not finished", "", "", "", "", ""],
+                    ["lightgcn", "BPR", "transductive", "0.3314", "0.3976", "84", "200 of 200", "—", "—"]]
+    assert not (tmp_path / "mf-bpr-transductive").exists()  # nothing trained
+    assert "| lightgcn | BPR | transductive | 0.3314 |" in capsys.readouterr().out
