@@ -9,6 +9,9 @@ Each case (dataset, loss, backend) runs in its own subprocess, so that its peak 
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) is its own. A case does what
 ``itemjax.run.fit`` does, timing each part:
 
+* process set-up as in ``fit``: ``itemjax.distributed.initialize`` (glibc allocator tuning,
+  ``--no-malloc-tuning`` to compare without);
+
 * load + split (the dataset's predefined train/test; ``--valid-frac`` carved from train,
   default 0 so that an epoch covers every training interaction), graph build, device copy;
 * ITEM only: the PPR hard-negative table (``itemjax.ppr.hard_negative_table``, window
@@ -16,7 +19,8 @@ Each case (dataset, loss, backend) runs in its own subprocess, so that its peak 
 * the epoch: ``steps = ceil(n_train / B)`` (BPR, B = 2048 triples) or ``ceil(n_active_users / B)``
   (ITEM, B = 256 users) calls of the real jitted ``train_step`` through
   ``itemjax.distributed.Placement.jit_step`` (the path ``fit`` uses), after ``--warmup`` steps
-  (compilation included there), losses fetched once at the end as in ``fit``;
+  (compilation included there), losses fetched once at the end as in ``fit``; wall-clock and
+  CPU seconds of the process (``time.process_time``, all threads: much less sensitive to other jobs than wall-clock);
 * the full-ranking evaluation of every test user (``Placement.embed`` + ``evaluate``, training
   items excluded): first call (with compilation) and a second call.
 
@@ -57,7 +61,11 @@ def run_case(args) -> dict:
     from itemjax.split import make_split
     from itemjax.training import Batch, create_state, make_model, steps_per_epoch, train_step
 
-    record = {"dataset": args.dataset, "loss": args.loss, "backend": args.backend, "load_before": os.getloadavg()}
+    from itemjax.distributed import initialize
+
+    initialize(False, tune_allocator=not args.no_malloc_tuning)  # as itemjax.run.fit does, before JAX starts
+    record = {"dataset": args.dataset, "loss": args.loss, "backend": args.backend, "load_before": os.getloadavg(),
+              "malloc_tuning": not args.no_malloc_tuning}
     item = args.loss == "item"
     config = TrainConfig(dataset=args.dataset, loss=args.loss, backend=args.backend, dim=args.dim, layers=args.layers,
                          batch_size=args.item_batch if item else args.batch_size, valid_frac=args.valid_frac,
@@ -74,8 +82,18 @@ def run_case(args) -> dict:
         from itemjax.ppr import hard_negative_table
 
         t0 = time.perf_counter()
-        hard = hard_negative_table(split.train, window=tuple(config.ppr_window), alpha=config.ppr_alpha, progress=False)
-        record["ppr_seconds"] = time.perf_counter() - t0
+        if args.ppr_cache:  # a table computed by an earlier case is not timed again
+            from itemjax.ppr import cached_hard_negative_table, table_cache_path
+
+            params = dict(window=tuple(config.ppr_window), alpha=config.ppr_alpha)
+            key = f"{split.name}-bench"
+            hit = table_cache_path(split.train, cache_dir=args.ppr_cache, key=key, **params).exists()
+            hard = cached_hard_negative_table(split.train, cache_dir=args.ppr_cache, key=key, progress=False, **params)
+        else:
+            hit = False
+            hard = hard_negative_table(split.train, window=tuple(config.ppr_window), alpha=config.ppr_alpha, progress=False)
+        if not hit:
+            record["ppr_seconds"] = time.perf_counter() - t0
     data = make_train_data(split.train, hard)
     record.update(n_users=split.n_users, n_items=split.n_items, n_train=int(split.train.nnz),
                   n_test_users=int((np.diff(split.test.indptr) > 0).sum()), batch_size=config.batch_size)
@@ -97,6 +115,7 @@ def run_case(args) -> dict:
     record["warmup_seconds"] = time.perf_counter() - t0  # includes the compilation
 
     timed = n_steps if not args.steps else min(args.steps, n_steps)
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
     losses = []
     for _ in range(timed):
@@ -104,6 +123,8 @@ def run_case(args) -> dict:
         losses.append(metrics["loss"])
     losses = np.asarray(jax.device_get(jnp.stack(losses)))
     seconds = time.perf_counter() - t0
+    # CPU seconds of this process (all its threads): what the epoch costs whatever the other jobs do
+    record["epoch_cpu_seconds"] = (time.process_time() - cpu0) * n_steps / timed
     record.update(timed_steps=timed, step_seconds=seconds / timed, epoch_seconds=seconds * n_steps / timed,
                   epoch_extrapolated=timed < n_steps, final_loss=float(losses[-1]))
 
@@ -140,7 +161,7 @@ def fmt(value, digits=2):
 
 
 def table(records) -> str:
-    head = ("| dataset | loss | backend | n_train | steps/epoch | step s | epoch s | eval s (all users) | "
+    head = ("| dataset | loss | backend | n_train | steps/epoch | step s | epoch s | epoch CPU s | eval s (all users) | "
             "PPR s | peak RSS GiB | load 1-min before/after |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in records:
@@ -150,7 +171,7 @@ def table(records) -> str:
         epoch = fmt(r["epoch_seconds"], 1) + (" (extrap.)" if r["epoch_extrapolated"] else "")
         lines.append(
             f"| {r['dataset']} | {r['loss']} | {r['backend']} | {r['n_train']} | {r['steps_per_epoch']} | "
-            f"{fmt(r['step_seconds'], 3)} | {epoch} | {fmt(r.get('eval_seconds'), 1)} | {fmt(r.get('ppr_seconds'), 1)} | "
+            f"{fmt(r['step_seconds'], 3)} | {epoch} | {fmt(r['epoch_cpu_seconds'], 1)} | {fmt(r.get('eval_seconds'), 1)} | {fmt(r.get('ppr_seconds'), 1)} | "
             f"{fmt(r['peak_rss_gib'])} | {r['load_before'][0]:.1f} / {r['load_after'][0]:.1f} |")
     return "\n".join(lines)
 
@@ -170,6 +191,9 @@ def main() -> None:
     p.add_argument("--plain", type=int, default=0, help="also time N plain train_step calls vs the placement's")
     p.add_argument("--eval-chunk", type=int, default=1024)
     p.add_argument("--no-eval", action="store_true")
+    p.add_argument("--no-malloc-tuning", action="store_true",
+                   help="leave glibc malloc as is (see itemjax.distributed.tune_host_allocator)")
+    p.add_argument("--ppr-cache", default="", help="cache PPR tables in this directory (a cached table is not timed)")
     p.add_argument("--out", default=str(OUT / "epoch_time.json"))
     p.add_argument("--case", nargs=3, metavar=("DATASET", "LOSS", "BACKEND"), help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -183,6 +207,8 @@ def main() -> None:
                    f"--layers={args.layers}", f"--valid-frac={args.valid_frac}", f"--warmup={args.warmup}",
                    f"--steps={args.steps}", f"--plain={args.plain}", f"--eval-chunk={args.eval_chunk}"]
     passthrough += ["--no-eval"] if args.no_eval else []
+    passthrough += ["--no-malloc-tuning"] if args.no_malloc_tuning else []
+    passthrough += [f"--ppr-cache={args.ppr_cache}"] if args.ppr_cache else []
     records = []
     for dataset in args.datasets.split(","):
         for loss in args.losses.split(","):

@@ -103,6 +103,9 @@ def run_size(n_edges: int, repeats: int) -> dict:
     from itemjax.sampling import make_train_data
     from itemjax.training import Batch, create_state, make_model, steps_per_epoch, train_step
 
+    from itemjax.distributed import initialize
+
+    initialize(False)  # as itemjax.run.fit does (host allocator tuning), before JAX starts
     record = {"edges": n_edges, "load_before": os.getloadavg()}
     t0 = time.perf_counter()
     train, test = synthetic_graph(n_edges)
