@@ -51,6 +51,8 @@ def parser() -> ArgumentParser:
     g = p.add_argument_group("ITEM loss and negatives")
     g.add_argument("--item-metric", default=D.item_metric, choices=ITEM_METRICS)
     g.add_argument("--tau", type=float, default=D.tau, help="smooth-rank temperature")
+    g.add_argument("--rank-slope", type=float, default=D.rank_slope,
+                   help="linear tail of the smooth rank for negatives scored above a positive (SupRank; 0: off)")
     g.add_argument("--positives", type=int, default=D.positives, help="positives per user list")
     g.add_argument("--negatives", type=int, default=D.negatives, help="negatives per user list")
     g.add_argument("--neg-sampler", default=D.neg_sampler, choices=NEG_SAMPLERS)

@@ -52,6 +52,7 @@ class TrainConfig:
     # ITEM / list-wise losses (batch_size then counts users per step)
     item_metric: str = "ndcg"
     tau: float = 0.1
+    rank_slope: float = 0.0  # SupRank linear tail of the smooth rank (0: plain sigmoid)
     positives: int = 32
     negatives: int = 256
     neg_sampler: str = "uniform"
@@ -109,6 +110,7 @@ class TrainConfig:
         need(self.lr is None or self.lr > 0, f"--lr must be > 0 (got {self.lr})")
         need(self.l2 is None or self.l2 >= 0, f"--l2 must be >= 0 (got {self.l2})")
         need(self.tau > 0, f"--tau must be > 0 (got {self.tau})")
+        need(self.rank_slope >= 0, f"--rank-slope must be >= 0 (got {self.rank_slope}); 0 is the plain sigmoid")
         need(0 < self.test_frac < 1, f"--test-frac must be in (0, 1) (got {self.test_frac})")
         need(0 <= self.valid_frac < 1, f"--valid-frac must be in [0, 1) (got {self.valid_frac})")
         need(0 <= self.hard_ratio <= 1, f"--hard-ratio must be in [0, 1] (got {self.hard_ratio})")

@@ -7,11 +7,16 @@ if it had been dropped from the list. ``labels`` are binary relevance (``> 0`` =
 
 Smooth rank of entry ``i`` among the valid entries ``V`` of its list::
 
-    rank~_i = 1 + sum_{j in V, j != i}  w_j * sigmoid(clip((s_j - s_i) / tau, -clamp, clamp))
+    rank~_i = 1 + sum_{j in V, j != i}  w_j * h(s_j - s_i),
+    h(t)    = sigmoid(clip(t / tau, -clamp, clamp)) + slope * max(t, 0)
 
 with ``w_j = 1`` (optionally ``w_j = negative_weight`` for negatives, which estimates the rank
 in the full catalogue from ``N`` sampled negatives when set to ``(|I| - |P_u|) / N``). As
-``tau -> 0`` with distinct scores, ``rank~_i`` tends to the exact 1-based rank among ``V``.
+``tau -> 0`` with distinct scores and ``slope = 0``, ``rank~_i`` tends to the exact 1-based rank
+among ``V``. ``slope > 0`` adds a linear tail for competitors scored above ``i`` (the SupRank
+surrogate of Ramzi et al., NeurIPS 2021): the sigmoid saturates when ``s_j - s_i >> tau`` and
+gives a badly ranked positive no gradient; the tail keeps a constant pull ``slope`` per
+competitor ahead of it, and ``h`` still upper-bounds the step ``1[t > 0]`` for ``t >= 1/(2 slope)``.
 
 Smooth NDCG of user ``u`` with valid positives ``P_u``::
 
@@ -76,7 +81,7 @@ def _vmap_leading(fn: Callable, n_leading: int) -> Callable:
     return fn
 
 
-def _list_ranks(scores: Array, valid: Array, weights: Array, query: Array, tau, clamp) -> Array:
+def _list_ranks(scores: Array, valid: Array, weights: Array, query: Array, tau, clamp, slope) -> Array:
     """Smooth ranks of one list.
 
     Args:
@@ -85,13 +90,14 @@ def _list_ranks(scores: Array, valid: Array, weights: Array, query: Array, tau, 
       weights: ``[L]`` weight of each entry as a competitor (0 for masked entries).
       query: ``[P]`` int slots whose ranks are wanted.
     Returns:
-      ``[P]``: ``1 + sum_{j != q} weights_j * sigmoid(clip((s_j - s_q)/tau))`` for valid ``q``;
+      ``[P]``: ``1 + sum_{j != q} weights_j * h(s_j - s_q)`` (module docstring) for valid ``q``;
       ``1 + sum_{j != q} weights_j`` (after every valid entry) for a masked ``q``.
     """
     n_slots = scores.shape[-1]
     query_scores = scores[query]  # [P]
-    logits = jnp.clip((scores[None, :] - query_scores[:, None]) / tau, -clamp, clamp)  # [P, L]
-    beats = jax.nn.sigmoid(logits)
+    diffs = scores[None, :] - query_scores[:, None]  # [P, L]: s_j - s_q
+    beats = jax.nn.sigmoid(jnp.clip(diffs / tau, -clamp, clamp))
+    beats = beats + slope * jnp.maximum(diffs, 0.0)
     beats = jnp.where(valid[query][:, None], beats, 1.0)
     not_self = query[:, None] != jnp.arange(n_slots)[None, :]
     competitor = jnp.where(not_self, weights[None, :], 0.0)
@@ -99,7 +105,7 @@ def _list_ranks(scores: Array, valid: Array, weights: Array, query: Array, tau, 
 
 
 @jax.jit
-def _weighted_ranks(scores, valid, weights, query, tau, clamp) -> Array:
+def _weighted_ranks(scores, valid, weights, query, tau, clamp, slope=0.0) -> Array:
     """Smooth ranks ``[..., P]`` over leading axes; ``query`` None means every slot."""
     n_slots = scores.shape[-1]
     safe_scores = jnp.where(valid, scores, 0.0)
@@ -108,12 +114,12 @@ def _weighted_ranks(scores, valid, weights, query, tau, clamp) -> Array:
     else:
         query = jnp.broadcast_to(jnp.asarray(query, jnp.int32), scores.shape[:-1] + jnp.shape(query)[-1:])
     ranks_fn = _vmap_leading(
-        lambda s, v, w, q: _list_ranks(s, v, w, q, tau, clamp), scores.ndim - 1
+        lambda s, v, w, q: _list_ranks(s, v, w, q, tau, clamp, slope), scores.ndim - 1
     )
     return ranks_fn(safe_scores, valid, weights.astype(scores.dtype), query)
 
 
-def _positive_ranks(scores, labels, where, query, tau, clamp, negative_weight):
+def _positive_ranks(scores, labels, where, query, tau, clamp, negative_weight, slope):
     """Shared front end of the metrics.
 
     Returns ``(ranks [..., P], is_positive [..., P])`` at the query slots (all slots by
@@ -124,7 +130,7 @@ def _positive_ranks(scores, labels, where, query, tau, clamp, negative_weight):
     is_positive = (jnp.broadcast_to(jnp.asarray(labels), scores.shape) > 0) & valid
     negative_weight = jnp.asarray(negative_weight, scores.dtype)[..., None]  # scalar or per user
     weights = jnp.where(valid, jnp.where(is_positive, 1.0, negative_weight), 0.0)
-    ranks = _weighted_ranks(scores, valid, weights, query, tau, clamp)
+    ranks = _weighted_ranks(scores, valid, weights, query, tau, clamp, slope)
     if query is not None:
         query = jnp.broadcast_to(jnp.asarray(query, jnp.int32), ranks.shape)
         is_positive = jnp.take_along_axis(is_positive, query, axis=-1)
@@ -132,9 +138,9 @@ def _positive_ranks(scores, labels, where, query, tau, clamp, negative_weight):
 
 
 @jax.jit
-def _ndcg_per_user(scores, labels, where, query, tau, clamp, negative_weight):
+def _ndcg_per_user(scores, labels, where, query, tau, clamp, negative_weight, slope=0.0):
     """``(NDCG~_u [...], has_positive [...])``; 0 for users without valid positives."""
-    ranks, is_positive = _positive_ranks(scores, labels, where, query, tau, clamp, negative_weight)
+    ranks, is_positive = _positive_ranks(scores, labels, where, query, tau, clamp, negative_weight, slope)
     safe_ranks = jnp.where(is_positive, ranks, 1.0)
     gains = jnp.where(is_positive, 1.0 / jnp.log2(1.0 + safe_ranks), 0.0)
     dcg = jnp.sum(gains, axis=-1)
@@ -148,9 +154,9 @@ def _ndcg_per_user(scores, labels, where, query, tau, clamp, negative_weight):
 
 
 @jax.jit
-def _recall_per_user(scores, labels, where, query, k, tau, tau_k, clamp, negative_weight):
+def _recall_per_user(scores, labels, where, query, k, tau, tau_k, clamp, negative_weight, slope=0.0):
     """``(Recall~_u [...], has_positive [...])``; 0 for users without valid positives."""
-    ranks, is_positive = _positive_ranks(scores, labels, where, query, tau, clamp, negative_weight)
+    ranks, is_positive = _positive_ranks(scores, labels, where, query, tau, clamp, negative_weight, slope)
     in_top_k = jax.nn.sigmoid(jnp.clip((k - ranks) / tau_k, -clamp, clamp))
     hits = jnp.sum(jnp.where(is_positive, in_top_k, 0.0), axis=-1)
     n_positive = jnp.sum(is_positive, axis=-1)
@@ -160,8 +166,10 @@ def _recall_per_user(scores, labels, where, query, k, tau, tau_k, clamp, negativ
     return jnp.minimum(recall, 1.0), has_positive
 
 
-def _check_options(tau, reduce="mean", k=1, tau_k=1.0) -> None:
+def _check_options(tau, reduce="mean", k=1, tau_k=1.0, slope=0.0) -> None:
     _check_positive("tau", tau)
+    if isinstance(slope, (int, float)) and not slope >= 0:
+        raise ConfigError(f"slope must be >= 0, got {slope}; pass 0 (plain sigmoid) or a positive number")
     _check_positive("k", k)
     _check_positive("tau_k", tau_k)
     if reduce not in _REDUCTIONS:
@@ -183,10 +191,11 @@ def _reduce_over_users(per_user: Array, has_positive: Array, reduce) -> Array:
 # ----------------------------------------------------------------------------------------------
 
 
-def smooth_ranks(scores, where=None, *, query=None, tau=0.1, clamp=50.0) -> Array:
+def smooth_ranks(scores, where=None, *, query=None, tau=0.1, clamp=50.0, slope=0.0) -> Array:
     """Smooth 1-based ranks of list entries (higher score = better = smaller rank).
 
-    ``rank~_i = 1 + sum_{j valid, j != i} sigmoid(clip((s_j - s_i) / tau, -clamp, clamp))``
+    ``rank~_i = 1 + sum_{j valid, j != i} [sigmoid(clip((s_j - s_i) / tau, -clamp, clamp))
+    + slope * max(s_j - s_i, 0)]``
 
     Args:
       scores: ``[..., L]`` float scores, users on the leading axes.
@@ -196,18 +205,19 @@ def smooth_ranks(scores, where=None, *, query=None, tau=0.1, clamp=50.0) -> Arra
         only a ``P x L`` sigmoid matrix is built per user. Default: every slot (``L x L``).
       tau: temperature (> 0); smaller is closer to the exact rank and less smooth.
       clamp: the sigmoid's argument is clipped to ``[-clamp, clamp]``.
+      slope: ``>= 0``, linear tail for competitors ahead (SupRank); 0 = plain sigmoid.
     Returns:
       ``[..., L]`` (or ``[..., P]`` with ``query``) smooth ranks, ``>= 1``.
     """
     scores = _as_float(scores)
-    _check_positive("tau", tau)
+    _check_options(tau, slope=slope)
     valid = _valid_mask(scores, where)
     weights = valid.astype(scores.dtype)
-    return _weighted_ranks(scores, valid, weights, query, tau, clamp)
+    return _weighted_ranks(scores, valid, weights, query, tau, clamp, slope)
 
 
 def smooth_ndcg(scores, labels, *, where=None, tau=0.1, clamp=50.0, reduce="mean", query=None,
-                negative_weight=1.0) -> Array:
+                negative_weight=1.0, slope=0.0) -> Array:
     """Smooth NDCG of each user's list (all positives count: no cutoff).
 
     ``NDCG~_u = sum_{p in P_u} 1/log2(1 + rank~_p) / IDCG_u``,
@@ -217,7 +227,7 @@ def smooth_ndcg(scores, labels, *, where=None, tau=0.1, clamp=50.0, reduce="mean
       scores: ``[..., L]`` float scores.
       labels: ``[..., L]`` binary relevance (``> 0`` = positive).
       where: optional ``[..., L]`` bool validity mask.
-      tau, clamp: as in :func:`smooth_ranks`.
+      tau, clamp, slope: as in :func:`smooth_ranks`.
       reduce: ``"mean"`` over users with at least one valid positive (0 if there is none),
         ``"sum"``, or ``None`` for per-user ``[...]`` values (0 for users without positives).
       query: optional ``[..., P]`` int slots of the positives: only those slots are ranked
@@ -228,13 +238,13 @@ def smooth_ndcg(scores, labels, *, where=None, tau=0.1, clamp=50.0, reduce="mean
     Returns:
       scalar, or ``[...]`` with ``reduce=None``; values in ``[0, 1]`` when ``negative_weight >= 0``.
     """
-    _check_options(tau, reduce)
-    ndcg, has_positive = _ndcg_per_user(scores, labels, where, query, tau, clamp, negative_weight)
+    _check_options(tau, reduce, slope=slope)
+    ndcg, has_positive = _ndcg_per_user(scores, labels, where, query, tau, clamp, negative_weight, slope)
     return _reduce_over_users(ndcg, has_positive, reduce)
 
 
 def smooth_recall(scores, labels, *, where=None, k=20, tau=0.1, tau_k=1.0, clamp=50.0, reduce="mean",
-                  query=None, negative_weight=1.0) -> Array:
+                  query=None, negative_weight=1.0, slope=0.0) -> Array:
     """Smooth Recall@k of each user's list.
 
     ``Recall~_u = min(1, sum_{p in P_u} sigmoid(clip((k - rank~_p) / tau_k)) / min(|P_u|, k))``
@@ -246,17 +256,18 @@ def smooth_recall(scores, labels, *, where=None, k=20, tau=0.1, tau_k=1.0, clamp
     ``rank <= k`` step).
     Returns: scalar, or ``[...]`` with ``reduce=None``; values in ``[0, 1]``.
     """
-    _check_options(tau, reduce, k, tau_k)
-    recall, has_positive = _recall_per_user(scores, labels, where, query, k, tau, tau_k, clamp, negative_weight)
+    _check_options(tau, reduce, k, tau_k, slope)
+    recall, has_positive = _recall_per_user(scores, labels, where, query, k, tau, tau_k, clamp, negative_weight,
+                                            slope)
     return _reduce_over_users(recall, has_positive, reduce)
 
 
 def item_loss(scores, labels, *, where=None, metric="ndcg", tau=0.1, k=20, tau_k=1.0,
-              negative_weight=1.0, clamp=50.0, query=None) -> Array:
+              negative_weight=1.0, clamp=50.0, query=None, slope=0.0) -> Array:
     """ITEM loss: ``mean_{u : |P_u| > 0} (1 - metric~_u)`` with metric ``"ndcg"`` or ``"recall"``.
 
     Args:
-      scores, labels, where, tau, clamp, query: as in :func:`smooth_ndcg`.
+      scores, labels, where, tau, clamp, query, slope: as in :func:`smooth_ndcg`.
       metric: ``"ndcg"`` (:func:`smooth_ndcg`) or ``"recall"`` (:func:`smooth_recall` at ``k``
         with softness ``tau_k``).
       negative_weight: scalar or per-user ``[...]`` reweighting of the negatives' sigmoid terms
@@ -264,12 +275,12 @@ def item_loss(scores, labels, *, where=None, metric="ndcg", tau=0.1, k=20, tau_k
     Returns:
       scalar; 0 when no user has a valid positive (gradients then are zero, not NaN).
     """
-    _check_options(tau, "mean", k, tau_k)
+    _check_options(tau, "mean", k, tau_k, slope)
     if metric == "ndcg":
-        per_user, has_positive = _ndcg_per_user(scores, labels, where, query, tau, clamp, negative_weight)
+        per_user, has_positive = _ndcg_per_user(scores, labels, where, query, tau, clamp, negative_weight, slope)
     elif metric == "recall":
         per_user, has_positive = _recall_per_user(scores, labels, where, query, k, tau, tau_k, clamp,
-                                                  negative_weight)
+                                                  negative_weight, slope)
     else:
         raise ConfigError(f"metric={metric!r} is not supported; use one of {_METRICS}")
     return _reduce_over_users(1.0 - per_user, has_positive, "mean")

@@ -25,7 +25,7 @@ def sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
 
 
-def ref_ranks(scores, valid, tau, clamp=50.0, weights=None):
+def ref_ranks(scores, valid, tau, clamp=50.0, weights=None, slope=0.0):
     """Smooth ranks of one list; masked entries get 1 + (number of valid entries)."""
     n = len(scores)
     weights = np.ones(n) if weights is None else weights
@@ -37,15 +37,16 @@ def ref_ranks(scores, valid, tau, clamp=50.0, weights=None):
         rank = 1.0
         for j in range(n):
             if j != i and valid[j]:
-                rank += weights[j] * sigmoid(min(max((scores[j] - scores[i]) / tau, -clamp), clamp))
+                diff = scores[j] - scores[i]
+                rank += weights[j] * (sigmoid(min(max(diff / tau, -clamp), clamp)) + slope * max(diff, 0.0))
         ranks[i] = rank
     return ranks
 
 
-def ref_ndcg(scores, labels, valid, tau, negative_weight=1.0):
+def ref_ndcg(scores, labels, valid, tau, negative_weight=1.0, slope=0.0):
     positive = [bool(labels[i] > 0 and valid[i]) for i in range(len(scores))]
     weights = np.array([1.0 if p else negative_weight for p in positive])
-    ranks = ref_ranks(scores, valid, tau, weights=weights)
+    ranks = ref_ranks(scores, valid, tau, weights=weights, slope=slope)
     n_pos = sum(positive)
     if n_pos == 0:
         return 0.0
@@ -415,3 +416,41 @@ def test_property_outputs_finite_and_in_unit_interval(scores, labels, where, tau
     no_positive = (labels * where).sum(1) == 0
     assert np.all(ndcg[no_positive] == 0) and np.all(recall[no_positive] == 0)
     assert np.all(grad[~where] == 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# SupRank linear tail (slope)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_slope_ranks_and_ndcg_match_float64_loops():
+    rng = np.random.default_rng(7)
+    scores = rng.normal(size=(3, 9)) * 2.0
+    labels = (rng.random((3, 9)) < 0.4).astype(float)
+    valid = rng.random((3, 9)) < 0.8
+    valid[2] = False  # an all-masked user
+    with jax.enable_x64():
+        ranks = np.asarray(smooth_ranks(jnp.asarray(scores), where=valid, tau=0.3, slope=2.5))
+        ndcg = np.asarray(smooth_ndcg(jnp.asarray(scores), labels, where=valid, tau=0.3, slope=2.5, reduce=None))
+    for b in range(3):
+        np.testing.assert_allclose(ranks[b], ref_ranks(scores[b], valid[b], 0.3, slope=2.5), rtol=1e-12)
+        np.testing.assert_allclose(ndcg[b], ref_ndcg(scores[b], labels[b], valid[b], 0.3, slope=2.5), rtol=1e-12)
+
+
+def test_slope_keeps_gradient_of_a_saturated_positive():
+    """With the sigmoid saturated (positive far below every negative) the plain loss has no
+    gradient; the linear tail pulls the positive up by ``slope`` per negative ahead of it."""
+    scores = jnp.array([[-40.0, 0.0, 1.0, 2.0]])
+    labels = jnp.array([[1.0, 0.0, 0.0, 0.0]])
+    plain = jax.grad(lambda s: item_loss(s, labels, tau=0.1))(scores)
+    tail = jax.grad(lambda s: item_loss(s, labels, tau=0.1, slope=1.0))(scores)
+    assert abs(float(plain[0, 0])) < 1e-30
+    assert float(tail[0, 0]) < -1e-4  # raising the positive lowers the loss
+    rank = 1 + 3 * 1.0 + (40 + 41 + 42) * 1.0  # per negative: sigmoid ~1 plus slope * gap
+    expected = -3.0 / (math.log(2) * (1 + rank) * math.log2(1 + rank) ** 2)  # d(1 - 1/log2(1+r))/ds_p
+    np.testing.assert_allclose(float(tail[0, 0]), expected, rtol=1e-4)
+
+
+def test_negative_slope_is_refused():
+    with pytest.raises(ConfigError, match="slope"):
+        item_loss(jnp.zeros((1, 3)), jnp.array([[1.0, 0.0, 0.0]]), slope=-1.0)
