@@ -53,6 +53,8 @@ def parser() -> ArgumentParser:
     g.add_argument("--tau", type=float, default=D.tau, help="smooth-rank temperature")
     g.add_argument("--rank-slope", type=float, default=D.rank_slope,
                    help="linear tail of the smooth rank for negatives scored above a positive (SupRank; 0: off)")
+    g.add_argument("--detach-positive-pairs", action="store_true",
+                   help="positive-vs-positive terms of the smooth rank pass no gradient (positives only rise above negatives)")
     g.add_argument("--positives", type=int, default=D.positives, help="positives per user list")
     g.add_argument("--negatives", type=int, default=D.negatives, help="negatives per user list")
     g.add_argument("--neg-sampler", default=D.neg_sampler, choices=NEG_SAMPLERS)

@@ -53,6 +53,7 @@ class TrainConfig:
     item_metric: str = "ndcg"
     tau: float = 0.1
     rank_slope: float = 0.0  # SupRank linear tail of the smooth rank (0: plain sigmoid)
+    detach_positive_pairs: bool = False  # positive-vs-positive sigmoids pass no gradient
     positives: int = 32
     negatives: int = 256
     neg_sampler: str = "uniform"

@@ -18,6 +18,11 @@ surrogate of Ramzi et al., NeurIPS 2021): the sigmoid saturates when ``s_j - s_i
 gives a badly ranked positive no gradient; the tail keeps a constant pull ``slope`` per
 competitor ahead of it, and ``h`` still upper-bounds the step ``1[t > 0]`` for ``t >= 1/(2 slope)``.
 
+``detach_positive_pairs``: exact NDCG and Recall do not change when two positives swap places,
+but their smooth versions do (``1/log2(1 + r)`` is convex, so the gradient pushes positives apart
+from each other). With this option the positive-vs-positive sigmoids keep their value but pass
+no gradient (``stop_gradient``): positives are pushed only above negatives.
+
 Smooth NDCG of user ``u`` with valid positives ``P_u``::
 
     NDCG~_u = [ sum_{p in P_u} 1 / log2(1 + rank~_p) ] / IDCG_u,
@@ -81,7 +86,7 @@ def _vmap_leading(fn: Callable, n_leading: int) -> Callable:
     return fn
 
 
-def _list_ranks(scores: Array, valid: Array, weights: Array, query: Array, tau, clamp, slope) -> Array:
+def _list_ranks(scores: Array, valid: Array, weights: Array, query: Array, tau, clamp, slope, detach) -> Array:
     """Smooth ranks of one list.
 
     Args:
@@ -89,6 +94,7 @@ def _list_ranks(scores: Array, valid: Array, weights: Array, query: Array, tau, 
       valid: ``[L]`` bool.
       weights: ``[L]`` weight of each entry as a competitor (0 for masked entries).
       query: ``[P]`` int slots whose ranks are wanted.
+      detach: ``[L]`` bool competitors whose terms pass no gradient.
     Returns:
       ``[P]``: ``1 + sum_{j != q} weights_j * h(s_j - s_q)`` (module docstring) for valid ``q``;
       ``1 + sum_{j != q} weights_j`` (after every valid entry) for a masked ``q``.
@@ -98,6 +104,7 @@ def _list_ranks(scores: Array, valid: Array, weights: Array, query: Array, tau, 
     diffs = scores[None, :] - query_scores[:, None]  # [P, L]: s_j - s_q
     beats = jax.nn.sigmoid(jnp.clip(diffs / tau, -clamp, clamp))
     beats = beats + slope * jnp.maximum(diffs, 0.0)
+    beats = jnp.where(detach[None, :], jax.lax.stop_gradient(beats), beats)
     beats = jnp.where(valid[query][:, None], beats, 1.0)
     not_self = query[:, None] != jnp.arange(n_slots)[None, :]
     competitor = jnp.where(not_self, weights[None, :], 0.0)
@@ -105,8 +112,10 @@ def _list_ranks(scores: Array, valid: Array, weights: Array, query: Array, tau, 
 
 
 @jax.jit
-def _weighted_ranks(scores, valid, weights, query, tau, clamp, slope=0.0) -> Array:
+def _weighted_ranks(scores, valid, weights, query, tau, clamp, slope=0.0, detach=None) -> Array:
     """Smooth ranks ``[..., P]`` over leading axes; ``query`` None means every slot."""
+    if detach is None:
+        detach = jnp.zeros(scores.shape, bool)
     n_slots = scores.shape[-1]
     safe_scores = jnp.where(valid, scores, 0.0)
     if query is None:
@@ -114,12 +123,12 @@ def _weighted_ranks(scores, valid, weights, query, tau, clamp, slope=0.0) -> Arr
     else:
         query = jnp.broadcast_to(jnp.asarray(query, jnp.int32), scores.shape[:-1] + jnp.shape(query)[-1:])
     ranks_fn = _vmap_leading(
-        lambda s, v, w, q: _list_ranks(s, v, w, q, tau, clamp, slope), scores.ndim - 1
+        lambda s, v, w, q, d: _list_ranks(s, v, w, q, tau, clamp, slope, d), scores.ndim - 1
     )
-    return ranks_fn(safe_scores, valid, weights.astype(scores.dtype), query)
+    return ranks_fn(safe_scores, valid, weights.astype(scores.dtype), query, detach)
 
 
-def _positive_ranks(scores, labels, where, query, tau, clamp, negative_weight, slope):
+def _positive_ranks(scores, labels, where, query, tau, clamp, negative_weight, slope, detach_positive_pairs):
     """Shared front end of the metrics.
 
     Returns ``(ranks [..., P], is_positive [..., P])`` at the query slots (all slots by
@@ -130,7 +139,8 @@ def _positive_ranks(scores, labels, where, query, tau, clamp, negative_weight, s
     is_positive = (jnp.broadcast_to(jnp.asarray(labels), scores.shape) > 0) & valid
     negative_weight = jnp.asarray(negative_weight, scores.dtype)[..., None]  # scalar or per user
     weights = jnp.where(valid, jnp.where(is_positive, 1.0, negative_weight), 0.0)
-    ranks = _weighted_ranks(scores, valid, weights, query, tau, clamp, slope)
+    detach = is_positive & jnp.asarray(detach_positive_pairs, bool)
+    ranks = _weighted_ranks(scores, valid, weights, query, tau, clamp, slope, detach)
     if query is not None:
         query = jnp.broadcast_to(jnp.asarray(query, jnp.int32), ranks.shape)
         is_positive = jnp.take_along_axis(is_positive, query, axis=-1)
@@ -138,9 +148,10 @@ def _positive_ranks(scores, labels, where, query, tau, clamp, negative_weight, s
 
 
 @jax.jit
-def _ndcg_per_user(scores, labels, where, query, tau, clamp, negative_weight, slope=0.0):
+def _ndcg_per_user(scores, labels, where, query, tau, clamp, negative_weight, slope=0.0, detach_positive_pairs=False):
     """``(NDCG~_u [...], has_positive [...])``; 0 for users without valid positives."""
-    ranks, is_positive = _positive_ranks(scores, labels, where, query, tau, clamp, negative_weight, slope)
+    ranks, is_positive = _positive_ranks(scores, labels, where, query, tau, clamp, negative_weight, slope,
+                                         detach_positive_pairs)
     safe_ranks = jnp.where(is_positive, ranks, 1.0)
     gains = jnp.where(is_positive, 1.0 / jnp.log2(1.0 + safe_ranks), 0.0)
     dcg = jnp.sum(gains, axis=-1)
@@ -154,9 +165,11 @@ def _ndcg_per_user(scores, labels, where, query, tau, clamp, negative_weight, sl
 
 
 @jax.jit
-def _recall_per_user(scores, labels, where, query, k, tau, tau_k, clamp, negative_weight, slope=0.0):
+def _recall_per_user(scores, labels, where, query, k, tau, tau_k, clamp, negative_weight, slope=0.0,
+                     detach_positive_pairs=False):
     """``(Recall~_u [...], has_positive [...])``; 0 for users without valid positives."""
-    ranks, is_positive = _positive_ranks(scores, labels, where, query, tau, clamp, negative_weight, slope)
+    ranks, is_positive = _positive_ranks(scores, labels, where, query, tau, clamp, negative_weight, slope,
+                                         detach_positive_pairs)
     in_top_k = jax.nn.sigmoid(jnp.clip((k - ranks) / tau_k, -clamp, clamp))
     hits = jnp.sum(jnp.where(is_positive, in_top_k, 0.0), axis=-1)
     n_positive = jnp.sum(is_positive, axis=-1)
@@ -217,7 +230,7 @@ def smooth_ranks(scores, where=None, *, query=None, tau=0.1, clamp=50.0, slope=0
 
 
 def smooth_ndcg(scores, labels, *, where=None, tau=0.1, clamp=50.0, reduce="mean", query=None,
-                negative_weight=1.0, slope=0.0) -> Array:
+                negative_weight=1.0, slope=0.0, detach_positive_pairs=False) -> Array:
     """Smooth NDCG of each user's list (all positives count: no cutoff).
 
     ``NDCG~_u = sum_{p in P_u} 1/log2(1 + rank~_p) / IDCG_u``,
@@ -228,6 +241,7 @@ def smooth_ndcg(scores, labels, *, where=None, tau=0.1, clamp=50.0, reduce="mean
       labels: ``[..., L]`` binary relevance (``> 0`` = positive).
       where: optional ``[..., L]`` bool validity mask.
       tau, clamp, slope: as in :func:`smooth_ranks`.
+      detach_positive_pairs: positive-vs-positive terms keep their value, pass no gradient.
       reduce: ``"mean"`` over users with at least one valid positive (0 if there is none),
         ``"sum"``, or ``None`` for per-user ``[...]`` values (0 for users without positives).
       query: optional ``[..., P]`` int slots of the positives: only those slots are ranked
@@ -239,12 +253,13 @@ def smooth_ndcg(scores, labels, *, where=None, tau=0.1, clamp=50.0, reduce="mean
       scalar, or ``[...]`` with ``reduce=None``; values in ``[0, 1]`` when ``negative_weight >= 0``.
     """
     _check_options(tau, reduce, slope=slope)
-    ndcg, has_positive = _ndcg_per_user(scores, labels, where, query, tau, clamp, negative_weight, slope)
+    ndcg, has_positive = _ndcg_per_user(scores, labels, where, query, tau, clamp, negative_weight, slope,
+                                        detach_positive_pairs)
     return _reduce_over_users(ndcg, has_positive, reduce)
 
 
 def smooth_recall(scores, labels, *, where=None, k=20, tau=0.1, tau_k=1.0, clamp=50.0, reduce="mean",
-                  query=None, negative_weight=1.0, slope=0.0) -> Array:
+                  query=None, negative_weight=1.0, slope=0.0, detach_positive_pairs=False) -> Array:
     """Smooth Recall@k of each user's list.
 
     ``Recall~_u = min(1, sum_{p in P_u} sigmoid(clip((k - rank~_p) / tau_k)) / min(|P_u|, k))``
@@ -258,16 +273,16 @@ def smooth_recall(scores, labels, *, where=None, k=20, tau=0.1, tau_k=1.0, clamp
     """
     _check_options(tau, reduce, k, tau_k, slope)
     recall, has_positive = _recall_per_user(scores, labels, where, query, k, tau, tau_k, clamp, negative_weight,
-                                            slope)
+                                            slope, detach_positive_pairs)
     return _reduce_over_users(recall, has_positive, reduce)
 
 
 def item_loss(scores, labels, *, where=None, metric="ndcg", tau=0.1, k=20, tau_k=1.0,
-              negative_weight=1.0, clamp=50.0, query=None, slope=0.0) -> Array:
+              negative_weight=1.0, clamp=50.0, query=None, slope=0.0, detach_positive_pairs=False) -> Array:
     """ITEM loss: ``mean_{u : |P_u| > 0} (1 - metric~_u)`` with metric ``"ndcg"`` or ``"recall"``.
 
     Args:
-      scores, labels, where, tau, clamp, query, slope: as in :func:`smooth_ndcg`.
+      scores, labels, where, tau, clamp, query, slope, detach_positive_pairs: as in :func:`smooth_ndcg`.
       metric: ``"ndcg"`` (:func:`smooth_ndcg`) or ``"recall"`` (:func:`smooth_recall` at ``k``
         with softness ``tau_k``).
       negative_weight: scalar or per-user ``[...]`` reweighting of the negatives' sigmoid terms
@@ -277,10 +292,11 @@ def item_loss(scores, labels, *, where=None, metric="ndcg", tau=0.1, k=20, tau_k
     """
     _check_options(tau, "mean", k, tau_k, slope)
     if metric == "ndcg":
-        per_user, has_positive = _ndcg_per_user(scores, labels, where, query, tau, clamp, negative_weight, slope)
+        per_user, has_positive = _ndcg_per_user(scores, labels, where, query, tau, clamp, negative_weight, slope,
+                                                detach_positive_pairs)
     elif metric == "recall":
         per_user, has_positive = _recall_per_user(scores, labels, where, query, k, tau, tau_k, clamp,
-                                                  negative_weight, slope)
+                                                  negative_weight, slope, detach_positive_pairs)
     else:
         raise ConfigError(f"metric={metric!r} is not supported; use one of {_METRICS}")
     return _reduce_over_users(1.0 - per_user, has_positive, "mean")

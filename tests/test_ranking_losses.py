@@ -454,3 +454,54 @@ def test_slope_keeps_gradient_of_a_saturated_positive():
 def test_negative_slope_is_refused():
     with pytest.raises(ConfigError, match="slope"):
         item_loss(jnp.zeros((1, 3)), jnp.array([[1.0, 0.0, 0.0]]), slope=-1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# detach_positive_pairs
+# ----------------------------------------------------------------------------------------------
+
+
+def test_detached_positive_pairs_keep_the_value_and_drop_their_gradient():
+    """Same loss value; the gradient equals that of a float64 loss in which the positive-vs-
+    positive sigmoids are constants (computed at the current scores), by central differences."""
+    rng = np.random.default_rng(3)
+    scores = rng.normal(size=(2, 8))
+    labels = np.array([[1, 1, 1, 0, 0, 0, 0, 0], [1, 0, 1, 0, 1, 0, 0, 0]], float)
+    valid = np.ones((2, 8), bool)
+    valid[1, 7] = False
+    tau = 0.5
+    with jax.enable_x64():
+        def loss(s, detach):
+            return item_loss(s, labels, where=valid, tau=tau, detach_positive_pairs=detach)
+
+        plain, detached = float(loss(jnp.asarray(scores), False)), float(loss(jnp.asarray(scores), True))
+        grad = np.asarray(jax.grad(loss)(jnp.asarray(scores), True))
+        grad_plain = np.asarray(jax.grad(loss)(jnp.asarray(scores), False))
+    assert detached == pytest.approx(plain, rel=1e-12)
+
+    def frozen_loss(s):  # positive-vs-positive terms frozen at `scores`
+        per_user = []
+        for b in range(2):
+            pos = [i for i in range(8) if labels[b, i] > 0 and valid[b, i]]
+            dcg = 0.0
+            for p in pos:
+                rank = 1.0
+                for j in range(8):
+                    if j == p or not valid[b, j]:
+                        continue
+                    src = scores if j in pos else s
+                    rank += sigmoid((src[b, j] - src[b, p]) / tau)
+                dcg += 1.0 / math.log2(1.0 + rank)
+            per_user.append(1.0 - dcg / sum(1.0 / math.log2(1.0 + r) for r in range(1, len(pos) + 1)))
+        return float(np.mean(per_user))
+
+    eps = 1e-6
+    numeric = np.zeros_like(scores)
+    for b in range(2):
+        for i in range(8):
+            up, down = scores.copy(), scores.copy()
+            up[b, i] += eps
+            down[b, i] -= eps
+            numeric[b, i] = (frozen_loss(up) - frozen_loss(down)) / (2 * eps)
+    np.testing.assert_allclose(grad, numeric, atol=1e-8)
+    assert not np.allclose(grad, grad_plain, atol=1e-6)  # the option changes something
