@@ -53,6 +53,8 @@ def parser() -> ArgumentParser:
     g.add_argument("--tau", type=float, default=D.tau, help="smooth-rank temperature")
     g.add_argument("--rank-slope", type=float, default=D.rank_slope,
                    help="linear tail of the smooth rank for negatives scored above a positive (SupRank; 0: off)")
+    g.add_argument("--user-sampling", choices=("uniform", "degree"), default=D.user_sampling,
+                   help="users of a step: uniform, or with probability proportional to their training degree")
     g.add_argument("--detach-positive-pairs", action="store_true",
                    help="positive-vs-positive terms of the smooth rank pass no gradient (positives only rise above negatives)")
     g.add_argument("--positives", type=int, default=D.positives, help="positives per user list")

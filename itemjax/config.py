@@ -54,6 +54,7 @@ class TrainConfig:
     tau: float = 0.1
     rank_slope: float = 0.0  # SupRank linear tail of the smooth rank (0: plain sigmoid)
     detach_positive_pairs: bool = False  # positive-vs-positive sigmoids pass no gradient
+    user_sampling: str = "uniform"  # ITEM users per step: "uniform" or "degree" (prob. ~ training degree)
     positives: int = 32
     negatives: int = 256
     neg_sampler: str = "uniform"
@@ -111,6 +112,8 @@ class TrainConfig:
         need(self.lr is None or self.lr > 0, f"--lr must be > 0 (got {self.lr})")
         need(self.l2 is None or self.l2 >= 0, f"--l2 must be >= 0 (got {self.l2})")
         need(self.tau > 0, f"--tau must be > 0 (got {self.tau})")
+        need(self.user_sampling in ("uniform", "degree"),
+             f"unknown --user-sampling {self.user_sampling!r}; choose one of uniform, degree")
         need(self.rank_slope >= 0, f"--rank-slope must be >= 0 (got {self.rank_slope}); 0 is the plain sigmoid")
         need(0 < self.test_frac < 1, f"--test-frac must be in (0, 1) (got {self.test_frac})")
         need(0 <= self.valid_frac < 1, f"--valid-frac must be in [0, 1) (got {self.valid_frac})")

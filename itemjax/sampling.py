@@ -129,8 +129,15 @@ def sample_edges(key: jax.Array, data: TrainData, batch_size: int) -> tuple[jax.
     return data.edge_users[idx], data.indices[idx]
 
 
-def sample_users(key: jax.Array, data: TrainData, batch_size: int) -> jax.Array:
-    """``[B]`` users drawn uniformly (with replacement) among users with training items."""
+def sample_users(key: jax.Array, data: TrainData, batch_size: int, by_degree: bool = False) -> jax.Array:
+    """``[B]`` users drawn with replacement among users with training items.
+
+    Uniformly by default; with ``by_degree`` a user is drawn with probability
+    ``deg_u / n_train`` (the user of a uniformly drawn training interaction), so every
+    interaction weighs the same in expectation, as in BPR's sampler.
+    """
+    if by_degree:
+        return sample_edges(key, data, batch_size)[0]
     idx = jax.random.randint(key, (batch_size,), 0, data.active_users.shape[0], jnp.int32)
     return data.active_users[idx]
 

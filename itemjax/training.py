@@ -120,7 +120,7 @@ def bce_objective(params, apply_fn, batch: Batch, key, step, *, batch_size: int,
 
 def item_objective(params, apply_fn, batch: Batch, key, step, *, n_users: int, n_pos: int, n_neg: int,
                    metric: str, tau: float, k: int, l2: float, hard_share, shared_negatives: bool,
-                   slope: float = 0.0, detach_positive_pairs: bool = False):
+                   slope: float = 0.0, detach_positive_pairs: bool = False, users_by_degree: bool = False):
     """ITEM: ``mean_u (1 - smooth_metric_u)`` over user-centric lists (DESIGN.md, Math).
 
     Each step draws ``n_users`` users; for each, up to ``n_pos`` of its training items (masked
@@ -135,7 +135,7 @@ def item_objective(params, apply_fn, batch: Batch, key, step, *, n_users: int, n
     k_fwd, k_users, k_pos, k_neg, k_owner = jax.random.split(key, 5)
     data = batch.data
     share = hard_share(step) if callable(hard_share) else hard_share
-    users = shard_rows(sampling.sample_users(k_users, data, n_users))  # lists split across the data axis
+    users = shard_rows(sampling.sample_users(k_users, data, n_users, by_degree=users_by_degree))  # lists split across the data axis
     pos, pos_where = sampling.sample_positives(k_pos, data, users, n_pos)
     user_emb, item_emb = _forward(params, apply_fn, batch, k_fwd)
     u = user_emb[users]  # [B, d]
@@ -184,7 +184,7 @@ def make_objective(config: TrainConfig, steps_per_epoch: int = 1) -> Callable:
         return functools.partial(
             item_objective, n_users=config.batch_size, n_pos=config.positives, n_neg=config.negatives,
             metric=config.item_metric, tau=config.tau, k=20, slope=config.rank_slope,
-            detach_positive_pairs=config.detach_positive_pairs,
+            detach_positive_pairs=config.detach_positive_pairs, users_by_degree=config.user_sampling == "degree",
             shared_negatives=config.shared_negatives, **common)
     raise ConfigError(f"unknown --loss {config.loss!r}")
 

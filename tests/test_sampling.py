@@ -114,3 +114,21 @@ def test_negatives_mix_hard_and_uniform(train):
     in_hard = np.array([[x in hard[u] for x in row] for row, u in zip(mixed, np.asarray(users))])
     assert 0.45 < in_hard.mean() < 0.6  # half hard, plus uniform draws that happen to hit the table
     assert not dense[np.asarray(users)[:, None], mixed].any()
+
+
+def test_sample_users_by_degree_follows_training_degrees(train, data):
+    """Frequencies of 20000 draws against deg_u / n_train (chi-square, generous bound)."""
+    n = 20000
+    users = np.asarray(sampling.sample_users(jax.random.PRNGKey(5), data, n, by_degree=True))
+    degrees = np.diff(train.indptr).astype(float)
+    counts = np.bincount(users, minlength=train.shape[0]).astype(float)
+    assert counts[degrees == 0].sum() == 0
+    expected = n * degrees / degrees.sum()
+    active = degrees > 0
+    chi2 = float(np.sum((counts[active] - expected[active]) ** 2 / expected[active]))
+    assert chi2 < 3 * active.sum() + 30, chi2
+    # and it differs from the uniform draw when degrees differ
+    uniform = np.bincount(np.asarray(sampling.sample_users(jax.random.PRNGKey(5), data, n)),
+                          minlength=train.shape[0]).astype(float)
+    heavy = int(np.argmax(degrees))
+    assert counts[heavy] > uniform[heavy]
