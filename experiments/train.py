@@ -12,6 +12,7 @@ plus --resume --out DIR.
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from itemjax.cli import ArgumentParser, int_list, run_main
@@ -45,7 +46,7 @@ def parser() -> ArgumentParser:
     g.add_argument("--epochs", type=int, default=D.epochs)
     g.add_argument("--batch-size", type=int, default=None,
                    help="triples per step for bpr/bce (default 2048), users per step for item (default 256)")
-    g.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: 1e-3 bpr/bce, 3e-3 item)")
+    g.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: 3e-3 bpr, 1e-3 bce and item)")
     g.add_argument("--l2", type=float, default=None, help="L2 on ego embeddings (default: 1e-3 bpr/bce, 0 item)")
     g.add_argument("--seed", type=int, default=D.seed)
     g = p.add_argument_group("ITEM loss and negatives")
@@ -55,8 +56,9 @@ def parser() -> ArgumentParser:
                    help="linear tail of the smooth rank for negatives scored above a positive (SupRank; 0: off)")
     g.add_argument("--user-sampling", choices=("uniform", "degree"), default=D.user_sampling,
                    help="users of a step: uniform, or with probability proportional to their training degree")
-    g.add_argument("--detach-positive-pairs", action="store_true",
-                   help="positive-vs-positive terms of the smooth rank pass no gradient (positives only rise above negatives)")
+    g.add_argument("--detach-positive-pairs", action=argparse.BooleanOptionalAction, default=D.detach_positive_pairs,
+                   help="positive-vs-positive terms of the smooth rank pass no gradient, so positives only rise above "
+                        "negatives (default: on; --no-detach-positive-pairs for the plain smooth NDCG)")
     g.add_argument("--positives", type=int, default=D.positives, help="positives per user list")
     g.add_argument("--negatives", type=int, default=D.negatives, help="negatives per user list")
     g.add_argument("--neg-sampler", default=D.neg_sampler, choices=NEG_SAMPLERS)

@@ -19,9 +19,9 @@ PROTOCOLS = ("transductive", "inductive")  # itemjax.inductive: users held out o
 #: Per-loss defaults of the options left as None. For BPR/BCE ``batch_size`` counts
 #: (user, positive, negative) triples per step; for ITEM it counts users per step.
 LOSS_DEFAULTS = {
-    "bpr": dict(batch_size=2048, lr=1e-3, l2=1e-3),
+    "bpr": dict(batch_size=2048, lr=3e-3, l2=1e-3),
     "bce": dict(batch_size=2048, lr=1e-3, l2=1e-4),
-    "item": dict(batch_size=256, lr=3e-3, l2=0.0),
+    "item": dict(batch_size=256, lr=1e-3, l2=0.0),
 }
 
 
@@ -53,7 +53,7 @@ class TrainConfig:
     item_metric: str = "ndcg"
     tau: float = 0.1
     rank_slope: float = 0.0  # SupRank linear tail of the smooth rank (0: plain sigmoid)
-    detach_positive_pairs: bool = False  # positive-vs-positive sigmoids pass no gradient
+    detach_positive_pairs: bool = True  # positive-vs-positive sigmoids pass no gradient
     user_sampling: str = "uniform"  # ITEM users per step: "uniform" or "degree" (prob. ~ training degree)
     positives: int = 32
     negatives: int = 256
