@@ -52,6 +52,8 @@ def parser() -> ArgumentParser:
     g = p.add_argument_group("ITEM loss and negatives")
     g.add_argument("--item-metric", default=D.item_metric, choices=ITEM_METRICS)
     g.add_argument("--tau", type=float, default=D.tau, help="smooth-rank temperature")
+    g.add_argument("--tau-k", type=float, default=D.tau_k,
+                   help="softness of the smooth recall's rank <= 20 step (--item-metric recall or ndcg+recall)")
     g.add_argument("--rank-slope", type=float, default=D.rank_slope,
                    help="linear tail of the smooth rank for negatives scored above a positive (SupRank; 0: off)")
     g.add_argument("--user-sampling", choices=("uniform", "degree"), default=D.user_sampling,

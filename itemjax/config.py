@@ -12,7 +12,7 @@ LOSS_NAMES = ("bpr", "bce", "item")
 BACKEND_NAMES = ("auto", "segment", "csr")
 NEG_SAMPLERS = ("uniform", "ppr", "mixed")
 COMPUTE_DTYPES = ("float32", "bfloat16")
-ITEM_METRICS = ("ndcg", "recall")
+ITEM_METRICS = ("ndcg", "recall", "ndcg+recall")
 PROTOCOLS = ("transductive", "inductive")  # itemjax.inductive: users held out of training
 
 
@@ -52,6 +52,7 @@ class TrainConfig:
     # ITEM / list-wise losses (batch_size then counts users per step)
     item_metric: str = "ndcg"
     tau: float = 0.1
+    tau_k: float = 1.0  # softness of the rank <= k step of the smooth recall
     rank_slope: float = 0.0  # SupRank linear tail of the smooth rank (0: plain sigmoid)
     detach_positive_pairs: bool = True  # positive-vs-positive sigmoids pass no gradient
     user_sampling: str = "uniform"  # ITEM users per step: "uniform" or "degree" (prob. ~ training degree)
@@ -114,6 +115,7 @@ class TrainConfig:
         need(self.tau > 0, f"--tau must be > 0 (got {self.tau})")
         need(self.user_sampling in ("uniform", "degree"),
              f"unknown --user-sampling {self.user_sampling!r}; choose one of uniform, degree")
+        need(self.tau_k > 0, f"--tau-k must be > 0 (got {self.tau_k})")
         need(self.rank_slope >= 0, f"--rank-slope must be >= 0 (got {self.rank_slope}); 0 is the plain sigmoid")
         need(0 < self.test_frac < 1, f"--test-frac must be in (0, 1) (got {self.test_frac})")
         need(0 <= self.valid_frac < 1, f"--valid-frac must be in [0, 1) (got {self.valid_frac})")

@@ -53,7 +53,7 @@ from itemjax.errors import ConfigError
 Array = jax.Array
 
 _REDUCTIONS = ("mean", "sum", None)
-_METRICS = ("ndcg", "recall")
+_METRICS = ("ndcg", "recall", "ndcg+recall")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -281,10 +281,14 @@ def item_loss(scores, labels, *, where=None, metric="ndcg", tau=0.1, k=20, tau_k
               negative_weight=1.0, clamp=50.0, query=None, slope=0.0, detach_positive_pairs=False) -> Array:
     """ITEM loss: ``mean_{u : |P_u| > 0} (1 - metric~_u)`` with metric ``"ndcg"`` or ``"recall"``.
 
+    ``"ndcg+recall"`` adds the two: ``mean_u [(1 - NDCG~_u) + (1 - Recall~_u)]``; the recall term
+    weighs every positive near the cut-off ``k`` alike, where NDCG's gain ``1/log2(1 + r)``
+    concentrates the gradient on positives already ranked first.
+
     Args:
       scores, labels, where, tau, clamp, query, slope, detach_positive_pairs: as in :func:`smooth_ndcg`.
-      metric: ``"ndcg"`` (:func:`smooth_ndcg`) or ``"recall"`` (:func:`smooth_recall` at ``k``
-        with softness ``tau_k``).
+      metric: ``"ndcg"`` (:func:`smooth_ndcg`), ``"recall"`` (:func:`smooth_recall` at ``k``
+        with softness ``tau_k``) or ``"ndcg+recall"`` (their sum).
       negative_weight: scalar or per-user ``[...]`` reweighting of the negatives' sigmoid terms
         inside the rank sums (1 = plain).
     Returns:
@@ -297,6 +301,12 @@ def item_loss(scores, labels, *, where=None, metric="ndcg", tau=0.1, k=20, tau_k
     elif metric == "recall":
         per_user, has_positive = _recall_per_user(scores, labels, where, query, k, tau, tau_k, clamp,
                                                   negative_weight, slope, detach_positive_pairs)
+    elif metric == "ndcg+recall":
+        ndcg, has_positive = _ndcg_per_user(scores, labels, where, query, tau, clamp, negative_weight, slope,
+                                            detach_positive_pairs)
+        recall, _ = _recall_per_user(scores, labels, where, query, k, tau, tau_k, clamp, negative_weight, slope,
+                                     detach_positive_pairs)
+        return _reduce_over_users((1.0 - ndcg) + (1.0 - recall), has_positive, "mean")
     else:
         raise ConfigError(f"metric={metric!r} is not supported; use one of {_METRICS}")
     return _reduce_over_users(1.0 - per_user, has_positive, "mean")

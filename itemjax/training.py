@@ -120,7 +120,8 @@ def bce_objective(params, apply_fn, batch: Batch, key, step, *, batch_size: int,
 
 def item_objective(params, apply_fn, batch: Batch, key, step, *, n_users: int, n_pos: int, n_neg: int,
                    metric: str, tau: float, k: int, l2: float, hard_share, shared_negatives: bool,
-                   slope: float = 0.0, detach_positive_pairs: bool = False, users_by_degree: bool = False):
+                   slope: float = 0.0, detach_positive_pairs: bool = False, users_by_degree: bool = False,
+                   tau_k: float = 1.0):
     """ITEM: ``mean_u (1 - smooth_metric_u)`` over user-centric lists (DESIGN.md, Math).
 
     Each step draws ``n_users`` users; for each, up to ``n_pos`` of its training items (masked
@@ -153,7 +154,7 @@ def item_objective(params, apply_fn, batch: Batch, key, step, *, n_users: int, n
     scores = jnp.concatenate([pos_scores, neg_scores], axis=-1)
     labels = jnp.concatenate([jnp.ones_like(pos_scores), jnp.zeros_like(neg_scores)], axis=-1)
     where = jnp.concatenate([pos_where, neg_where], axis=-1)
-    loss = item_loss(scores, labels, where=where, metric=metric, tau=tau, k=k, slope=slope,
+    loss = item_loss(scores, labels, where=where, metric=metric, tau=tau, k=k, tau_k=tau_k, slope=slope,
                      detach_positive_pairs=detach_positive_pairs,
                      query=jnp.arange(n_pos, dtype=jnp.int32))  # only positives are ranked: [B, P, L]
     total = loss
@@ -183,7 +184,7 @@ def make_objective(config: TrainConfig, steps_per_epoch: int = 1) -> Callable:
     if config.loss == "item":
         return functools.partial(
             item_objective, n_users=config.batch_size, n_pos=config.positives, n_neg=config.negatives,
-            metric=config.item_metric, tau=config.tau, k=20, slope=config.rank_slope,
+            metric=config.item_metric, tau=config.tau, k=20, tau_k=config.tau_k, slope=config.rank_slope,
             detach_positive_pairs=config.detach_positive_pairs, users_by_degree=config.user_sampling == "degree",
             shared_negatives=config.shared_negatives, **common)
     raise ConfigError(f"unknown --loss {config.loss!r}")

@@ -505,3 +505,14 @@ def test_detached_positive_pairs_keep_the_value_and_drop_their_gradient():
             numeric[b, i] = (frozen_loss(up) - frozen_loss(down)) / (2 * eps)
     np.testing.assert_allclose(grad, numeric, atol=1e-8)
     assert not np.allclose(grad, grad_plain, atol=1e-6)  # the option changes something
+
+
+def test_ndcg_plus_recall_is_the_sum_of_both_losses():
+    rng = np.random.default_rng(11)
+    scores = jnp.asarray(rng.normal(size=(4, 10)) * 3)
+    labels = jnp.asarray((rng.random((4, 10)) < 0.3).astype(float))
+    labels = labels.at[3].set(0.0)  # a user without positives counts in neither mean
+    both = float(item_loss(scores, labels, metric="ndcg+recall", k=3, tau_k=2.0))
+    ndcg = float(item_loss(scores, labels, metric="ndcg", k=3))
+    recall = float(item_loss(scores, labels, metric="recall", k=3, tau_k=2.0))
+    assert both == pytest.approx(ndcg + recall, rel=1e-6)
