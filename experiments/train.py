@@ -50,7 +50,8 @@ def parser() -> ArgumentParser:
     g.add_argument("--l2", type=float, default=None, help="L2 on ego embeddings (default: 1e-3 bpr/bce, 0 item)")
     g.add_argument("--seed", type=int, default=D.seed)
     g = p.add_argument_group("ITEM loss and negatives")
-    g.add_argument("--item-metric", default=D.item_metric, choices=ITEM_METRICS)
+    g.add_argument("--item-metric", default=D.item_metric, choices=ITEM_METRICS,
+                   help="smooth metric the ITEM loss maximises (default ndcg+recall: 1 - NDCG~ plus 1 - Recall@20~)")
     g.add_argument("--tau", type=float, default=D.tau, help="smooth-rank temperature")
     g.add_argument("--tau-k", type=float, default=D.tau_k,
                    help="softness of the smooth recall's rank <= 20 step (--item-metric recall or ndcg+recall)")

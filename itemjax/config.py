@@ -50,9 +50,9 @@ class TrainConfig:
     lr: Optional[float] = None
     l2: Optional[float] = None
     # ITEM / list-wise losses (batch_size then counts users per step)
-    item_metric: str = "ndcg"
+    item_metric: str = "ndcg+recall"
     tau: float = 0.1
-    tau_k: float = 1.0  # softness of the rank <= k step of the smooth recall
+    tau_k: float = 30.0  # softness of the rank <= k step of the smooth recall (1.0 gives no gradient at start)
     rank_slope: float = 0.0  # SupRank linear tail of the smooth rank (0: plain sigmoid)
     detach_positive_pairs: bool = True  # positive-vs-positive sigmoids pass no gradient
     user_sampling: str = "uniform"  # ITEM users per step: "uniform" or "degree" (prob. ~ training degree)

@@ -31,8 +31,10 @@ def small_problem(n_users=40, n_items=60, seed=0):
 CASES = {
     "bpr": dict(loss="bpr"),
     "bce": dict(loss="bce"),
-    "item-ndcg": dict(loss="item"),
-    "item-recall": dict(loss="item", item_metric="recall"),
+    "item-ndcg": dict(loss="item", item_metric="ndcg"),
+    # lists of 24 entries: the default tau_k = 30 (chosen for lists of ~290) would flatten the k=20 step
+    "item-recall": dict(loss="item", item_metric="recall", tau_k=1.0),
+    "item-ndcg+recall": dict(loss="item", item_metric="ndcg+recall", tau_k=1.0),
     "item-shared": dict(loss="item", shared_negatives=True),
     "item-mixed-curriculum": dict(loss="item", neg_sampler="mixed", curriculum_epochs=2),
     "bpr-ppr": dict(loss="bpr", neg_sampler="ppr"),
