@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from itemjax.cli import ArgumentParser, int_list, run_main
-from itemjax.config import BACKEND_NAMES, COMPUTE_DTYPES, ITEM_METRICS, LOSS_NAMES, MODEL_NAMES, NEG_SAMPLERS, PROTOCOLS, TrainConfig
+from itemjax.config import BACKEND_NAMES, COMPUTE_DTYPES, ITEM_METRICS, LOSS_NAMES, MODEL_NAMES, NEG_SAMPLERS, PROTOCOLS, TrainConfig, USER_SAMPLINGS
 
 D = TrainConfig()
 
@@ -57,7 +57,7 @@ def parser() -> ArgumentParser:
                    help="softness of the smooth recall's rank <= 20 step (--item-metric recall or ndcg+recall)")
     g.add_argument("--rank-slope", type=float, default=D.rank_slope,
                    help="linear tail of the smooth rank for negatives scored above a positive (SupRank; 0: off)")
-    g.add_argument("--user-sampling", choices=("uniform", "degree"), default=D.user_sampling,
+    g.add_argument("--user-sampling", choices=USER_SAMPLINGS, default=D.user_sampling,
                    help="users of a step: uniform, or with probability proportional to their training degree")
     g.add_argument("--detach-positive-pairs", action=argparse.BooleanOptionalAction, default=D.detach_positive_pairs,
                    help="positive-vs-positive terms of the smooth rank pass no gradient, so positives only rise above "

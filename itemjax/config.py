@@ -13,6 +13,7 @@ BACKEND_NAMES = ("auto", "segment", "csr")
 NEG_SAMPLERS = ("uniform", "ppr", "mixed")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 ITEM_METRICS = ("ndcg", "recall", "ndcg+recall")
+USER_SAMPLINGS = ("uniform", "degree")  # ITEM: users of a step uniformly or by training degree
 PROTOCOLS = ("transductive", "inductive")  # itemjax.inductive: users held out of training
 
 
@@ -113,8 +114,8 @@ class TrainConfig:
         need(self.lr is None or self.lr > 0, f"--lr must be > 0 (got {self.lr})")
         need(self.l2 is None or self.l2 >= 0, f"--l2 must be >= 0 (got {self.l2})")
         need(self.tau > 0, f"--tau must be > 0 (got {self.tau})")
-        need(self.user_sampling in ("uniform", "degree"),
-             f"unknown --user-sampling {self.user_sampling!r}; choose one of uniform, degree")
+        need(self.user_sampling in USER_SAMPLINGS,
+             f"unknown --user-sampling {self.user_sampling!r}; choose one of {', '.join(USER_SAMPLINGS)}")
         need(self.tau_k > 0, f"--tau-k must be > 0 (got {self.tau_k})")
         need(self.rank_slope >= 0, f"--rank-slope must be >= 0 (got {self.rank_slope}); 0 is the plain sigmoid")
         need(0 < self.test_frac < 1, f"--test-frac must be in (0, 1) (got {self.test_frac})")

@@ -147,11 +147,8 @@ def _positive_ranks(scores, labels, where, query, tau, clamp, negative_weight, s
     return ranks, is_positive
 
 
-@jax.jit
-def _ndcg_per_user(scores, labels, where, query, tau, clamp, negative_weight, slope=0.0, detach_positive_pairs=False):
-    """``(NDCG~_u [...], has_positive [...])``; 0 for users without valid positives."""
-    ranks, is_positive = _positive_ranks(scores, labels, where, query, tau, clamp, negative_weight, slope,
-                                         detach_positive_pairs)
+def _ndcg_from_ranks(ranks, is_positive):
+    """``(NDCG~_u [...], has_positive [...])`` from smooth ranks ``[..., P]`` at the query slots."""
     safe_ranks = jnp.where(is_positive, ranks, 1.0)
     gains = jnp.where(is_positive, 1.0 / jnp.log2(1.0 + safe_ranks), 0.0)
     dcg = jnp.sum(gains, axis=-1)
@@ -164,12 +161,8 @@ def _ndcg_per_user(scores, labels, where, query, tau, clamp, negative_weight, sl
     return ndcg, has_positive
 
 
-@jax.jit
-def _recall_per_user(scores, labels, where, query, k, tau, tau_k, clamp, negative_weight, slope=0.0,
-                     detach_positive_pairs=False):
-    """``(Recall~_u [...], has_positive [...])``; 0 for users without valid positives."""
-    ranks, is_positive = _positive_ranks(scores, labels, where, query, tau, clamp, negative_weight, slope,
-                                         detach_positive_pairs)
+def _recall_from_ranks(ranks, is_positive, k, tau_k, clamp):
+    """``(Recall~_u [...], has_positive [...])`` from smooth ranks ``[..., P]`` at the query slots."""
     in_top_k = jax.nn.sigmoid(jnp.clip((k - ranks) / tau_k, -clamp, clamp))
     hits = jnp.sum(jnp.where(is_positive, in_top_k, 0.0), axis=-1)
     n_positive = jnp.sum(is_positive, axis=-1)
@@ -177,6 +170,33 @@ def _recall_per_user(scores, labels, where, query, k, tau, tau_k, clamp, negativ
     denominator = jnp.minimum(n_positive, k).astype(ranks.dtype)
     recall = jnp.where(has_positive, hits / jnp.where(has_positive, denominator, 1.0), 0.0)
     return jnp.minimum(recall, 1.0), has_positive
+
+
+@jax.jit
+def _ndcg_per_user(scores, labels, where, query, tau, clamp, negative_weight, slope=0.0, detach_positive_pairs=False):
+    """``(NDCG~_u [...], has_positive [...])``; 0 for users without valid positives."""
+    return _ndcg_from_ranks(*_positive_ranks(scores, labels, where, query, tau, clamp, negative_weight, slope,
+                                             detach_positive_pairs))
+
+
+@jax.jit
+def _recall_per_user(scores, labels, where, query, k, tau, tau_k, clamp, negative_weight, slope=0.0,
+                     detach_positive_pairs=False):
+    """``(Recall~_u [...], has_positive [...])``; 0 for users without valid positives."""
+    ranks, is_positive = _positive_ranks(scores, labels, where, query, tau, clamp, negative_weight, slope,
+                                         detach_positive_pairs)
+    return _recall_from_ranks(ranks, is_positive, k, tau_k, clamp)
+
+
+@jax.jit
+def _ndcg_plus_recall_per_user(scores, labels, where, query, k, tau, tau_k, clamp, negative_weight, slope,
+                               detach_positive_pairs):
+    """``((1 - NDCG~_u) + (1 - Recall~_u) [...], has_positive [...])`` from ONE set of smooth ranks."""
+    ranks, is_positive = _positive_ranks(scores, labels, where, query, tau, clamp, negative_weight, slope,
+                                         detach_positive_pairs)
+    ndcg, has_positive = _ndcg_from_ranks(ranks, is_positive)
+    recall, _ = _recall_from_ranks(ranks, is_positive, k, tau_k, clamp)
+    return (1.0 - ndcg) + (1.0 - recall), has_positive
 
 
 def _check_options(tau, reduce="mean", k=1, tau_k=1.0, slope=0.0) -> None:
@@ -302,11 +322,9 @@ def item_loss(scores, labels, *, where=None, metric="ndcg", tau=0.1, k=20, tau_k
         per_user, has_positive = _recall_per_user(scores, labels, where, query, k, tau, tau_k, clamp,
                                                   negative_weight, slope, detach_positive_pairs)
     elif metric == "ndcg+recall":
-        ndcg, has_positive = _ndcg_per_user(scores, labels, where, query, tau, clamp, negative_weight, slope,
-                                            detach_positive_pairs)
-        recall, _ = _recall_per_user(scores, labels, where, query, k, tau, tau_k, clamp, negative_weight, slope,
-                                     detach_positive_pairs)
-        return _reduce_over_users((1.0 - ndcg) + (1.0 - recall), has_positive, "mean")
+        losses, has_positive = _ndcg_plus_recall_per_user(scores, labels, where, query, k, tau, tau_k, clamp,
+                                                          negative_weight, slope, detach_positive_pairs)
+        return _reduce_over_users(losses, has_positive, "mean")
     else:
         raise ConfigError(f"metric={metric!r} is not supported; use one of {_METRICS}")
     return _reduce_over_users(1.0 - per_user, has_positive, "mean")

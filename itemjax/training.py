@@ -136,7 +136,8 @@ def item_objective(params, apply_fn, batch: Batch, key, step, *, n_users: int, n
     k_fwd, k_users, k_pos, k_neg, k_owner = jax.random.split(key, 5)
     data = batch.data
     share = hard_share(step) if callable(hard_share) else hard_share
-    users = shard_rows(sampling.sample_users(k_users, data, n_users, by_degree=users_by_degree))  # lists split across the data axis
+    users = sampling.sample_users(k_users, data, n_users, by_degree=users_by_degree)
+    users = shard_rows(users)  # lists split across the data axis
     pos, pos_where = sampling.sample_positives(k_pos, data, users, n_pos)
     user_emb, item_emb = _forward(params, apply_fn, batch, k_fwd)
     u = user_emb[users]  # [B, d]
