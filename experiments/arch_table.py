@@ -3,6 +3,7 @@
 
     python experiments/arch_table.py                                   # ml-100k, runs/arch-table
     python experiments/arch_table.py --epochs 200 --extra "--eval-every 5 --patience 8" --out /tmp/arch-table
+    python experiments/arch_table.py --extra "--patience 15" --extra-inductive "--user-dropout 0.2"
 
 Each cell (model, loss, protocol) is a normal training run (``experiments/train.py`` options:
 the shared ``--epochs`` cap, ``--extra`` options, and otherwise the per-loss defaults of
@@ -61,6 +62,8 @@ def parser() -> ArgumentParser:
     p.add_argument("--protocols", default="transductive,inductive", help="comma-separated protocols")
     p.add_argument("--epochs", type=int, default=1000, help="the same epoch cap for every cell (early stopping applies)")
     p.add_argument("--extra", default="", help="train.py options given to every cell, e.g. \"--eval-every 5 --patience 8\" (one flag alone: --extra=--flag)")
+    p.add_argument("--extra-inductive", default="",
+                   help="train.py options added to the inductive cells only, e.g. \"--user-dropout 0.2\"")
     p.add_argument("--out", default="runs/arch-table", help="folder of the cell runs and arch_table.md")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--table-only", action="store_true",
@@ -82,6 +85,7 @@ def cell_configs(args) -> list:
     """``[(Cell, resolved TrainConfig)]`` in run and table order (model, protocol, loss); all checked before training."""
     out = pathlib.Path(args.out)
     extra = shlex.split(args.extra)
+    extra_inductive = shlex.split(args.extra_inductive)
     cells = []
     for model in _names(args.models, MODEL_NAMES, "--models"):
         for protocol in _names(args.protocols, PROTOCOLS, "--protocols"):
@@ -91,12 +95,15 @@ def cell_configs(args) -> list:
                 run = out / f"{model}-{loss}-{protocol}"
                 argv = ["--dataset", args.dataset, "--model", model, "--loss", loss, "--protocol", protocol,
                         "--epochs", str(args.epochs), "--out", str(run)] + extra
+                if protocol == "inductive":
+                    argv += extra_inductive
                 if args.no_progress:
                     argv.append("--no-progress")
                 try:
                     ns = train_parser().parse_args(argv)
                 except SystemExit:
-                    raise ConfigError(f"bad train.py options in --extra: {args.extra!r}") from None
+                    raise ConfigError(f"bad train.py options in --extra {args.extra!r} or --extra-inductive "
+                                      f"{args.extra_inductive!r}") from None
                 cells.append((Cell(model, loss, protocol, run), config_from_args(ns)))
     return cells
 
@@ -174,7 +181,9 @@ def header_text(args) -> str:
     defaults = "; ".join(f"{loss.upper()} " + ", ".join(f"{k}={v:g}" for k, v in LOSS_DEFAULTS[loss].items())
                          for loss in _names(args.losses, LOSS_NAMES, "--losses"))
     return (f"{args.dataset}: test metrics of the epoch selected on validation NDCG@20 (inductive: held-out users' "
-            f"targets). Epoch cap {args.epochs}, train.py options `{args.extra or '(none)'}`; the per-loss defaults "
+            f"targets). Epoch cap {args.epochs}, train.py options `{args.extra or '(none)'}`"
+            + (f" (inductive cells also `{args.extra_inductive}`)" if args.extra_inductive else "")
+            + "; the per-loss defaults "
             f"(chosen on LightGCN) for every model: {defaults}. Produced by `experiments/arch_table.py`.")
 
 

@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from itemjax.cli import ArgumentParser, int_list, run_main
-from itemjax.config import BACKEND_NAMES, COMPUTE_DTYPES, ITEM_METRICS, LOSS_NAMES, MODEL_NAMES, NEG_SAMPLERS, PROTOCOLS, TrainConfig, USER_SAMPLINGS
+from itemjax.config import BACKEND_NAMES, COMPUTE_DTYPES, ITEM_METRICS, LOSS_NAMES, MODEL_NAMES, NEG_SAMPLERS, PROTOCOLS, RANK_ESTIMATES, TrainConfig, USER_SAMPLINGS
 
 D = TrainConfig()
 
@@ -55,6 +55,9 @@ def parser() -> ArgumentParser:
     g.add_argument("--tau", type=float, default=D.tau, help="smooth-rank temperature")
     g.add_argument("--tau-k", type=float, default=D.tau_k,
                    help="softness of the smooth recall's rank <= 20 step (--item-metric recall or ndcg+recall)")
+    g.add_argument("--rank-estimate", choices=RANK_ESTIMATES, default=D.rank_estimate,
+                   help="list: smooth rank within the sampled list; catalogue: negatives' terms weighted by "
+                        "(|I| - |P_u|) / N so the rank estimates the full-catalogue rank (DESIGN.md)")
     g.add_argument("--rank-slope", type=float, default=D.rank_slope,
                    help="linear tail of the smooth rank for negatives scored above a positive (SupRank; 0: off)")
     g.add_argument("--user-sampling", choices=USER_SAMPLINGS, default=D.user_sampling,
@@ -86,6 +89,9 @@ def parser() -> ArgumentParser:
                         "(embedded from --reveal of their items, no gradient step); selection stays on validation")
     g.add_argument("--holdout-users", type=float, default=D.holdout_users,
                    help="inductive: fraction of users held out of training")
+    g.add_argument("--user-dropout", type=float, default=D.user_dropout,
+                   help="ID dropout: each step zeroes each user's ID embedding with this probability, as an unseen "
+                        "user's is at inference, so the layers learn to embed users from their items (default 0)")
     g.add_argument("--reveal", type=float, default=D.reveal,
                    help="inductive: fraction of a held-out user's interactions revealed as graph edges (rest: targets)")
     g.add_argument("--patience", type=int, default=D.patience, help="evaluations without gain before stopping")

@@ -13,6 +13,7 @@ BACKEND_NAMES = ("auto", "segment", "csr")
 NEG_SAMPLERS = ("uniform", "ppr", "mixed")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 ITEM_METRICS = ("ndcg", "recall", "ndcg+recall")
+RANK_ESTIMATES = ("list", "catalogue")  # ITEM: rank within the sampled list, or scaled to all items
 USER_SAMPLINGS = ("uniform", "degree")  # ITEM: users of a step uniformly or by training degree
 PROTOCOLS = ("transductive", "inductive")  # itemjax.inductive: users held out of training
 
@@ -54,6 +55,7 @@ class TrainConfig:
     item_metric: str = "ndcg+recall"
     tau: float = 0.1
     tau_k: float = 30.0  # softness of the rank <= k step of the smooth recall (1.0 gives no gradient at start)
+    rank_estimate: str = "list"  # "catalogue": negatives' terms weighted (|I| - |P_u|) / N
     rank_slope: float = 0.0  # SupRank linear tail of the smooth rank (0: plain sigmoid)
     detach_positive_pairs: bool = True  # positive-vs-positive sigmoids pass no gradient
     user_sampling: str = "uniform"  # ITEM users per step: "uniform" or "degree" (prob. ~ training degree)
@@ -73,6 +75,7 @@ class TrainConfig:
     eval_chunk: int = 1024
     protocol: str = "transductive"  # "inductive": final report on users held out of training
     holdout_users: float = 0.2  # inductive: fraction of users held out of training
+    user_dropout: float = 0.0  # ID dropout: zero each user's ID row with this probability per step
     reveal: float = 0.5  # inductive: fraction of a held-out user's interactions revealed as edges
     # devices (itemjax.distributed): a 1-D mesh over every device, users split across it
     shard_embeddings: bool = False  # shard the ID tables' rows across devices (default replicated)
@@ -116,6 +119,8 @@ class TrainConfig:
         need(self.tau > 0, f"--tau must be > 0 (got {self.tau})")
         need(self.user_sampling in USER_SAMPLINGS,
              f"unknown --user-sampling {self.user_sampling!r}; choose one of {', '.join(USER_SAMPLINGS)}")
+        need(self.rank_estimate in RANK_ESTIMATES,
+             f"unknown --rank-estimate {self.rank_estimate!r}; choose one of {', '.join(RANK_ESTIMATES)}")
         need(self.tau_k > 0, f"--tau-k must be > 0 (got {self.tau_k})")
         need(self.rank_slope >= 0, f"--rank-slope must be >= 0 (got {self.rank_slope}); 0 is the plain sigmoid")
         need(0 < self.test_frac < 1, f"--test-frac must be in (0, 1) (got {self.test_frac})")
@@ -133,6 +138,7 @@ class TrainConfig:
         )
         need(self.protocol in PROTOCOLS, f"unknown --protocol {self.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
         need(0 < self.holdout_users < 1, f"--holdout-users must be in (0, 1) (got {self.holdout_users})")
+        need(0 <= self.user_dropout < 1, f"--user-dropout must be in [0, 1) (got {self.user_dropout})")
         need(0 < self.reveal < 1, f"--reveal must be in (0, 1) (got {self.reveal})")
         need(not (self.protocol == "inductive" and (self.model == "mf" or self.layers == 0)),
              "--protocol inductive embeds unseen users by message passing: use a graph --model with --layers >= 1")

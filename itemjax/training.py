@@ -77,11 +77,25 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array):
 # ----------------------------------------------------------------------------- objectives
 
 
-def _forward(params, apply_fn, batch, key):
+def _forward(params, apply_fn, batch, key, user_dropout: float = 0.0):
+    """Final ``(user_emb, item_emb)`` of the training forward pass.
+
+    ``user_dropout`` (ID dropout, for the inductive protocol): each user's ID embedding row is
+    zeroed with this probability for the whole step (no rescaling), the convention an unseen
+    user gets at inference (:func:`itemjax.inductive.zero_user_embeddings`), so the layers learn
+    to represent a user from its neighbours alone. Mask stream: ``fold_in(key, 1)``; with 0 the
+    forward pass and its randomness are unchanged.
+    """
+    if user_dropout > 0:
+        ids = params["ids"]
+        table = ids["user_embedding"]
+        keep = jax.random.bernoulli(jax.random.fold_in(key, 1), 1.0 - user_dropout, (table.shape[0], 1))
+        params = {**params, "ids": {**ids, "user_embedding": table * keep.astype(table.dtype)}}
     return apply_fn({"params": params}, batch.graph, train=True, rngs={"dropout": key})
 
 
-def bpr_objective(params, apply_fn, batch: Batch, key, step, *, batch_size: int, l2: float, hard_share: float):
+def bpr_objective(params, apply_fn, batch: Batch, key, step, *, batch_size: int, l2: float, hard_share: float,
+                  user_dropout: float = 0.0):
     """BPR over ``batch_size`` uniformly drawn training interactions, one negative each.
 
     ``L = mean softplus(s_un - s_up) + l2 * 0.5 * (||e_u||^2 + ||e_p||^2 + ||e_n||^2) / B``
@@ -91,7 +105,7 @@ def bpr_objective(params, apply_fn, batch: Batch, key, step, *, batch_size: int,
     users, pos = sampling.sample_edges(k_edge, batch.data, batch_size)
     users, pos = shard_rows(users), shard_rows(pos)  # triples split across the mesh's data axis
     neg = sampling.negatives(k_neg, batch.data, users, 1, hard_share)[:, 0]
-    user_emb, item_emb = _forward(params, apply_fn, batch, k_fwd)
+    user_emb, item_emb = _forward(params, apply_fn, batch, k_fwd, user_dropout)
     u = user_emb[users]
     pos_scores = jnp.sum(u * item_emb[pos], axis=-1, dtype=jnp.float32)  # loss in float32 whatever the compute dtype
     neg_scores = jnp.sum(u * item_emb[neg], axis=-1, dtype=jnp.float32)
@@ -101,7 +115,8 @@ def bpr_objective(params, apply_fn, batch: Batch, key, step, *, batch_size: int,
     return loss + l2 * reg, {"rank_loss": loss}
 
 
-def bce_objective(params, apply_fn, batch: Batch, key, step, *, batch_size: int, l2: float, hard_share):
+def bce_objective(params, apply_fn, batch: Batch, key, step, *, batch_size: int, l2: float, hard_share,
+                  user_dropout: float = 0.0):
     """Binary cross-entropy over ``batch_size`` training edges and as many sampled non-edges.
 
     ``L = mean softplus(-s_up) + mean softplus(s_un)`` plus the same L2 term as BPR.
@@ -110,7 +125,7 @@ def bce_objective(params, apply_fn, batch: Batch, key, step, *, batch_size: int,
     users, pos = sampling.sample_edges(k_edge, batch.data, batch_size)
     users, pos = shard_rows(users), shard_rows(pos)
     neg = sampling.negatives(k_neg, batch.data, users, 1, hard_share)[:, 0]
-    user_emb, item_emb = _forward(params, apply_fn, batch, k_fwd)
+    user_emb, item_emb = _forward(params, apply_fn, batch, k_fwd, user_dropout)
     u = user_emb[users]
     loss = bce_loss(jnp.sum(u * item_emb[pos], -1, dtype=jnp.float32), jnp.sum(u * item_emb[neg], -1, dtype=jnp.float32))
     ego_u, ego_i = id_embeddings(params)
@@ -121,7 +136,7 @@ def bce_objective(params, apply_fn, batch: Batch, key, step, *, batch_size: int,
 def item_objective(params, apply_fn, batch: Batch, key, step, *, n_users: int, n_pos: int, n_neg: int,
                    metric: str, tau: float, k: int, l2: float, hard_share, shared_negatives: bool,
                    slope: float = 0.0, detach_positive_pairs: bool = False, users_by_degree: bool = False,
-                   tau_k: float = 1.0):
+                   tau_k: float = 1.0, catalogue_rank: bool = False, user_dropout: float = 0.0):
     """ITEM: ``mean_u (1 - smooth_metric_u)`` over user-centric lists (DESIGN.md, Math).
 
     Each step draws ``n_users`` users; for each, up to ``n_pos`` of its training items (masked
@@ -132,6 +147,11 @@ def item_objective(params, apply_fn, batch: Batch, key, step, *, n_users: int, n
     ``shared_negatives`` (PinSAGE): one set of ``n_neg`` items for the whole batch, scored by a
     single ``[B, d] x [d, N]`` matmul; entries that are a user's own training items are masked.
     ``hard_share`` may be a callable of the step (curriculum).
+
+    ``catalogue_rank``: each negative's sigmoid term counts ``(|I| - |P_u|) / N_u`` times
+    (``|P_u|`` = the user's training degree, ``N_u`` = its valid negatives), so a positive's
+    smooth rank estimates its rank among all ``|I|`` items instead of within the list of
+    ``P + N`` (DESIGN.md); the Recall@k cut-off then refers to the catalogue rank.
     """
     k_fwd, k_users, k_pos, k_neg, k_owner = jax.random.split(key, 5)
     data = batch.data
@@ -139,7 +159,7 @@ def item_objective(params, apply_fn, batch: Batch, key, step, *, n_users: int, n
     users = sampling.sample_users(k_users, data, n_users, by_degree=users_by_degree)
     users = shard_rows(users)  # lists split across the data axis
     pos, pos_where = sampling.sample_positives(k_pos, data, users, n_pos)
-    user_emb, item_emb = _forward(params, apply_fn, batch, k_fwd)
+    user_emb, item_emb = _forward(params, apply_fn, batch, k_fwd, user_dropout)
     u = user_emb[users]  # [B, d]
     pos_scores = jnp.einsum("bd,bpd->bp", u, item_emb[pos], preferred_element_type=jnp.float32)
     if shared_negatives:
@@ -155,8 +175,13 @@ def item_objective(params, apply_fn, batch: Batch, key, step, *, n_users: int, n
     scores = jnp.concatenate([pos_scores, neg_scores], axis=-1)
     labels = jnp.concatenate([jnp.ones_like(pos_scores), jnp.zeros_like(neg_scores)], axis=-1)
     where = jnp.concatenate([pos_where, neg_where], axis=-1)
+    negative_weight = 1.0
+    if catalogue_rank:
+        degree = (data.indptr[users + 1] - data.indptr[users]).astype(jnp.float32)  # [B]
+        n_valid = jnp.maximum(neg_where.sum(-1).astype(jnp.float32), 1.0)
+        negative_weight = jnp.maximum(data.n_items - degree, 0.0) / n_valid  # [B]
     loss = item_loss(scores, labels, where=where, metric=metric, tau=tau, k=k, tau_k=tau_k, slope=slope,
-                     detach_positive_pairs=detach_positive_pairs,
+                     detach_positive_pairs=detach_positive_pairs, negative_weight=negative_weight,
                      query=jnp.arange(n_pos, dtype=jnp.int32))  # only positives are ranked: [B, P, L]
     total = loss
     if l2 > 0:
@@ -177,7 +202,7 @@ def make_objective(config: TrainConfig, steps_per_epoch: int = 1) -> Callable:
         ramp = config.curriculum_epochs * steps_per_epoch
         target = hard_share
         hard_share = functools.partial(_curriculum, target=target, ramp=ramp)
-    common = dict(l2=config.l2, hard_share=hard_share)
+    common = dict(l2=config.l2, hard_share=hard_share, user_dropout=config.user_dropout)
     if config.loss == "bpr":
         return functools.partial(bpr_objective, batch_size=config.batch_size, **common)
     if config.loss == "bce":
@@ -187,7 +212,7 @@ def make_objective(config: TrainConfig, steps_per_epoch: int = 1) -> Callable:
             item_objective, n_users=config.batch_size, n_pos=config.positives, n_neg=config.negatives,
             metric=config.item_metric, tau=config.tau, k=20, tau_k=config.tau_k, slope=config.rank_slope,
             detach_positive_pairs=config.detach_positive_pairs, users_by_degree=config.user_sampling == "degree",
-            shared_negatives=config.shared_negatives, **common)
+            catalogue_rank=config.rank_estimate == "catalogue", shared_negatives=config.shared_negatives, **common)
     raise ConfigError(f"unknown --loss {config.loss!r}")
 
 

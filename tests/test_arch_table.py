@@ -88,6 +88,14 @@ def test_cells_skip_inductive_mf_and_keep_loss_defaults(tmp_path):
             assert getattr(config, k) == v
 
 
+def test_extra_inductive_reaches_only_the_inductive_cells(tmp_path):
+    args = arch_table.parser().parse_args(["--models", "lightgcn", "--losses", "bpr", "--epochs", "7",
+                                           "--extra-inductive", "--user-dropout 0.2", "--out", str(tmp_path)])
+    dropout = {cell.protocol: config.user_dropout for cell, config in arch_table.cell_configs(args)}
+    assert dropout == {"transductive": 0.0, "inductive": 0.2}
+    assert "(inductive cells also `--user-dropout 0.2`)" in arch_table.header_text(args)
+
+
 def test_reuse_refuses_a_run_made_with_other_options(tmp_path):
     args = arch_table.parser().parse_args(["--models", "lightgcn", "--losses", "bpr", "--protocols", "transductive",
                                            "--epochs", "7", "--out", str(tmp_path)])

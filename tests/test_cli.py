@@ -71,6 +71,8 @@ FLAG_CASES = [
     ("select metric K not in ks", ["--select-metric", "ndcg@30"], ["--select-metric", "'ndcg@30'", "--ks"]),
     ("test fraction out of range", ["--test-frac", "1.5"], ["--test-frac", "(0, 1)", "1.5"]),
     ("zero learning rate", ["--lr", "0"], ["--lr must be > 0"]),
+    ("user dropout of 1", ["--user-dropout", "1"], ["--user-dropout", "[0, 1)", "1.0"]),
+    ("unknown rank estimate", ["--rank-estimate", "full"], ["--rank-estimate", "invalid choice", "'full'"]),
     ("unknown flag", ["--learning-rate", "0.1"], ["unrecognized arguments", "--learning-rate"]),
 ]
 

@@ -60,23 +60,26 @@ def test_each_objective_lowers_its_loss(case):
     assert int(state.step) == 40
 
 
-def ref_item_ndcg(pos_scores, pos_where, neg_scores, neg_where, tau):
-    """1 - smooth NDCG of one user, float64 loops (DESIGN.md)."""
+def ref_item_ndcg(pos_scores, pos_where, neg_scores, neg_where, tau, neg_weight=1.0):
+    """1 - smooth NDCG of one user, float64 loops (DESIGN.md); negatives' sigmoids count neg_weight times."""
     items = [(s, 1) for s, w in zip(pos_scores, pos_where) if w] + [(s, 0) for s, w in zip(neg_scores, neg_where) if w]
     n_pos = sum(lab for _, lab in items)
     dcg = 0.0
     for i, (s_i, lab) in enumerate(items):
         if not lab:
             continue
-        rank = 1.0 + sum(1 / (1 + np.exp(-(s_j - s_i) / tau)) for j, (s_j, _) in enumerate(items) if j != i)
+        rank = 1.0 + sum((1.0 if lab_j else neg_weight) / (1 + np.exp(-(s_j - s_i) / tau))
+                         for j, (s_j, lab_j) in enumerate(items) if j != i)
         dcg += 1 / np.log2(1 + rank)
     idcg = sum(1 / np.log2(1 + i) for i in range(1, n_pos + 1))
     return 1 - dcg / idcg
 
 
-@pytest.mark.parametrize("shared", [False, True])
-def test_item_objective_matches_reference(shared):
-    """Re-draw the step's users/positives/negatives with the same keys and recompute the loss."""
+@pytest.mark.parametrize("shared,catalogue", [(False, False), (True, False), (False, True), (True, True)])
+def test_item_objective_matches_reference(shared, catalogue):
+    """Re-draw the step's users/positives/negatives with the same keys and recompute the loss.
+
+    ``catalogue``: each negative counts ``(|I| - deg_u) / (valid negatives of u)`` times."""
     from itemjax.training import item_objective
 
     train, _ = small_problem()
@@ -89,7 +92,7 @@ def test_item_objective_matches_reference(shared):
     n_users, n_pos, n_neg, tau = 6, 4, 10, 0.3
     loss, _ = item_objective(params, model.apply, Batch(graph=graph, data=data), key, 0, n_users=n_users,
                              n_pos=n_pos, n_neg=n_neg, metric="ndcg", tau=tau, k=20, l2=0.0, hard_share=0.0,
-                             shared_negatives=shared)
+                             shared_negatives=shared, catalogue_rank=catalogue)
     k_fwd, k_users, k_pos, k_neg, k_owner = jax.random.split(key, 5)
     users = np.asarray(sampling.sample_users(k_users, data, n_users))
     pos, pos_where = map(np.asarray, sampling.sample_positives(k_pos, data, jnp.asarray(users), n_pos))
@@ -105,6 +108,27 @@ def test_item_objective_matches_reference(shared):
         negs = np.asarray(sampling.negatives(k_neg, data, jnp.asarray(users), n_neg, 0.0))
         neg_where = np.ones(negs.shape, bool)
     assert not dense[users[:, None], negs][neg_where].any()
-    per_user = [ref_item_ndcg(Q[pos[b]] @ P[users[b]], pos_where[b], Q[negs[b]] @ P[users[b]], neg_where[b], tau)
-                for b in range(n_users)]
+    degree = dense[users].sum(1)
+    weight = (train.shape[1] - degree) / neg_where.sum(1) if catalogue else np.ones(n_users)
+    assert not catalogue or np.all(weight > 3)  # far from the plain list rank
+    per_user = [ref_item_ndcg(Q[pos[b]] @ P[users[b]], pos_where[b], Q[negs[b]] @ P[users[b]], neg_where[b], tau,
+                              weight[b]) for b in range(n_users)]
     np.testing.assert_allclose(float(loss), np.mean(per_user), rtol=2e-5)
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.5])
+def test_user_dropout_zeroes_whole_id_rows(rate):
+    """MF's output is its ID tables: dropped users' rows are exactly 0, the rest unchanged and unscaled."""
+    from itemjax.training import _forward
+
+    train, _ = small_problem(n_users=400)
+    graph = to_device(build_graph(train), "segment")
+    model = make_model(TrainConfig(model="mf", dim=8).resolve(), *train.shape)
+    params = model.init(jax.random.PRNGKey(0), graph)["params"]
+    batch = Batch(graph=graph, data=sampling.make_train_data(train))
+    users, items = map(np.asarray, _forward(params, model.apply, batch, jax.random.PRNGKey(3), rate))
+    table = np.asarray(params["ids"]["user_embedding"])
+    dropped = np.all(users == 0, axis=1)
+    np.testing.assert_array_equal(users[~dropped], table[~dropped])
+    np.testing.assert_array_equal(items, np.asarray(params["ids"]["item_embedding"]))
+    assert abs(dropped.mean() - rate) < 0.08  # 400 Bernoulli draws: std 0.025
