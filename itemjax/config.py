@@ -23,7 +23,7 @@ PROTOCOLS = ("transductive", "inductive")  # itemjax.inductive: users held out o
 LOSS_DEFAULTS = {
     "bpr": dict(batch_size=2048, lr=3e-3, l2=1e-3),
     "bce": dict(batch_size=2048, lr=1e-3, l2=1e-4),
-    "item": dict(batch_size=256, lr=1e-3, l2=0.0),
+    "item": dict(batch_size=256, lr=1e-3, l2=3e-5),
 }
 
 

@@ -29,6 +29,12 @@ from its revealed items (``K >= 1`` needed; ``K = 0`` gives zero scores). Full r
 every item, the revealed items excluded, metrics averaged over the held-out users
 (:func:`itemjax.evaluate.evaluate`). The popularity baseline (:func:`evaluate_popularity`)
 ranks items by their training degree through the same evaluator, revealed items excluded.
+
+Models that concatenate their ego layer (NGCF, GAT, SAGE: ``e = [e^0 || ...]``) learn to lean
+on the ID block, which is zero for an unseen user; training with ``--user-dropout p`` (each step
+zeroes each training user's ID row with probability ``p``, :func:`itemjax.training._forward`)
+teaches the layers to score users from their items alone. On ml-100k NGCF + BPR went from
+NDCG@20 0.2623 on the held-out users (below popularity, 0.3318) to 0.3835 with ``p = 0.2``.
 """
 
 from __future__ import annotations
