@@ -45,9 +45,9 @@ def parser() -> ArgumentParser:
     g.add_argument("--loss", default=D.loss, choices=LOSS_NAMES)
     g.add_argument("--epochs", type=int, default=D.epochs)
     g.add_argument("--batch-size", type=int, default=None,
-                   help="triples per step for bpr/bce (default 2048), users per step for item (default 256)")
-    g.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: 3e-3 bpr, 1e-3 bce and item)")
-    g.add_argument("--l2", type=float, default=None, help="L2 on ego embeddings (default: 1e-3 bpr/bce, 3e-5 item)")
+                   help="triples per step for bpr (default 1024) and bce (2048), users per step for item (default 256)")
+    g.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: 2e-3 bpr, 1e-3 bce and item)")
+    g.add_argument("--l2", type=float, default=None, help="L2 on ego embeddings (default: 1e-3 bpr/bce, 1e-4 item)")
     g.add_argument("--seed", type=int, default=D.seed)
     g = p.add_argument_group("ITEM loss and negatives")
     g.add_argument("--item-metric", default=D.item_metric, choices=ITEM_METRICS,

@@ -21,9 +21,9 @@ PROTOCOLS = ("transductive", "inductive")  # itemjax.inductive: users held out o
 #: Per-loss defaults of the options left as None. For BPR/BCE ``batch_size`` counts
 #: (user, positive, negative) triples per step; for ITEM it counts users per step.
 LOSS_DEFAULTS = {
-    "bpr": dict(batch_size=2048, lr=3e-3, l2=1e-3),
+    "bpr": dict(batch_size=1024, lr=2e-3, l2=1e-3),
     "bce": dict(batch_size=2048, lr=1e-3, l2=1e-4),
-    "item": dict(batch_size=256, lr=1e-3, l2=3e-5),
+    "item": dict(batch_size=256, lr=1e-3, l2=1e-4),
 }
 
 
