@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from itemjax.config import TrainConfig
+from itemjax.config import LOSS_DEFAULTS, TrainConfig
 from itemjax.run import fit
 from itemjax.runio import read_jsonl
 
@@ -102,7 +102,7 @@ def test_config_json_records_options_environment_and_data_checksums(first_run):
     assert dests <= set(recorded["config"]), dests - set(recorded["config"])
     resolved = small_config(csv, out).resolve()
     assert config_from_run_dir(out) == resolved  # loss defaults (batch size, lr, l2) resolved too
-    assert recorded["config"]["lr"] == 3e-3 and recorded["config"]["batch_size"] == 2048
+    assert {k: recorded["config"][k] for k in ("lr", "batch_size", "l2")} == LOSS_DEFAULTS["bpr"]
 
     env = recorded["environment"]
     for dist in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "scipy"):
