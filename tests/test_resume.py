@@ -311,7 +311,8 @@ def test_nan_loss_exits_3_naming_the_step_and_keeps_the_last_good_checkpoint(tin
     from itemjax.training import create_state
 
     out = tmp_path / "run"
-    done = run_train(train_argv(tiny_csv, out, "--lr", "1e30"), cache_env)
+    # batch 2048 covers the tiny data set in one step per epoch, so step 1 is epoch 2's
+    done = run_train(train_argv(tiny_csv, out, "--lr", "1e30", "--batch-size", "2048"), cache_env)
     assert done.returncode == 3, done.stderr
     line = done.stderr.strip().splitlines()[-1]
     assert line.startswith("error: the loss became nan at step 1 (epoch 2);"), line
@@ -321,7 +322,7 @@ def test_nan_loss_exits_3_naming_the_step_and_keeps_the_last_good_checkpoint(tin
     assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl")] == [1]
 
     # the kept checkpoint restores (shapes from eval_shape: nothing to compile here)
-    config = TrainConfig(dataset=str(tiny_csv), dim=8, layers=2, lr=1e30, progress=False).resolve()
+    config = TrainConfig(dataset=str(tiny_csv), dim=8, layers=2, lr=1e30, batch_size=2048, progress=False).resolve()
     prep = prepare(config)
     like = jax.eval_shape(lambda key: _checkpointable(
         create_state(config, prep.model, prep.batch.graph, prep.batch.data, key)), jax.random.PRNGKey(0))
