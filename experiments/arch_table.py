@@ -4,6 +4,7 @@
     python experiments/arch_table.py                                   # ml-100k, runs/arch-table
     python experiments/arch_table.py --epochs 200 --extra "--eval-every 5 --patience 8" --out /tmp/arch-table
     python experiments/arch_table.py --extra "--patience 15" --extra-inductive "--user-dropout 0.2"
+    python experiments/arch_table.py --tune-models ngcf,sage --tune-bpr "--l2 1e-2" --tune-item "--tau 0.3"
 
 Each cell (model, loss, protocol) is a normal training run (``experiments/train.py`` options:
 the shared ``--epochs`` cap, ``--extra`` options, and otherwise the per-loss defaults of
@@ -12,6 +13,12 @@ the shared ``--epochs`` cap, ``--extra`` options, and otherwise the per-loss def
 checking its ``config.json`` used the same options) and an interrupted cell is resumed, so the
 command can simply be re-run; ``--table-only`` rebuilds the table from the cells finished so
 far. MF, which has no graph to embed an unseen user with, gets transductive cells only.
+
+Tuning: the cells of the ``--tune-models`` are also trained with each ``--tune-bpr`` (BPR
+cells) or ``--tune-item`` (ITEM cells) variant of options, in
+``<out>/<model>-<loss>-<protocol>--<variant>/``, and the table reports the run with the best
+VALIDATION NDCG@20 (the defaults win a tie); test metrics never choose. Both losses must get
+the same number of variants, so each has the same tuning budget.
 
 The table (``<out>/arch_table.md``, also printed) has test Recall@20 / NDCG@20 of the epoch
 selected on validation, training wall time and the selected epoch; inductive rows also give
@@ -36,6 +43,7 @@ from train import config_from_args, parser as train_parser  # noqa: E402
 from itemjax.cli import ArgumentParser, run_main  # noqa: E402
 from itemjax.config import LOSS_DEFAULTS, LOSS_NAMES, MODEL_NAMES, PROTOCOLS  # noqa: E402
 from itemjax.errors import ConfigError  # noqa: E402
+from itemjax.runio import best_validation, options_slug  # noqa: E402
 
 #: Models without message passing: an unseen user cannot be embedded, so no inductive cell.
 NON_GRAPH_MODELS = ("mf",)
@@ -45,12 +53,18 @@ REUSE_FREE = ("out", "progress", "resume")
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
-    """One table row: a (model, loss, protocol) run and its directory."""
+    """One table row: a (model, loss, protocol), the directory of its default-options run, and
+    the ``(options, directory)`` of each tuning variant also tried (none unless tuned)."""
 
     model: str
     loss: str
     protocol: str
     run: pathlib.Path
+    tuned: tuple = ()
+
+    def candidates(self) -> tuple:
+        """``(options, run directory)`` of every run of the cell, defaults (``""``) first."""
+        return (("", pathlib.Path(self.run)),) + tuple((v, pathlib.Path(r)) for v, r in self.tuned)
 
 
 def parser() -> ArgumentParser:
@@ -64,6 +78,13 @@ def parser() -> ArgumentParser:
     p.add_argument("--extra", default="", help="train.py options given to every cell, e.g. \"--eval-every 5 --patience 8\" (one flag alone: --extra=--flag)")
     p.add_argument("--extra-inductive", default="",
                    help="train.py options added to the inductive cells only, e.g. \"--user-dropout 0.2\"")
+    p.add_argument("--tune-models", default="", help="comma-separated models whose cells are also trained with "
+                   "the --tune-bpr / --tune-item variants (selection on validation)")
+    p.add_argument("--tune-bpr", action="append", default=[], metavar="OPTIONS",
+                   help="train.py options of one BPR tuning variant, e.g. \"--l2 1e-2\" (repeatable)")
+    p.add_argument("--tune-item", action="append", default=[], metavar="OPTIONS",
+                   help="train.py options of one ITEM tuning variant, e.g. \"--tau 0.3\" (repeatable; "
+                   "as many as --tune-bpr)")
     p.add_argument("--out", default="runs/arch-table", help="folder of the cell runs and arch_table.md")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--table-only", action="store_true",
@@ -81,11 +102,34 @@ def _names(text: str, allowed: tuple, flag: str) -> list:
     return names
 
 
+def tuning_variants(args) -> dict:
+    """``{model: {loss: [options, ...]}}`` of the tuning variants (empty lists for untuned models)."""
+    models = _names(args.models, MODEL_NAMES, "--models")
+    losses = _names(args.losses, LOSS_NAMES, "--losses")
+    tuned = [m for m in args.tune_models.split(",") if m]
+    for m in tuned:
+        if m not in models:
+            raise ConfigError(f"--tune-models names {m!r}, which is not in --models {args.models!r}")
+    grids = {"bpr": list(args.tune_bpr), "item": list(args.tune_item)}
+    if tuned and not any(grids[loss] for loss in losses if loss in grids):
+        raise ConfigError("--tune-models needs variants: give --tune-bpr and --tune-item options, "
+                          "e.g. --tune-bpr \"--l2 1e-2\" --tune-item \"--tau 0.3\"")
+    if any(grids.values()) and not tuned:
+        raise ConfigError("--tune-bpr / --tune-item given without --tune-models; name the models to tune")
+    sizes = {loss: len(grids.get(loss, [])) for loss in losses}
+    if tuned and len(set(sizes.values())) > 1:
+        raise ConfigError("give every loss the same number of tuning variants (the same tuning budget); got "
+                          + ", ".join(f"{n} for {loss}" for loss, n in sizes.items()))
+    return {m: {loss: (grids.get(loss, []) if m in tuned else []) for loss in losses} for m in models}
+
+
 def cell_configs(args) -> list:
-    """``[(Cell, resolved TrainConfig)]`` in run and table order (model, protocol, loss); all checked before training."""
+    """``[(Cell, (resolved TrainConfig per candidate, ...))]`` in run and table order (model,
+    protocol, loss), candidates in :meth:`Cell.candidates` order; all checked before training."""
     out = pathlib.Path(args.out)
     extra = shlex.split(args.extra)
     extra_inductive = shlex.split(args.extra_inductive)
+    variants = tuning_variants(args)
     cells = []
     for model in _names(args.models, MODEL_NAMES, "--models"):
         for protocol in _names(args.protocols, PROTOCOLS, "--protocols"):
@@ -93,18 +137,24 @@ def cell_configs(args) -> list:
                 if protocol == "inductive" and model in NON_GRAPH_MODELS:
                     continue
                 run = out / f"{model}-{loss}-{protocol}"
-                argv = ["--dataset", args.dataset, "--model", model, "--loss", loss, "--protocol", protocol,
-                        "--epochs", str(args.epochs), "--out", str(run)] + extra
-                if protocol == "inductive":
-                    argv += extra_inductive
-                if args.no_progress:
-                    argv.append("--no-progress")
-                try:
-                    ns = train_parser().parse_args(argv)
-                except SystemExit:
-                    raise ConfigError(f"bad train.py options in --extra {args.extra!r} or --extra-inductive "
-                                      f"{args.extra_inductive!r}") from None
-                cells.append((Cell(model, loss, protocol, run), config_from_args(ns)))
+                cell = Cell(model, loss, protocol, run,
+                            tuple((v, out / f"{run.name}--{options_slug(v)}") for v in variants[model][loss]))
+                configs = []
+                for options, path in cell.candidates():
+                    argv = ["--dataset", args.dataset, "--model", model, "--loss", loss, "--protocol", protocol,
+                            "--epochs", str(args.epochs), "--out", str(path)] + extra
+                    if protocol == "inductive":
+                        argv += extra_inductive
+                    argv += shlex.split(options)
+                    if args.no_progress:
+                        argv.append("--no-progress")
+                    try:
+                        ns = train_parser().parse_args(argv)
+                    except SystemExit:
+                        raise ConfigError(f"bad train.py options in --extra {args.extra!r}, --extra-inductive "
+                                          f"{args.extra_inductive!r} or the {loss} tuning variant {options!r}") from None
+                    configs.append(config_from_args(ns))
+                cells.append((cell, tuple(configs)))
     return cells
 
 
@@ -119,18 +169,33 @@ def check_reusable(config, run: pathlib.Path) -> None:
                           "delete that folder or choose another --out")
 
 
+def select_candidate(cell: Cell, metric: str = "ndcg@20"):
+    """``(options, run directory)`` of the cell's run with the best validation ``metric``, or
+    None until every candidate has a ``summary.json``. A single candidate needs no validation
+    record; among several the earlier (defaults first) wins a tie."""
+    candidates = cell.candidates()
+    if not all((run / "summary.json").exists() for _, run in candidates):
+        return None
+    if len(candidates) == 1:
+        return candidates[0]
+    return max(candidates, key=lambda c: best_validation(c[1], metric).get(metric, -math.inf))
+
+
 def read_rows(cells: list) -> list:
-    """One dict per cell from its ``summary.json`` (``finished=False`` when it has none yet)."""
+    """One dict per cell from its selected run's ``summary.json`` (``finished=False`` until
+    every candidate run has one)."""
     rows = []
     for c in cells:
-        path = pathlib.Path(c.run) / "summary.json"
-        row = {"model": c.model, "loss": c.loss, "protocol": c.protocol, "finished": path.exists()}
-        if path.exists():
-            s = json.loads(path.read_text())
+        chosen = select_candidate(c)
+        row = {"model": c.model, "loss": c.loss, "protocol": c.protocol, "finished": chosen is not None,
+               "n_candidates": len(c.candidates())}
+        if chosen is not None:
+            options, run = chosen
+            s = json.loads((run / "summary.json").read_text())
             row.update({"recall@20": s["recall@20"], "ndcg@20": s["ndcg@20"], "train_seconds": s["train_seconds"],
                         "selected_epoch": s["selected_epoch"], "epochs": s["epochs"],
                         "popularity/recall@20": s.get("popularity/recall@20"),
-                        "popularity/ndcg@20": s.get("popularity/ndcg@20")})
+                        "popularity/ndcg@20": s.get("popularity/ndcg@20"), "options": options})
         rows.append(row)
     return rows
 
@@ -159,18 +224,24 @@ def verdicts(rows: list, base: str = "bpr", challenger: str = "item") -> list:
 
 def markdown(rows: list, header: str = "") -> str:
     """The table (one line per row), then the per-model ITEM >= BPR lines."""
+    tuned = any(r.get("n_candidates", 1) > 1 for r in rows)
     lines = ([header, ""] if header else []) + [
         "| model | loss | protocol | Recall@20 | NDCG@20 | train time (s) | selected epoch "
-        "| popularity Recall@20 | popularity NDCG@20 |",
-        "|---|---|---|---|---|---|---|---|---|"]
+        "| popularity Recall@20 | popularity NDCG@20 |" + (" options (chosen on validation) |" if tuned else ""),
+        "|---|---|---|---|---|---|---|---|---|" + ("---|" if tuned else "")]
     for r in rows:
         if not r["finished"]:
-            lines.append(f"| {r['model']} | {r['loss'].upper()} | {r['protocol']} | not finished | | | | | |")
+            lines.append(f"| {r['model']} | {r['loss'].upper()} | {r['protocol']} | not finished | | | | | |"
+                         + (" |" if tuned else ""))
             continue
+        options = ""
+        if tuned:
+            n = r.get("n_candidates", 1)
+            options = f" {'`' + r['options'] + '`' if r['options'] else 'defaults'}" + (f", best of {n}" if n > 1 else "") + " |"
         lines.append(
             f"| {r['model']} | {r['loss'].upper()} | {r['protocol']} | {_fmt(r['recall@20'])} | {_fmt(r['ndcg@20'])} "
             f"| {r['train_seconds']:.0f} | {r['selected_epoch']} of {r['epochs']} | {_fmt(r['popularity/recall@20'])} "
-            f"| {_fmt(r['popularity/ndcg@20'])} |")
+            f"| {_fmt(r['popularity/ndcg@20'])} |" + options)
     found = verdicts(rows)
     if found:
         lines += [""] + found
@@ -184,7 +255,12 @@ def header_text(args) -> str:
             f"targets). Epoch cap {args.epochs}, train.py options `{args.extra or '(none)'}`"
             + (f" (inductive cells also `{args.extra_inductive}`)" if args.extra_inductive else "")
             + "; the per-loss defaults "
-            f"(chosen on LightGCN) for every model: {defaults}. Produced by `experiments/arch_table.py`.")
+            f"(chosen on LightGCN) for every model: {defaults}."
+            + (f" Tuned on validation NDCG@20 for {args.tune_models.replace(',', ', ')}, each loss with "
+               f"{len(args.tune_bpr)} variant(s) besides its defaults: BPR "
+               + ", ".join(f"`{v}`" for v in args.tune_bpr) + "; ITEM " + ", ".join(f"`{v}`" for v in args.tune_item) + "."
+               if args.tune_models else "")
+            + " Produced by `experiments/arch_table.py`.")
 
 
 def main(argv=None) -> int:
@@ -192,17 +268,20 @@ def main(argv=None) -> int:
     cells = cell_configs(args)
     from itemjax.run import fit
 
-    for n, (cell, config) in enumerate(cells, 1):
-        tag = f"[arch_table {n}/{len(cells)}] {cell.model} {cell.loss} {cell.protocol}"
-        if (cell.run / "summary.json").exists():
-            check_reusable(config, cell.run)
-            print(f"{tag}: reusing {cell.run}", file=sys.stderr)
+    runs = [(cell, options, config) for cell, configs in cells
+            for (options, _), config in zip(cell.candidates(), configs)]
+    for n, (cell, options, config) in enumerate(runs, 1):
+        tag = f"[arch_table {n}/{len(runs)}] {cell.model} {cell.loss} {cell.protocol}" + (f" {options}" if options else "")
+        run = pathlib.Path(config.out)
+        if (run / "summary.json").exists():
+            check_reusable(config, run)
+            print(f"{tag}: reusing {run}", file=sys.stderr)
             continue
         if args.table_only:
             print(f"{tag}: not finished (--table-only)", file=sys.stderr)
             continue
-        resume = (cell.run / "config.json").exists()
-        print(f"{tag}: {'resuming' if resume else 'training'} -> {cell.run}", file=sys.stderr)
+        resume = (run / "config.json").exists()
+        print(f"{tag}: {'resuming' if resume else 'training'} -> {run}", file=sys.stderr)
         fit(dataclasses.replace(config, resume=resume))
     text = markdown(read_rows([c for c, _ in cells]), header_text(args))
     out = pathlib.Path(args.out)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import re
 import shlex
 import sys
 
@@ -24,7 +23,7 @@ from train import config_from_args, parser as train_parser  # noqa: E402
 
 from itemjax.cli import ArgumentParser, run_main  # noqa: E402
 from itemjax.errors import ConfigError  # noqa: E402
-from itemjax.runio import read_jsonl  # noqa: E402
+from itemjax.runio import best_validation, options_slug  # noqa: E402
 
 
 def parser() -> ArgumentParser:
@@ -35,17 +34,13 @@ def parser() -> ArgumentParser:
     return p
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.,=-]+", "_", text.replace("--", "")).strip("_")[:60] or "base"
-
-
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     out = pathlib.Path(args.out)
     variants = args.variant or [""]
     configs = []
     for n, v in enumerate(variants):
-        argv_v = shlex.split(args.base) + shlex.split(v) + ["--out", str(out / f"{n:02d}-{slug(v)}"), "--no-progress"]
+        argv_v = shlex.split(args.base) + shlex.split(v) + ["--out", str(out / f"{n:02d}-{options_slug(v)}"), "--no-progress"]
         try:
             configs.append((v, config_from_args(train_parser().parse_args(argv_v))))
         except SystemExit:
@@ -59,8 +54,7 @@ def main(argv=None) -> int:
             print(f"[sweep] {v or '(base)'} -> {run}", file=sys.stderr)
             fit(c)
         s = json.loads((run / "summary.json").read_text())
-        valid = [r for r in read_jsonl(run / "metrics.jsonl") if r.get("split") == "valid"]
-        best = max(valid, key=lambda r: r["ndcg@20"]) if valid else {}
+        best = best_validation(run, "ndcg@20")
         rows.append((best.get("ndcg@20", float("nan")), v, best.get("epoch"), s))
     rows.sort(key=lambda r: -r[0])
     lines = [f"base: `{args.base}`", "", "| variant | valid NDCG@20 | best epoch | test Recall@20 | test NDCG@20 | train s |",

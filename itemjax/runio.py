@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
+import re
 import tempfile
 
 
@@ -45,6 +47,22 @@ def read_jsonl(path) -> list[dict]:
         except json.JSONDecodeError:
             break
     return records
+
+
+def best_validation(run, metric: str = "ndcg@20") -> dict:
+    """The ``split == "valid"`` record of ``<run>/metrics.jsonl`` with the highest ``metric``.
+
+    The earliest such record wins a tie (the epoch early stopping selects); ``{}`` when the run
+    has no validation record yet.
+    """
+    valid = [r for r in read_jsonl(pathlib.Path(run) / "metrics.jsonl")
+             if r.get("split") == "valid" and not math.isnan(r.get(metric, math.nan))]
+    return max(valid, key=lambda r: r[metric]) if valid else {}
+
+
+def options_slug(text: str) -> str:
+    """A folder-name form of train.py options: ``"--tau 0.3 --l2 1e-3"`` -> ``"tau_0.3_l2_1e-3"``."""
+    return re.sub(r"[^A-Za-z0-9.,=-]+", "_", text.replace("--", "")).strip("_")[:60] or "base"
 
 
 def rewrite_jsonl(path, records: list[dict]) -> None:

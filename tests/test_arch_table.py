@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import pathlib
@@ -80,7 +81,7 @@ def test_cells_skip_inductive_mf_and_keep_loss_defaults(tmp_path):
     assert keys == [("mf", "transductive", "bpr"), ("mf", "transductive", "item"),
                     ("lightgcn", "transductive", "bpr"), ("lightgcn", "transductive", "item"),
                     ("lightgcn", "inductive", "bpr"), ("lightgcn", "inductive", "item")]
-    for cell, config in cells:
+    for cell, (config,) in cells:  # untuned: the defaults run only
         assert (config.model, config.loss, config.protocol) == (cell.model, cell.loss, cell.protocol)
         assert (config.epochs, config.eval_every, config.patience) == (7, 5, 8)
         assert pathlib.Path(config.out) == tmp_path / f"{cell.model}-{cell.loss}-{cell.protocol}"
@@ -91,7 +92,7 @@ def test_cells_skip_inductive_mf_and_keep_loss_defaults(tmp_path):
 def test_extra_inductive_reaches_only_the_inductive_cells(tmp_path):
     args = arch_table.parser().parse_args(["--models", "lightgcn", "--losses", "bpr", "--epochs", "7",
                                            "--extra-inductive", "--user-dropout 0.2", "--out", str(tmp_path)])
-    dropout = {cell.protocol: config.user_dropout for cell, config in arch_table.cell_configs(args)}
+    dropout = {cell.protocol: config.user_dropout for cell, (config,) in arch_table.cell_configs(args)}
     assert dropout == {"transductive": 0.0, "inductive": 0.2}
     assert "(inductive cells also `--user-dropout 0.2`)" in arch_table.header_text(args)
 
@@ -99,7 +100,7 @@ def test_extra_inductive_reaches_only_the_inductive_cells(tmp_path):
 def test_reuse_refuses_a_run_made_with_other_options(tmp_path):
     args = arch_table.parser().parse_args(["--models", "lightgcn", "--losses", "bpr", "--protocols", "transductive",
                                            "--epochs", "7", "--out", str(tmp_path)])
-    (cell, config), = arch_table.cell_configs(args)
+    (cell, (config,)), = arch_table.cell_configs(args)
     cell.run.mkdir(parents=True)
     saved = json.loads(json.dumps(config.to_dict()))
     (cell.run / "config.json").write_text(json.dumps({"config": {**saved, "progress": not saved["progress"]}}))
@@ -113,7 +114,7 @@ def test_table_only_rebuilds_from_finished_cells_without_training(tmp_path, caps
     argv = ["--models", "mf,lightgcn", "--losses", "bpr", "--protocols", "transductive", "--epochs", "7",
             "--table-only", "--out", str(tmp_path)]
     cells = arch_table.cell_configs(arch_table.parser().parse_args(argv))
-    (cell, config) = cells[1]  # lightgcn finished; mf never started
+    (cell, (config,)) = cells[1]  # lightgcn finished; mf never started
     _fake_run(cell.run, **{"recall@20": 0.3314, "ndcg@20": 0.3976, "train_seconds": 84.0, "selected_epoch": 200,
                            "epochs": 200})
     (cell.run / "config.json").write_text(json.dumps({"config": config.to_dict()}))
@@ -123,3 +124,65 @@ def test_table_only_rebuilds_from_finished_cells_without_training(tmp_path, caps
                     ["lightgcn", "BPR", "transductive", "0.3314", "0.3976", "84", "200 of 200", "—", "—"]]
     assert not (tmp_path / "mf-bpr-transductive").exists()  # nothing trained
     assert "| lightgcn | BPR | transductive | 0.3314 |" in capsys.readouterr().out
+
+
+def _valid_curve(run: pathlib.Path, ndcgs: list) -> None:
+    """A metrics.jsonl with one validation record per value (epochs 5, 10, ...) and a test-split decoy."""
+    lines = [json.dumps({"split": "valid", "epoch": 5 * (i + 1), "ndcg@20": v}) for i, v in enumerate(ndcgs)]
+    lines.append(json.dumps({"split": "test", "epoch": 99, "ndcg@20": 0.99}))
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_tuned_cells_get_each_variant_of_their_loss_in_its_own_folder(tmp_path):
+    args = arch_table.parser().parse_args(
+        ["--models", "mf,sage", "--protocols", "transductive", "--epochs", "7", "--extra", "--patience 8",
+         "--tune-models", "sage", "--tune-bpr", "--l2 1e-2", "--tune-item", "--tau 0.3 --l2 1e-3",
+         "--out", str(tmp_path)])
+    cells = {(c.model, c.loss): (c, configs) for c, configs in arch_table.cell_configs(args)}
+    assert [len(configs) for _, configs in cells.values()] == [1, 1, 2, 2]  # mf untuned
+    cell, (default, variant) = cells[("sage", "item")]
+    assert cell.candidates() == (("", tmp_path / "sage-item-transductive"),
+                                 ("--tau 0.3 --l2 1e-3", tmp_path / "sage-item-transductive--tau_0.3_l2_1e-3"))
+    assert (default.tau, default.l2, variant.tau, variant.l2) == (0.1, 1e-4, 0.3, 1e-3)
+    assert pathlib.Path(variant.out) == cell.candidates()[1][1] and variant.patience == 8
+    _, (bpr_default, bpr_variant) = cells[("sage", "bpr")]
+    assert (bpr_default.l2, bpr_variant.l2, bpr_variant.tau) == (1e-3, 1e-2, 0.1)
+    header = arch_table.header_text(args)
+    assert "Tuned on validation NDCG@20 for sage, each loss with 1 variant(s) besides its defaults: " \
+           "BPR `--l2 1e-2`; ITEM `--tau 0.3 --l2 1e-3`." in header
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--tune-models", "sage", "--tune-bpr", "--l2 1e-2", "--tune-item", "--tau 0.3", "--tune-item", "--tau 0.5"],
+     "same number of tuning variants .*1 for bpr, 2 for item"),
+    (["--tune-models", "gat", "--tune-bpr", "--l2 1e-2", "--tune-item", "--tau 0.3"], "'gat', which is not in --models"),
+    (["--tune-bpr", "--l2 1e-2", "--tune-item", "--tau 0.3"], "without --tune-models"),
+    (["--tune-models", "sage"], "needs variants"),
+    (["--tune-models", "sage", "--tune-bpr=--l2", "--tune-item", "--tau 0.3"], "bpr tuning variant '--l2'"),
+])
+def test_bad_tuning_options_name_the_problem(tmp_path, extra, message):
+    args = arch_table.parser().parse_args(["--models", "sage", "--epochs", "7", "--out", str(tmp_path)] + extra)
+    with pytest.raises(ConfigError, match=message):
+        arch_table.cell_configs(args)
+
+
+def test_selection_is_on_validation_defaults_win_ties_and_test_never_chooses(tmp_path):
+    summary = {"recall@20": 0.3, "train_seconds": 10.0, "selected_epoch": 10, "epochs": 25}
+    default = _fake_run(tmp_path / "sage-item-transductive", **summary, **{"ndcg@20": 0.40})
+    tied = _fake_run(tmp_path / "sage-item-transductive--tau_0.5", **summary, **{"ndcg@20": 0.45})
+    better = _fake_run(tmp_path / "sage-item-transductive--tau_0.3", **summary, **{"ndcg@20": 0.38})
+    _valid_curve(default, [0.10, 0.21, 0.20])
+    _valid_curve(tied, [0.21, 0.15])  # same best validation as the defaults, better test: not chosen
+    _valid_curve(better, [0.12, 0.22, 0.19])
+    cell = arch_table.Cell("sage", "item", "transductive", default, (("--tau 0.5", tied), ("--tau 0.3", better)))
+    assert arch_table.select_candidate(cell) == ("--tau 0.3", better)
+    assert arch_table.select_candidate(dataclasses.replace(cell, tuned=cell.tuned[:1])) == ("", default)
+    bpr = _fake_run(tmp_path / "sage-bpr-transductive", **summary, **{"ndcg@20": 0.36})
+    _valid_curve(bpr, [0.2])
+    unfinished = arch_table.Cell("sage", "bpr", "transductive", bpr, (("--l2 1e-2", tmp_path / "missing"),))
+    rows = arch_table.read_rows([cell, unfinished])
+    assert not rows[1]["finished"]  # a candidate without summary.json: nothing selected yet
+    table = _cells_of_table(arch_table.markdown(rows))
+    assert table[0] == ["sage", "ITEM", "transductive", "0.3000", "0.3800", "10", "10 of 25", "—", "—",
+                        "`--tau 0.3`, best of 3"]
+    assert table[1][3] == "not finished" and len(table[1]) == 10
