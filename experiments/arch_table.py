@@ -192,6 +192,8 @@ def read_rows(cells: list) -> list:
         if chosen is not None:
             options, run = chosen
             s = json.loads((run / "summary.json").read_text())
+            row["all_train_seconds"] = sum(json.loads((r / "summary.json").read_text())["train_seconds"]
+                                           for _, r in c.candidates())
             row.update({"recall@20": s["recall@20"], "ndcg@20": s["ndcg@20"], "train_seconds": s["train_seconds"],
                         "selected_epoch": s["selected_epoch"], "epochs": s["epochs"],
                         "popularity/recall@20": s.get("popularity/recall@20"),
@@ -227,17 +229,18 @@ def markdown(rows: list, header: str = "") -> str:
     tuned = any(r.get("n_candidates", 1) > 1 for r in rows)
     lines = ([header, ""] if header else []) + [
         "| model | loss | protocol | Recall@20 | NDCG@20 | train time (s) | selected epoch "
-        "| popularity Recall@20 | popularity NDCG@20 |" + (" options (chosen on validation) |" if tuned else ""),
-        "|---|---|---|---|---|---|---|---|---|" + ("---|" if tuned else "")]
+        "| popularity Recall@20 | popularity NDCG@20 |" + (" options (chosen on validation) | train time of all its runs (s) |" if tuned else ""),
+        "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if tuned else "")]
     for r in rows:
         if not r["finished"]:
             lines.append(f"| {r['model']} | {r['loss'].upper()} | {r['protocol']} | not finished | | | | | |"
-                         + (" |" if tuned else ""))
+                         + (" | |" if tuned else ""))
             continue
         options = ""
         if tuned:
             n = r.get("n_candidates", 1)
-            options = f" {'`' + r['options'] + '`' if r['options'] else 'defaults'}" + (f", best of {n}" if n > 1 else "") + " |"
+            options = f" {'`' + r['options'] + '`' if r['options'] else 'defaults'}" + (f", best of {n}" if n > 1 else "") \
+                + f" | {r['all_train_seconds']:.0f} |"
         lines.append(
             f"| {r['model']} | {r['loss'].upper()} | {r['protocol']} | {_fmt(r['recall@20'])} | {_fmt(r['ndcg@20'])} "
             f"| {r['train_seconds']:.0f} | {r['selected_epoch']} of {r['epochs']} | {_fmt(r['popularity/recall@20'])} "

@@ -184,5 +184,5 @@ def test_selection_is_on_validation_defaults_win_ties_and_test_never_chooses(tmp
     assert not rows[1]["finished"]  # a candidate without summary.json: nothing selected yet
     table = _cells_of_table(arch_table.markdown(rows))
     assert table[0] == ["sage", "ITEM", "transductive", "0.3000", "0.3800", "10", "10 of 25", "—", "—",
-                        "`--tau 0.3`, best of 3"]
-    assert table[1][3] == "not finished" and len(table[1]) == 10
+                        "`--tau 0.3`, best of 3", "30"]
+    assert table[1][3] == "not finished" and len(table[1]) == 11
