@@ -107,7 +107,8 @@ def plot_run(run_dir, *, k: int = 20, path=None) -> pathlib.Path:
                                label=f"{split} {name.capitalize() if name == 'recall' else 'NDCG'}@{k}")
         metric_ax.set_ylabel(f"{split} metric")
         metric_ax.set_xlabel(xlabel)
-        metric_ax.legend(loc="best")
+        if metric_ax.get_legend_handles_labels()[0]:  # a run whose records hold no @k metric has nothing to label
+            metric_ax.legend(loc="best")
         if selected is not None and selected in epochs:
             at = x[epochs.index(selected)]
             for ax in (loss_ax, metric_ax):
