@@ -29,7 +29,7 @@ from train import config_from_args, parser as train_parser  # noqa: E402
 
 from itemjax.cli import ArgumentParser, int_list, run_main  # noqa: E402
 from itemjax.errors import ConfigError  # noqa: E402
-from itemjax.runio import read_jsonl, write_json_atomic  # noqa: E402
+from itemjax.runio import best_validation, read_jsonl, write_json_atomic  # noqa: E402
 
 METRICS = ("recall@20", "ndcg@20")
 
@@ -84,8 +84,7 @@ def summarise(out: pathlib.Path, configs: list) -> dict:
     for c in configs:
         summary = json.loads((pathlib.Path(c.out) / "summary.json").read_text())
         records = read_jsonl(pathlib.Path(c.out) / "metrics.jsonl")
-        valid = [r for r in records if r.get("split") == "valid"]
-        best = max(valid, key=lambda r: r["ndcg@20"]) if valid else None
+        best = best_validation(c.out, "ndcg@20")  # {} before the first evaluation
         runs.setdefault(c.loss, []).append({
             "seed": c.seed, "out": c.out, **{m: summary[m] for m in METRICS},
             "train_seconds": summary["train_seconds"], "selected_epoch": summary["selected_epoch"],
