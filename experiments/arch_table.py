@@ -252,7 +252,8 @@ def markdown(rows: list, header: str = "") -> str:
 
 
 def header_text(args) -> str:
-    defaults = "; ".join(f"{loss.upper()} " + ", ".join(f"{k}={v:g}" for k, v in LOSS_DEFAULTS[loss].items())
+    defaults = "; ".join(f"{loss.upper()} " + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                                           for k, v in LOSS_DEFAULTS[loss].items())
                          for loss in _names(args.losses, LOSS_NAMES, "--losses"))
     return (f"{args.dataset}: test metrics of the epoch selected on validation NDCG@20 (inductive: held-out users' "
             f"targets). Epoch cap {args.epochs}, train.py options `{args.extra or '(none)'}`"

@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from itemjax.cli import ArgumentParser, int_list, run_main
-from itemjax.config import BACKEND_NAMES, COMPUTE_DTYPES, ITEM_METRICS, LOSS_NAMES, MODEL_NAMES, NEG_SAMPLERS, PROTOCOLS, RANK_ESTIMATES, TrainConfig, USER_SAMPLINGS
+from itemjax.config import BACKEND_NAMES, COMPUTE_DTYPES, ITEM_METRICS, LOSS_NAMES, MODEL_NAMES, NEG_SAMPLERS, POSITIVE_PAIRS, PROTOCOLS, RANK_ESTIMATES, TrainConfig, USER_SAMPLINGS
 
 D = TrainConfig()
 
@@ -48,23 +48,37 @@ def parser() -> ArgumentParser:
                    help="triples per step for bpr (default 1024) and bce (2048), users per step for item (default 256)")
     g.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: 2e-3 bpr, 1e-3 bce and item)")
     g.add_argument("--l2", type=float, default=None, help="L2 on ego embeddings (default: 1e-3 bpr/bce, 1e-4 item)")
+    g.add_argument("--user-sampling", choices=USER_SAMPLINGS, default=None,
+                   help="users of a step: uniform (bpr/bce: a user, then one of its positives, as LightGCN's sampler), "
+                        "or degree (in proportion to their training degree: bpr/bce draw interactions uniformly); "
+                        "default: degree for bpr/bce, uniform for item")
+    g.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="stop at the first evaluation after this much training + validation wall time (data loading "
+                        "and the PPR table are timed apart); --resume continues within the same budget")
+    g.add_argument("--refit", action=argparse.BooleanOptionalAction, default=D.refit,
+                   help="after selecting on validation, train again from scratch on train + validation for the "
+                        "selected number of steps and test that model (summary.json: refit/<metric>)")
     g.add_argument("--seed", type=int, default=D.seed)
     g = p.add_argument_group("ITEM loss and negatives")
     g.add_argument("--item-metric", default=D.item_metric, choices=ITEM_METRICS,
                    help="smooth metric the ITEM loss maximises (default ndcg+recall: 1 - NDCG~ plus 1 - Recall@20~)")
     g.add_argument("--tau", type=float, default=D.tau, help="smooth-rank temperature")
     g.add_argument("--tau-k", type=float, default=D.tau_k,
-                   help="softness of the smooth recall's rank <= 20 step (--item-metric recall or ndcg+recall)")
+                   help="softness of the smooth recall's rank <= k step (--item-metric recall or ndcg+recall)")
     g.add_argument("--rank-estimate", choices=RANK_ESTIMATES, default=D.rank_estimate,
                    help="list: smooth rank within the sampled list; catalogue: negatives' terms weighted by "
                         "(|I| - |P_u|) / N so the rank estimates the full-catalogue rank (DESIGN.md)")
     g.add_argument("--rank-slope", type=float, default=D.rank_slope,
                    help="linear tail of the smooth rank for negatives scored above a positive (SupRank; 0: off)")
-    g.add_argument("--user-sampling", choices=USER_SAMPLINGS, default=D.user_sampling,
-                   help="users of a step: uniform, or with probability proportional to their training degree")
-    g.add_argument("--detach-positive-pairs", action=argparse.BooleanOptionalAction, default=D.detach_positive_pairs,
-                   help="positive-vs-positive terms of the smooth rank pass no gradient, so positives only rise above "
-                        "negatives (default: on; --no-detach-positive-pairs for the plain smooth NDCG)")
+    g.add_argument("--rank-margin", type=float, default=D.rank_margin,
+                   help="score gap beyond which the --rank-slope tail starts (SupRank's delta; default 0: at the tie)")
+    g.add_argument("--positive-pairs", choices=POSITIVE_PAIRS, default=D.positive_pairs,
+                   help="positive-vs-positive terms of the smooth rank: smooth (sigmoid), detach (its value, no "
+                        "gradient: positives only rise above negatives; default), exact (the 0/1 step, no gradient)")
+    g.add_argument("--recall-ks", type=int_list, default=D.recall_ks,
+                   help="cut-offs of the smooth recall term; several (e.g. 1,2,4,8,16) average their recalls")
+    g.add_argument("--calibration", type=float, default=D.calibration,
+                   help="weight of a BPR term on each list's positive-negative pairs, added to the ITEM loss (0: off)")
     g.add_argument("--positives", type=int, default=D.positives, help="positives per user list")
     g.add_argument("--negatives", type=int, default=D.negatives, help="negatives per user list")
     g.add_argument("--neg-sampler", default=D.neg_sampler, choices=NEG_SAMPLERS)

@@ -13,17 +13,20 @@ BACKEND_NAMES = ("auto", "segment", "csr")
 NEG_SAMPLERS = ("uniform", "ppr", "mixed")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 ITEM_METRICS = ("ndcg", "recall", "ndcg+recall")
+POSITIVE_PAIRS = ("smooth", "detach", "exact")  # ITEM: positive-vs-positive terms of the smooth rank
 RANK_ESTIMATES = ("list", "catalogue")  # ITEM: rank within the sampled list, or scaled to all items
-USER_SAMPLINGS = ("uniform", "degree")  # ITEM: users of a step uniformly or by training degree
+USER_SAMPLINGS = ("uniform", "degree")  # users of a step uniformly, or by training degree (every interaction alike)
 PROTOCOLS = ("transductive", "inductive")  # itemjax.inductive: users held out of training
 
 
 #: Per-loss defaults of the options left as None. For BPR/BCE ``batch_size`` counts
 #: (user, positive, negative) triples per step; for ITEM it counts users per step.
+#: ``user_sampling``: "degree" draws training interactions uniformly (users in proportion to
+#: their degree), "uniform" draws a user uniformly, then one of its positives (BPR/BCE) or its list (ITEM).
 LOSS_DEFAULTS = {
-    "bpr": dict(batch_size=1024, lr=2e-3, l2=1e-3),
-    "bce": dict(batch_size=2048, lr=1e-3, l2=1e-4),
-    "item": dict(batch_size=256, lr=1e-3, l2=1e-4),
+    "bpr": dict(batch_size=1024, lr=2e-3, l2=1e-3, user_sampling="degree"),
+    "bce": dict(batch_size=2048, lr=1e-3, l2=1e-4, user_sampling="degree"),
+    "item": dict(batch_size=256, lr=1e-3, l2=1e-4, user_sampling="uniform"),
 }
 
 
@@ -48,6 +51,8 @@ class TrainConfig:
     # optimisation
     loss: str = "bpr"
     epochs: int = 1000
+    time_budget: Optional[float] = None  # seconds of training + validation; stop at the next evaluation past it
+    refit: bool = False  # after selection, retrain on train + valid for the selected steps, test that model
     batch_size: Optional[int] = None  # None: the loss's default (LOSS_DEFAULTS)
     lr: Optional[float] = None
     l2: Optional[float] = None
@@ -57,8 +62,11 @@ class TrainConfig:
     tau_k: float = 30.0  # softness of the rank <= k step of the smooth recall (1.0 gives no gradient at start)
     rank_estimate: str = "list"  # "catalogue": negatives' terms weighted (|I| - |P_u|) / N
     rank_slope: float = 0.0  # SupRank linear tail of the smooth rank (0: plain sigmoid)
-    detach_positive_pairs: bool = True  # positive-vs-positive sigmoids pass no gradient
-    user_sampling: str = "uniform"  # ITEM users per step: "uniform" or "degree" (prob. ~ training degree)
+    rank_margin: float = 0.0  # where the linear tail starts: score gap delta >= 0 beyond the tie
+    positive_pairs: str = "detach"  # positive-vs-positive terms: smooth, detach (value, no gradient), exact step
+    recall_ks: tuple = (20,)  # cut-offs of the smooth recall term (several: their mean, as ROADMAP's 1,2,4,8,16)
+    calibration: float = 0.0  # weight of a BPR term on the list's positive-negative pairs
+    user_sampling: Optional[str] = None  # "uniform" or "degree" (prob. ~ training degree); None: LOSS_DEFAULTS
     positives: int = 32
     negatives: int = 256
     neg_sampler: str = "uniform"
@@ -117,11 +125,21 @@ class TrainConfig:
         need(self.lr is None or self.lr > 0, f"--lr must be > 0 (got {self.lr})")
         need(self.l2 is None or self.l2 >= 0, f"--l2 must be >= 0 (got {self.l2})")
         need(self.tau > 0, f"--tau must be > 0 (got {self.tau})")
-        need(self.user_sampling in USER_SAMPLINGS,
+        need(self.time_budget is None or self.time_budget > 0, f"--time-budget must be > 0 seconds (got {self.time_budget})")
+        need(not (self.refit and self.valid_frac == 0),
+             "--refit retrains on train + validation after selecting on validation: it needs --valid-frac > 0")
+        need(not (self.refit and self.protocol != "transductive"), "--refit is for --protocol transductive only")
+        need(self.user_sampling is None or self.user_sampling in USER_SAMPLINGS,
              f"unknown --user-sampling {self.user_sampling!r}; choose one of {', '.join(USER_SAMPLINGS)}")
         need(self.rank_estimate in RANK_ESTIMATES,
              f"unknown --rank-estimate {self.rank_estimate!r}; choose one of {', '.join(RANK_ESTIMATES)}")
         need(self.tau_k > 0, f"--tau-k must be > 0 (got {self.tau_k})")
+        need(self.positive_pairs in POSITIVE_PAIRS,
+             f"unknown --positive-pairs {self.positive_pairs!r}; choose one of {', '.join(POSITIVE_PAIRS)}")
+        need(self.rank_margin >= 0, f"--rank-margin must be >= 0 (got {self.rank_margin})")
+        need(len(self.recall_ks) >= 1 and all(k >= 1 for k in self.recall_ks),
+             f"--recall-ks must be positive integers (got {self.recall_ks})")
+        need(self.calibration >= 0, f"--calibration must be >= 0 (got {self.calibration}); 0 turns it off")
         need(self.rank_slope >= 0, f"--rank-slope must be >= 0 (got {self.rank_slope}); 0 is the plain sigmoid")
         need(0 < self.test_frac < 1, f"--test-frac must be in (0, 1) (got {self.test_frac})")
         need(0 <= self.valid_frac < 1, f"--valid-frac must be in [0, 1) (got {self.valid_frac})")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import time
 
@@ -124,7 +125,14 @@ def _writable_cache(path: pathlib.Path) -> pathlib.Path:
 
 
 def fit(config: TrainConfig) -> dict:
-    """Train, select on validation, evaluate on test; return the summary dict."""
+    """Train, select on validation, evaluate on test; return the summary dict.
+
+    ``config.time_budget``: the loop stops at the first evaluation after ``train_seconds +
+    eval_seconds`` (training steps plus validation, restored on ``--resume``) reaches the budget;
+    data loading and the PPR table are timed apart (``data_seconds``,
+    ``hard_negatives_seconds``). ``summary["stop_reason"]`` says why the loop ended: ``"epochs"``,
+    ``"early stopping"`` or ``"time budget"``. ``config.refit``: see :func:`refit`.
+    """
     config = config.resolve()
     initialize(config.distributed)  # multi-host: before anything touches a device
     out = pathlib.Path(config.out) if config.out else default_out(config)
@@ -141,8 +149,11 @@ def fit(config: TrainConfig) -> dict:
     elif ckpt_dir.exists() and any(ckpt_dir.iterdir()):
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
+    loads = [_load1()]
 
+    t_data = time.perf_counter()
     prep = prepare(config, out=out)
+    data_seconds = time.perf_counter() - t_data - prep.hard_negatives_seconds
     if saved is not None:
         _check_same_data(prep.raw.files, saved["dataset"]["files"], out)
     split, batch, model = prep.split, prep.batch, prep.model
@@ -163,9 +174,12 @@ def fit(config: TrainConfig) -> dict:
         })
     ckpts = RunCheckpoints(out)
     meta = {"epoch": 0, "best_value": None, "best_epoch": 0, "bad_evals": 0, "train_seconds": 0.0,
-            "eval_seconds": 0.0, "stopped_early": False}
+            "eval_seconds": 0.0, "stopped_early": False, "stop_reason": None}
     if config.resume and ckpts.latest_step("latest") is not None:
-        restored, meta = ckpts.restore("latest", _checkpointable(state))
+        restored, restored_meta = ckpts.restore("latest", _checkpointable(state))
+        meta.update(restored_meta)
+        if meta["stopped_early"] and meta["stop_reason"] is None:  # written before stop_reason existed
+            meta["stop_reason"] = "early stopping"
         state = state.replace(**restored)
         log(f"resumed from epoch {meta['epoch']} (step {int(state.step)}) in {out}")
         rewrite_jsonl(out / "metrics.jsonl", [r for r in read_jsonl(out / "metrics.jsonl") if r["epoch"] <= meta["epoch"]])
@@ -178,10 +192,8 @@ def fit(config: TrainConfig) -> dict:
     start_epoch = meta["epoch"] + 1
     bar = tqdm(range(start_epoch, config.epochs + 1), initial=start_epoch - 1, total=config.epochs,
                desc=f"{config.model}+{config.loss}", unit="epoch", disable=not config.progress, dynamic_ncols=True)
-    last_eval = {}
-    epoch = meta["epoch"]
     for epoch in bar:
-        if meta["stopped_early"]:
+        if meta["stop_reason"] is not None:
             break
         t0 = time.perf_counter()
         losses = []
@@ -191,14 +203,7 @@ def fit(config: TrainConfig) -> dict:
         losses = np.asarray(jax.device_get(jnp.stack(losses)))
         epoch_seconds = time.perf_counter() - t0
         meta["train_seconds"] += epoch_seconds
-        if not np.all(np.isfinite(losses)):
-            bad = int(np.flatnonzero(~np.isfinite(losses))[0])
-            step = int(state.step) - n_steps + bad
-            raise NumericalError(
-                f"the loss became {losses[bad]} at step {step} (epoch {epoch}); the last good checkpoint is kept "
-                f"in {ckpt_dir / 'latest'}; try a lower --lr (now {config.lr})"
-                + (f" or a larger --tau (now {config.tau})" if config.loss == "item" else "")
-            )
+        _check_losses(losses, state, n_steps, epoch, config, ckpt_dir / "latest")
         evaluating = epoch % config.eval_every == 0 or epoch == config.epochs
         if evaluating and not _all_finite(state.params):  # never checkpoint NaN parameters
             raise NumericalError(
@@ -215,10 +220,10 @@ def fit(config: TrainConfig) -> dict:
                 "test", split.test, [split.train, split.valid])
             metrics = placement.evaluate(user_emb, item_emb, exclude, targets, ks=config.ks, chunk_size=config.eval_chunk)
             meta["eval_seconds"] += time.perf_counter() - t1
+            loads.append(_load1())
             record = {"epoch": epoch, "split": split_name, "loss": mean_loss, "step": int(state.step),
                       "train_seconds": meta["train_seconds"], "elapsed": meta["train_seconds"] + meta["eval_seconds"],
-                      **{k: float(v) for k, v in metrics.items()}}
-            last_eval = record
+                      "load1": loads[-1], **{k: float(v) for k, v in metrics.items()}}
             meta["epoch"] = epoch
             if has_valid:
                 value = record[select]
@@ -228,24 +233,30 @@ def fit(config: TrainConfig) -> dict:
                 else:
                     meta["bad_evals"] += 1
                     if meta["bad_evals"] >= config.patience:
-                        meta["stopped_early"] = True
+                        meta.update(stopped_early=True, stop_reason="early stopping")
+            if (meta["stop_reason"] is None and config.time_budget is not None
+                    and record["elapsed"] >= config.time_budget):
+                meta["stop_reason"] = "time budget"
             append_jsonl(out / "metrics.jsonl", record)
             ckpts.save("latest", int(state.step), _checkpointable(state), meta)
             postfix[select] = f"{record.get(select, float('nan')):.4f}"
             if meta["best_value"] is not None:
                 postfix["best"] = f"{meta['best_value']:.4f}@{meta['best_epoch']}"
         bar.set_postfix(postfix)
-        if meta["stopped_early"]:
+        if meta["stop_reason"] == "early stopping":
             log(f"early stop at epoch {epoch}: no {select} gain on validation for {config.patience} evaluations")
-            break
+        elif meta["stop_reason"] == "time budget":
+            log(f"time budget of {config.time_budget:g} s reached at epoch {epoch} "
+                f"({meta['train_seconds'] + meta['eval_seconds']:.0f} s of training and validation)")
     bar.close()
+    stop_reason = meta["stop_reason"] or "epochs"
 
     if has_valid and ckpts.latest_step("best") is not None:
         best, best_meta = ckpts.restore("best", _checkpointable(state))
         final = state.replace(**best)
-        selected_epoch = best_meta["best_epoch"]
+        selected_epoch, selected_step = best_meta["best_epoch"], int(ckpts.latest_step("best"))
     else:
-        final, selected_epoch = state, meta["epoch"]
+        final, selected_epoch, selected_step = state, meta["epoch"], int(state.step)
     user_emb, item_emb = placement.embed(final, batch.graph)
     test = placement.evaluate(user_emb, item_emb, [split.train, split.valid], split.test, ks=config.ks,
                               chunk_size=config.eval_chunk)
@@ -256,21 +267,27 @@ def fit(config: TrainConfig) -> dict:
         metrics = inductive_report(model, placement.model_params(final), prep.inductive, test, backend=config.backend,
                                    ks=config.ks, chunk_size=config.eval_chunk)
         log(report_line(metrics))
+    loads.append(_load1())
     summary = {
         **{k: float(v) for k, v in metrics.items()},
         "split": "test" if prep.inductive is None else "held-out users' targets",
         "protocol": config.protocol,
         "selected_epoch": selected_epoch,
+        "selected_step": selected_step,
         "epochs": meta["epoch"],
         "steps": int(state.step),
         "train_seconds": meta["train_seconds"],
         "eval_seconds": meta["eval_seconds"],
         "stopped_early": meta["stopped_early"],
+        "stop_reason": stop_reason,
+        "time_budget": config.time_budget,
         "selection": f"best validation {select}" if has_valid else "last epoch (no validation split)",
         "dataset": split.name,
         "model": config.model,
         "loss": config.loss,
+        "data_seconds": data_seconds,
         "hard_negatives_seconds": prep.hard_negatives_seconds,
+        "load_average": _load_summary(loads),
     }
     write_json_atomic(out / "summary.json", summary)
     ckpts.close()
@@ -281,8 +298,108 @@ def fit(config: TrainConfig) -> dict:
     except Exception as e:  # a plot is a convenience: never fail a finished run over it
         log(f"warning: no learning-curve plot in {out} ({type(e).__name__}: {e})")
     log("test: " + ", ".join(f"{k}={v:.4f}" for k, v in test.items() if "@" in k))
+    if config.refit:
+        summary.update(refit(config, prep, placement, selected_step, out))
+        write_json_atomic(out / "summary.json", summary)
+        log("refit test: " + ", ".join(f"{k}={v:.4f}" for k, v in summary.items()
+                                       if k.startswith("refit/") and "@20" in k))
     log(f"run saved in {out}")
     return summary
+
+
+def refit_train(split) -> "scipy.sparse.csr_matrix":
+    """``train + valid`` of ``split`` as one canonical CSR (the refit's training set and graph)."""
+    full = (split.train + split.valid).tocsr()
+    full.sum_duplicates()
+    full.sort_indices()
+    full.data[:] = 1.0
+    return full
+
+
+def refit(config: TrainConfig, prep: Prepared, placement, n_steps: int, out: pathlib.Path) -> dict:
+    """Train again from scratch on train + validation for ``n_steps`` steps; test that model.
+
+    The validation carve-out chose the number of steps (the best-validation checkpoint's step);
+    the refit model starts from the same initialisation and key, trains on every interaction
+    outside test (they are also its graph's edges) and is tested once, with every known
+    interaction excluded from the ranking, as published LightGCN numbers are. Its checkpoint is
+    ``<out>/refit/checkpoints/latest`` (saved every ``eval_every`` epochs' worth of steps, so
+    ``--resume`` continues it). Returns ``{"refit/<metric>": ..., "refit_steps", ...}``.
+    """
+    split = prep.split
+    full = refit_train(split)
+    hard = None
+    if config.neg_sampler != "uniform":
+        from itemjax.ppr import cached_hard_negative_table
+
+        hard = cached_hard_negative_table(
+            full, cache_dir=_writable_cache(pathlib.Path(config.data_dir or _data_root()) / ".itemjax-cache"),
+            key=f"{split.name}-seed{config.seed}-t{config.test_frac}-v{config.valid_frac}-refit",
+            window=tuple(config.ppr_window), alpha=config.ppr_alpha, progress=config.progress)
+    batch = placement.place_batch(Batch(graph=to_device(build_graph(full), config.backend),
+                                        data=sampling.make_train_data(full, hard)))
+    init_key, train_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    state = placement.place_state(create_state(config, prep.model, batch.graph, batch.data, init_key))
+    train_key = placement.replicate(train_key)
+    step_fn = placement.jit_step(train_step, state)
+    ckpts = RunCheckpoints(out / "refit")
+    meta = {"train_seconds": 0.0}
+    if ckpts.latest_step("latest") is not None:
+        restored, meta = ckpts.restore("latest", _checkpointable(state))
+        state = state.replace(**restored)
+        log(f"refit: resumed at step {int(state.step)} of {n_steps}")
+    chunk = steps_per_epoch(config, batch.data) * config.eval_every
+    bar = tqdm(total=n_steps, initial=int(state.step), desc="refit on train+valid", unit="step",
+               disable=not config.progress, dynamic_ncols=True)
+    while int(state.step) < n_steps:
+        todo = min(chunk, n_steps - int(state.step))
+        t0 = time.perf_counter()
+        losses = []
+        for _ in range(todo):
+            state, step_metrics = step_fn(state, batch, train_key)
+            losses.append(step_metrics["loss"])
+        losses = np.asarray(jax.device_get(jnp.stack(losses)))
+        meta["train_seconds"] += time.perf_counter() - t0
+        _check_losses(losses, state, todo, None, config, ckpts.root / "latest")
+        ckpts.save("latest", int(state.step), _checkpointable(state), meta)
+        bar.update(todo)
+    bar.close()
+    user_emb, item_emb = placement.embed(state, batch.graph)
+    test = placement.evaluate(user_emb, item_emb, [split.train, split.valid], split.test, ks=config.ks,
+                              chunk_size=config.eval_chunk)
+    ckpts.close()
+    return {**{f"refit/{k}": float(v) for k, v in test.items()}, "refit_steps": int(state.step),
+            "refit_train_seconds": meta["train_seconds"], "refit_train_interactions": int(full.nnz)}
+
+
+def _check_losses(losses: np.ndarray, state, n_steps: int, epoch, config: TrainConfig, keep_dir) -> None:
+    """Raise :class:`NumericalError` naming the first step whose loss is not finite."""
+    if np.all(np.isfinite(losses)):
+        return
+    bad = int(np.flatnonzero(~np.isfinite(losses))[0])
+    step = int(state.step) - n_steps + bad
+    where = f" (epoch {epoch})" if epoch is not None else ""
+    raise NumericalError(
+        f"the loss became {losses[bad]} at step {step}{where}; the last good checkpoint is kept "
+        f"in {keep_dir}; try a lower --lr (now {config.lr})"
+        + (f" or a larger --tau (now {config.tau})" if config.loss == "item" else "")
+    )
+
+
+def _load1() -> float | None:
+    """The 1-minute load average (None where the OS has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
+def _load_summary(loads: list) -> dict | None:
+    """``{"min", "mean", "max", "n"}`` of the 1-minute load averages sampled during a run."""
+    values = [v for v in loads if v is not None]
+    if not values:
+        return None
+    return {"min": min(values), "mean": round(sum(values) / len(values), 2), "max": max(values), "n": len(values)}
 
 
 def _checkpointable(state) -> dict:
@@ -290,7 +407,7 @@ def _checkpointable(state) -> dict:
 
 
 #: Options that may differ when resuming (they do not change what is computed so far).
-_RESUME_FREE = {"epochs", "resume", "progress", "out", "data_dir", "patience", "eval_chunk", "distributed"}
+_RESUME_FREE = {"epochs", "resume", "progress", "out", "data_dir", "patience", "eval_chunk", "distributed", "refit"}
 
 
 def _check_resume_compatible(config: TrainConfig, saved: dict) -> None:

@@ -9,6 +9,9 @@ step.
 * :func:`uniform_negatives` — items drawn exactly uniformly among those the user has NOT
   interacted with in training (a binary search in the user's row, no rejection).
 * :func:`sample_users` / :func:`sample_positives` — user-centric lists for ITEM.
+* :func:`sample_pairs` — B ``(u, p)`` pairs for the pairwise losses, either interaction-uniform
+  (:func:`sample_edges`) or user-uniform (a user uniformly, then one of its positives, as
+  LightGCN's reference sampler).
 """
 
 from __future__ import annotations
@@ -129,6 +132,26 @@ def sample_edges(key: jax.Array, data: TrainData, batch_size: int) -> tuple[jax.
     return data.edge_users[idx], data.indices[idx]
 
 
+def sample_pairs(key: jax.Array, data: TrainData, batch_size: int, user_sampling: str = "degree"
+                 ) -> tuple[jax.Array, jax.Array]:
+    """``(users [B], positives [B])`` training pairs for BPR / BCE.
+
+    ``user_sampling="degree"``: interactions uniformly (:func:`sample_edges`), so user ``u``
+    appears with probability ``deg_u / n_train``. ``"uniform"``: a user uniformly among users
+    with training items, then one of its training items uniformly, so
+    ``P(u, p) = 1 / (n_active * deg_u)`` (LightGCN's reference sampler).
+    """
+    if user_sampling == "degree":
+        return sample_edges(key, data, batch_size)
+    k_user, k_item = jax.random.split(key)
+    users = sample_users(k_user, data, batch_size)
+    start = data.indptr[users]
+    degree = data.indptr[users + 1] - start
+    offset = jnp.floor(jax.random.uniform(k_item, (batch_size,)) * degree).astype(jnp.int32)
+    offset = jnp.minimum(offset, degree - 1)
+    return users, data.indices[start + offset]
+
+
 def sample_users(key: jax.Array, data: TrainData, batch_size: int, by_degree: bool = False) -> jax.Array:
     """``[B]`` users drawn with replacement among users with training items.
 
@@ -169,18 +192,28 @@ def sample_positives(key: jax.Array, data: TrainData, users: jax.Array, n: int) 
 def negatives(key: jax.Array, data: TrainData, users: jax.Array, n: int, hard_share) -> jax.Array:
     """``[..., n]`` negatives mixing PPR hard candidates and uniform items.
 
-    Each slot independently takes a uniformly chosen entry of the user's hard-negative row
-    (``data.hard_negatives[u]``) with probability ``hard_share`` (a Python float or a traced
-    scalar, e.g. a curriculum), and a uniform non-training item otherwise; slots whose hard
-    entry is padding (-1) fall back to the uniform item.
+    Each slot independently is a hard slot with probability ``hard_share`` (a Python float or
+    a traced scalar, e.g. a curriculum) and a uniform non-training item otherwise. The hard
+    slots of a user take its PPR candidates (``data.hard_negatives[u]``, ``-1`` = padding)
+    WITHOUT replacement: the user's valid candidates in a uniformly random order, the j-th hard
+    slot taking the ``(j mod n_valid)``-th of them, so the first ``n_valid`` hard slots are
+    distinct items (with replacement, 128 draws from a 90-wide window give only ~68 distinct
+    items). A user with no valid candidate gets uniform items in its hard slots.
     """
-    k_uni, k_col, k_mix = jax.random.split(key, 3)
+    k_uni, k_order, k_mix = jax.random.split(key, 3)
     uniform = uniform_negatives(k_uni, data, users, n)
     width = data.hard_negatives.shape[1]
     if width == 0 or (isinstance(hard_share, (int, float)) and hard_share == 0):
         return uniform
     shape = users.shape + (n,)
-    col = jax.random.randint(k_col, shape, 0, width, jnp.int32)
-    hard = data.hard_negatives[users[..., None], col]
-    use_hard = (jax.random.uniform(k_mix, shape) < hard_share) & (hard >= 0)
-    return jnp.where(use_hard, hard, uniform)
+    row = data.hard_negatives[users]  # [..., W]
+    valid = row >= 0
+    order_keys = jnp.where(valid, jax.random.uniform(k_order, row.shape), -1.0)
+    _, order = jax.lax.top_k(order_keys, width)  # valid candidates first, in random order
+    shuffled = jnp.take_along_axis(row, order, axis=-1)  # [..., W]
+    n_valid = jnp.sum(valid, axis=-1, keepdims=True)  # [..., 1]
+    use_hard = jax.random.uniform(k_mix, shape) < hard_share
+    position = jnp.cumsum(use_hard, axis=-1) - 1  # j-th hard slot of the user -> j
+    col = jnp.where(use_hard, position, 0) % jnp.maximum(n_valid, 1)
+    hard = jnp.take_along_axis(shuffled, col.astype(jnp.int32), axis=-1)
+    return jnp.where(use_hard & (n_valid > 0), hard, uniform)

@@ -95,14 +95,17 @@ def _forward(params, apply_fn, batch, key, user_dropout: float = 0.0):
 
 
 def bpr_objective(params, apply_fn, batch: Batch, key, step, *, batch_size: int, l2: float, hard_share: float,
-                  user_dropout: float = 0.0):
-    """BPR over ``batch_size`` uniformly drawn training interactions, one negative each.
+                  user_dropout: float = 0.0, user_sampling: str = "degree"):
+    """BPR over ``batch_size`` training pairs, one negative each.
+
+    Pairs from :func:`itemjax.sampling.sample_pairs`: interaction-uniform (``"degree"``) or a
+    user uniformly, then one of its positives (``"uniform"``, LightGCN's sampler).
 
     ``L = mean softplus(s_un - s_up) + l2 * 0.5 * (||e_u||^2 + ||e_p||^2 + ||e_n||^2) / B``
     on the ego (layer-0) embeddings, as in LightGCN.
     """
     k_fwd, k_edge, k_neg = jax.random.split(key, 3)
-    users, pos = sampling.sample_edges(k_edge, batch.data, batch_size)
+    users, pos = sampling.sample_pairs(k_edge, batch.data, batch_size, user_sampling)
     users, pos = shard_rows(users), shard_rows(pos)  # triples split across the mesh's data axis
     neg = sampling.negatives(k_neg, batch.data, users, 1, hard_share)[:, 0]
     user_emb, item_emb = _forward(params, apply_fn, batch, k_fwd, user_dropout)
@@ -116,13 +119,13 @@ def bpr_objective(params, apply_fn, batch: Batch, key, step, *, batch_size: int,
 
 
 def bce_objective(params, apply_fn, batch: Batch, key, step, *, batch_size: int, l2: float, hard_share,
-                  user_dropout: float = 0.0):
-    """Binary cross-entropy over ``batch_size`` training edges and as many sampled non-edges.
+                  user_dropout: float = 0.0, user_sampling: str = "degree"):
+    """Binary cross-entropy over ``batch_size`` training pairs (as BPR's) and as many sampled non-edges.
 
     ``L = mean softplus(-s_up) + mean softplus(s_un)`` plus the same L2 term as BPR.
     """
     k_fwd, k_edge, k_neg = jax.random.split(key, 3)
-    users, pos = sampling.sample_edges(k_edge, batch.data, batch_size)
+    users, pos = sampling.sample_pairs(k_edge, batch.data, batch_size, user_sampling)
     users, pos = shard_rows(users), shard_rows(pos)
     neg = sampling.negatives(k_neg, batch.data, users, 1, hard_share)[:, 0]
     user_emb, item_emb = _forward(params, apply_fn, batch, k_fwd, user_dropout)
@@ -135,8 +138,9 @@ def bce_objective(params, apply_fn, batch: Batch, key, step, *, batch_size: int,
 
 def item_objective(params, apply_fn, batch: Batch, key, step, *, n_users: int, n_pos: int, n_neg: int,
                    metric: str, tau: float, k: int, l2: float, hard_share, shared_negatives: bool,
-                   slope: float = 0.0, detach_positive_pairs: bool = False, users_by_degree: bool = False,
-                   tau_k: float = 1.0, catalogue_rank: bool = False, user_dropout: float = 0.0):
+                   slope: float = 0.0, positive_pairs: str = "smooth", users_by_degree: bool = False,
+                   tau_k: float = 1.0, catalogue_rank: bool = False, user_dropout: float = 0.0, margin: float = 0.0,
+                   calibration: float = 0.0):
     """ITEM: ``mean_u (1 - smooth_metric_u)`` over user-centric lists (DESIGN.md, Math).
 
     Each step draws ``n_users`` users; for each, up to ``n_pos`` of its training items (masked
@@ -147,6 +151,9 @@ def item_objective(params, apply_fn, batch: Batch, key, step, *, n_users: int, n
     ``shared_negatives`` (PinSAGE): one set of ``n_neg`` items for the whole batch, scored by a
     single ``[B, d] x [d, N]`` matmul; entries that are a user's own training items are masked.
     ``hard_share`` may be a callable of the step (curriculum).
+
+    ``k``: the smooth recall's cut-off, or a tuple of them (their mean); ``slope``, ``margin``,
+    ``positive_pairs``, ``calibration``: see :func:`itemjax.ranking_losses.item_loss`.
 
     ``catalogue_rank``: each negative's sigmoid term counts ``(|I| - |P_u|) / N_u`` times
     (``|P_u|`` = the user's training degree, ``N_u`` = its valid negatives), so a positive's
@@ -181,7 +188,8 @@ def item_objective(params, apply_fn, batch: Batch, key, step, *, n_users: int, n
         n_valid = jnp.maximum(neg_where.sum(-1).astype(jnp.float32), 1.0)
         negative_weight = jnp.maximum(data.n_items - degree, 0.0) / n_valid  # [B]
     loss = item_loss(scores, labels, where=where, metric=metric, tau=tau, k=k, tau_k=tau_k, slope=slope,
-                     detach_positive_pairs=detach_positive_pairs, negative_weight=negative_weight,
+                     positive_pairs=positive_pairs, margin=margin, calibration=calibration,
+                     negative_weight=negative_weight,
                      query=jnp.arange(n_pos, dtype=jnp.int32))  # only positives are ranked: [B, P, L]
     total = loss
     if l2 > 0:
@@ -204,14 +212,18 @@ def make_objective(config: TrainConfig, steps_per_epoch: int = 1) -> Callable:
         hard_share = functools.partial(_curriculum, target=target, ramp=ramp)
     common = dict(l2=config.l2, hard_share=hard_share, user_dropout=config.user_dropout)
     if config.loss == "bpr":
-        return functools.partial(bpr_objective, batch_size=config.batch_size, **common)
+        return functools.partial(bpr_objective, batch_size=config.batch_size, user_sampling=config.user_sampling,
+                                 **common)
     if config.loss == "bce":
-        return functools.partial(bce_objective, batch_size=config.batch_size, **common)
+        return functools.partial(bce_objective, batch_size=config.batch_size, user_sampling=config.user_sampling,
+                                 **common)
     if config.loss == "item":
         return functools.partial(
             item_objective, n_users=config.batch_size, n_pos=config.positives, n_neg=config.negatives,
-            metric=config.item_metric, tau=config.tau, k=20, tau_k=config.tau_k, slope=config.rank_slope,
-            detach_positive_pairs=config.detach_positive_pairs, users_by_degree=config.user_sampling == "degree",
+            metric=config.item_metric, tau=config.tau, tau_k=config.tau_k, slope=config.rank_slope,
+            k=config.recall_ks[0] if len(config.recall_ks) == 1 else tuple(config.recall_ks),
+            margin=config.rank_margin, positive_pairs=config.positive_pairs, calibration=config.calibration,
+            users_by_degree=config.user_sampling == "degree",
             catalogue_rank=config.rank_estimate == "catalogue", shared_negatives=config.shared_negatives, **common)
     raise ConfigError(f"unknown --loss {config.loss!r}")
 

@@ -102,7 +102,7 @@ def test_config_json_records_options_environment_and_data_checksums(first_run):
     assert dests <= set(recorded["config"]), dests - set(recorded["config"])
     resolved = small_config(csv, out).resolve()
     assert config_from_run_dir(out) == resolved  # loss defaults (batch size, lr, l2) resolved too
-    assert {k: recorded["config"][k] for k in ("lr", "batch_size", "l2")} == LOSS_DEFAULTS["bpr"]
+    assert {k: recorded["config"][k] for k in LOSS_DEFAULTS["bpr"]} == LOSS_DEFAULTS["bpr"]
 
     env = recorded["environment"]
     for dist in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "scipy"):

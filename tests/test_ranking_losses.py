@@ -25,10 +25,13 @@ def sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
 
 
-def ref_ranks(scores, valid, tau, clamp=50.0, weights=None, slope=0.0):
-    """Smooth ranks of one list; masked entries get 1 + (number of valid entries)."""
+def ref_ranks(scores, valid, tau, clamp=50.0, weights=None, slope=0.0, margin=0.0, step=None):
+    """Smooth ranks of one list; masked entries get 1 + (number of valid entries).
+
+    ``step[j]`` True: competitor ``j`` enters with the exact step ``1[s_j > s_i]`` instead of ``h``."""
     n = len(scores)
     weights = np.ones(n) if weights is None else weights
+    step = np.zeros(n, bool) if step is None else step
     ranks = np.zeros(n)
     for i in range(n):
         if not valid[i]:
@@ -38,15 +41,24 @@ def ref_ranks(scores, valid, tau, clamp=50.0, weights=None, slope=0.0):
         for j in range(n):
             if j != i and valid[j]:
                 diff = scores[j] - scores[i]
-                rank += weights[j] * (sigmoid(min(max(diff / tau, -clamp), clamp)) + slope * max(diff, 0.0))
+                if step[j]:
+                    term = 1.0 if diff > 0 else 0.0
+                else:
+                    term = sigmoid(min(max(diff / tau, -clamp), clamp)) + slope * max(diff - margin, 0.0)
+                rank += weights[j] * term
         ranks[i] = rank
     return ranks
 
 
-def ref_ndcg(scores, labels, valid, tau, negative_weight=1.0, slope=0.0):
+def ref_positive_ranks(scores, labels, valid, tau, negative_weight=1.0, slope=0.0, margin=0.0, exact=False):
     positive = [bool(labels[i] > 0 and valid[i]) for i in range(len(scores))]
     weights = np.array([1.0 if p else negative_weight for p in positive])
-    ranks = ref_ranks(scores, valid, tau, weights=weights, slope=slope)
+    step = np.array(positive) if exact else None
+    return ref_ranks(scores, valid, tau, weights=weights, slope=slope, margin=margin, step=step), positive
+
+
+def ref_ndcg(scores, labels, valid, tau, negative_weight=1.0, slope=0.0, margin=0.0, exact=False):
+    ranks, positive = ref_positive_ranks(scores, labels, valid, tau, negative_weight, slope, margin, exact)
     n_pos = sum(positive)
     if n_pos == 0:
         return 0.0
@@ -55,14 +67,32 @@ def ref_ndcg(scores, labels, valid, tau, negative_weight=1.0, slope=0.0):
     return dcg / idcg
 
 
-def ref_recall(scores, labels, valid, tau, k, tau_k):
-    positive = [bool(labels[i] > 0 and valid[i]) for i in range(len(scores))]
-    ranks = ref_ranks(scores, valid, tau)
+def ref_recall(scores, labels, valid, tau, k, tau_k, slope=0.0, margin=0.0, exact=False):
+    """Smooth Recall@k; for a tuple ``k`` the mean of the single-cut-off recalls."""
+    ranks, positive = ref_positive_ranks(scores, labels, valid, tau, 1.0, slope, margin, exact)
     n_pos = sum(positive)
     if n_pos == 0:
         return 0.0
-    hits = sum(sigmoid(min(max((k - ranks[i]) / tau_k, -50.0), 50.0)) for i in range(len(scores)) if positive[i])
-    return min(1.0, hits / min(n_pos, k))
+    recalls = []
+    for cutoff in (k if isinstance(k, (tuple, list)) else (k,)):
+        hits = sum(sigmoid(min(max((cutoff - ranks[i]) / tau_k, -50.0), 50.0))
+                   for i in range(len(scores)) if positive[i])
+        recalls.append(min(1.0, hits / min(n_pos, cutoff)))
+    return sum(recalls) / len(recalls)
+
+
+def ref_calibration(scores, labels, valid, query=None):
+    """Mean over users with a valid positive (at a query slot) of the mean softplus(s_n - s_p)."""
+    per_user = []
+    for u in range(len(scores)):
+        slots = range(scores.shape[1]) if query is None else query[u]
+        positives = [p for p in slots if labels[u, p] > 0 and valid[u, p]]
+        negatives = [n for n in range(scores.shape[1]) if labels[u, n] <= 0 and valid[u, n]]
+        if not positives:
+            continue
+        pairs = [np.logaddexp(0.0, scores[u, n] - scores[u, p]) for p in positives for n in negatives]
+        per_user.append(np.mean(pairs) if pairs else 0.0)
+    return float(np.mean(per_user)) if per_user else 0.0
 
 
 def exact_ranks(scores, valid):
@@ -516,3 +546,242 @@ def test_ndcg_plus_recall_is_the_sum_of_both_losses():
     ndcg = float(item_loss(scores, labels, metric="ndcg", k=3))
     recall = float(item_loss(scores, labels, metric="recall", k=3, tau_k=2.0))
     assert both == pytest.approx(ndcg + recall, rel=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# SupRank margin of the linear tail
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("margin, slope", [(0.5, 1.0), (2.0, 3.0), (1e-3, 0.5)])
+def test_margin_ranks_and_ndcg_match_float64_loops(x64, margin, slope):
+    scores, labels, valid = random_batch(15, n_slots=10, scale=2.0)
+    ranks = np.asarray(smooth_ranks(scores, valid, tau=0.3, slope=slope, margin=margin))
+    ndcg = np.asarray(smooth_ndcg(scores, labels, where=valid, tau=0.3, slope=slope, margin=margin, reduce=None,
+                                  negative_weight=2.0))
+    recall = np.asarray(smooth_recall(scores, labels, where=valid, tau=0.3, slope=slope, margin=margin, k=2,
+                                      tau_k=0.7, reduce=None))
+    for u in range(len(scores)):
+        np.testing.assert_allclose(ranks[u], ref_ranks(scores[u], valid[u], 0.3, slope=slope, margin=margin),
+                                   rtol=1e-12)
+        np.testing.assert_allclose(ndcg[u], ref_ndcg(scores[u], labels[u], valid[u], 0.3, 2.0, slope, margin),
+                                   rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(recall[u], ref_recall(scores[u], labels[u], valid[u], 0.3, 2, 0.7, slope, margin),
+                                   rtol=1e-12, atol=1e-12)
+    no_margin = np.asarray(smooth_ranks(scores, valid, tau=0.3, slope=slope))
+    assert np.abs(ranks - no_margin).max() > 1e-4  # the margin changes something
+
+
+def test_margin_tail_keeps_gradient_beyond_the_margin(x64):
+    """A positive far below three negatives (gaps 40..42 > margin 5) keeps the tail's gradient,
+    from those three only: the fourth negative is 4 ahead, inside the margin, and saturated."""
+    scores = jnp.array([[-40.0, 0.0, 1.0, 2.0, -36.0]])
+    labels = jnp.array([[1.0, 0.0, 0.0, 0.0, 0.0]])
+    margin, slope = 5.0, 0.5
+    plain = jax.grad(lambda s: item_loss(s, labels, tau=0.1, margin=margin))(scores)
+    tail = jax.grad(lambda s: item_loss(s, labels, tau=0.1, slope=slope, margin=margin))(scores)
+    assert abs(float(plain[0, 0])) < 1e-12
+    rank = 1 + 4 * 1.0 + slope * ((40 - margin) + (41 - margin) + (42 - margin))
+    d_loss_d_rank = 1.0 / (math.log(2) * (1 + rank) * math.log2(1 + rank) ** 2)  # d(1 - 1/log2(1+r))/dr
+    np.testing.assert_allclose(float(tail[0, 0]), -3 * slope * d_loss_d_rank, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(tail[0, 1:4]), slope * d_loss_d_rank, rtol=1e-6)
+    assert abs(float(tail[0, 4])) < 1e-12  # within the margin: no tail, sigmoid saturated
+    # all competitors within the margin: no gradient at all, as without a tail
+    within = jax.grad(lambda s: item_loss(s, labels, tau=0.1, slope=slope, margin=50.0))(scores)
+    assert np.abs(np.asarray(within)).max() < 1e-12
+
+
+def test_margin_zero_is_bit_identical_to_the_default(x64):
+    scores, labels, valid = random_batch(16, scale=2.0)
+    for slope in (0.0, 1.5):
+        assert np.array_equal(smooth_ranks(scores, valid, slope=slope, margin=0.0),
+                              smooth_ranks(scores, valid, slope=slope))
+        for metric in ("ndcg", "recall", "ndcg+recall"):
+            def loss(s, **kw):
+                return item_loss(s, labels, where=valid, metric=metric, k=3, slope=slope, **kw)
+
+            with_margin = jax.value_and_grad(lambda s: loss(s, margin=0.0))(jnp.asarray(scores))
+            default = jax.value_and_grad(loss)(jnp.asarray(scores))
+            assert np.array_equal(with_margin[0], default[0]) and np.array_equal(with_margin[1], default[1])
+    np.testing.assert_allclose(smooth_ranks(scores, valid, tau=0.2, slope=1.5, margin=0.0),
+                               np.stack([ref_ranks(scores[u], valid[u], 0.2, slope=1.5) for u in range(5)]), rtol=1e-12)
+
+
+def test_negative_margin_is_refused():
+    with pytest.raises(ConfigError, match="margin"):
+        item_loss(jnp.zeros((1, 3)), jnp.array([[1.0, 0.0, 0.0]]), slope=1.0, margin=-0.5)
+    with pytest.raises(ConfigError, match="margin"):
+        smooth_ranks(jnp.zeros((1, 3)), margin=-1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# positive_pairs: "smooth", "detach", "exact"
+# ----------------------------------------------------------------------------------------------
+
+
+def batch_with_tied_positives(seed):
+    scores, labels, valid = random_batch(seed, n_slots=10, p_positive=0.5, scale=2.0)
+    labels[3, :4], valid[3, :4] = 1, True
+    scores[3, 1] = scores[3, 0]  # two tied positives: the exact step counts 0 for a tie, sigmoid 1/2
+    return scores, labels, valid
+
+
+@pytest.mark.parametrize("slope, margin", [(0.0, 0.0), (2.0, 0.3)])
+def test_exact_positive_pairs_match_float64_loops(x64, slope, margin):
+    scores, labels, valid = batch_with_tied_positives(17)
+    kwargs = {"tau": 0.4, "slope": slope, "margin": margin, "positive_pairs": "exact"}
+    ndcg = np.asarray(smooth_ndcg(scores, labels, where=valid, reduce=None, **kwargs))
+    recall = np.asarray(smooth_recall(scores, labels, where=valid, k=2, tau_k=0.5, reduce=None, **kwargs))
+    want_ndcg = [ref_ndcg(scores[u], labels[u], valid[u], 0.4, 1.0, slope, margin, exact=True) for u in range(5)]
+    want_recall = [ref_recall(scores[u], labels[u], valid[u], 0.4, 2, 0.5, slope, margin, exact=True)
+                   for u in range(5)]
+    np.testing.assert_allclose(ndcg, want_ndcg, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(recall, want_recall, rtol=1e-12, atol=1e-12)
+    smooth = [ref_ndcg(scores[u], labels[u], valid[u], 0.4, 1.0, slope, margin) for u in range(5)]
+    assert np.abs(np.array(want_ndcg) - smooth).max() > 1e-3  # the reference is not the smooth one
+    # through the query path too: query slots holding every positive (and some negatives)
+    query = np.stack([np.argsort(-(labels[u] * valid[u]), kind="stable")[:7] for u in range(5)])
+    assert (labels * valid).sum(1).max() <= 7
+    np.testing.assert_allclose(item_loss(scores, labels, where=valid, query=query, **kwargs),
+                               item_loss(scores, labels, where=valid, **kwargs), rtol=1e-12)
+
+
+def test_exact_positive_pairs_pass_no_gradient_between_positives(x64):
+    # a list of positives only: every term is an exact step, so the gradient is exactly zero
+    scores = jnp.asarray(np.random.default_rng(18).normal(size=(2, 6)) * 3)
+    only_positives = jnp.ones((2, 6))
+    for metric in ("ndcg", "recall", "ndcg+recall"):
+        grad = jax.grad(lambda s: item_loss(s, only_positives, metric=metric, k=2, slope=1.0,
+                                            positive_pairs="exact"))(scores)
+        assert np.all(np.asarray(grad) == 0)
+        smooth_grad = jax.grad(lambda s: item_loss(s, only_positives, metric=metric, k=2, slope=1.0))(scores)
+        assert np.abs(np.asarray(smooth_grad)).max() > 1e-3
+    # mixed lists: the gradient is that of the loop reference (whose steps are flat between ties)
+    batch, labels, valid = random_batch(19, n_users=4, n_slots=7, p_positive=0.5)
+    fn = jax.jit(lambda s: item_loss(s, labels, where=valid, tau=0.5, slope=0.8, margin=0.2, positive_pairs="exact"))
+    grad = np.asarray(jax.grad(fn)(jnp.asarray(batch)))
+
+    def ref_loss(s):
+        has = [u for u in range(len(s)) if np.any((labels[u] > 0) & valid[u])]
+        return np.mean([1 - ref_ndcg(s[u], labels[u], valid[u], 0.5, 1.0, 0.8, 0.2, exact=True) for u in has])
+
+    np.testing.assert_allclose(grad, central_differences(ref_loss, batch), rtol=1e-6, atol=1e-8)
+    assert np.abs(grad).max() > 1e-3
+
+
+def test_positive_pairs_detach_and_smooth_equal_the_boolean_bit_for_bit(x64):
+    scores, labels, valid = batch_with_tied_positives(20)
+    for metric in ("ndcg", "recall", "ndcg+recall"):
+        def loss(s, **kw):
+            return item_loss(s, labels, where=valid, metric=metric, k=2, slope=0.5, **kw)
+
+        for new, old in (({"positive_pairs": "detach"}, {"detach_positive_pairs": True}),
+                         ({"positive_pairs": "detach", "detach_positive_pairs": True}, {"detach_positive_pairs": True}),
+                         ({"positive_pairs": "smooth"}, {}),
+                         ({"positive_pairs": "smooth", "detach_positive_pairs": False}, {})):
+            got = jax.value_and_grad(lambda s: loss(s, **new))(jnp.asarray(scores))
+            want = jax.value_and_grad(lambda s: loss(s, **old))(jnp.asarray(scores))
+            assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1]), (metric, new)
+
+
+def test_bad_positive_pairs_raise_config_error():
+    scores, labels = jnp.zeros((1, 3)), jnp.array([[1.0, 1.0, 0.0]])
+    with pytest.raises(ConfigError, match="positive_pairs"):
+        item_loss(scores, labels, positive_pairs="frozen")
+    for mode in ("smooth", "exact"):
+        with pytest.raises(ConfigError, match="detach_positive_pairs"):
+            smooth_ndcg(scores, labels, positive_pairs=mode, detach_positive_pairs=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# several recall cut-offs
+# ----------------------------------------------------------------------------------------------
+
+
+def test_multi_k_recall_is_the_mean_of_single_k_recalls(x64):
+    scores, labels, valid = random_batch(21, n_users=6, n_slots=14, p_positive=0.4, scale=2.0)
+    ks = (1, 2, 4, 8)
+    kwargs = {"where": valid, "tau": 0.3, "tau_k": 0.6, "reduce": None}
+    got = np.asarray(smooth_recall(scores, labels, k=ks, **kwargs))
+    singles = np.stack([np.asarray(smooth_recall(scores, labels, k=k, **kwargs)) for k in ks])
+    np.testing.assert_allclose(got, singles.mean(0), rtol=1e-12)
+    want = [ref_recall(scores[u], labels[u], valid[u], 0.3, ks, 0.6) for u in range(6)]
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    assert np.ptp(singles[:, 2:], axis=0).max() > 0.1  # the cut-offs (and their denominators) differ
+    np.testing.assert_allclose(smooth_recall(scores, labels, k=list(ks), **kwargs), got, rtol=1e-12)
+    has_positive = (labels * valid).sum(1) > 0
+    for metric, expected in (("recall", np.mean(1 - got[has_positive])), (
+            "ndcg+recall", float(item_loss(scores, labels, where=valid, tau=0.3)) + np.mean(1 - got[has_positive]))):
+        fn = jax.jit(lambda s: item_loss(s, labels, where=valid, metric=metric, k=ks, tau=0.3, tau_k=0.6))
+        np.testing.assert_allclose(fn(scores), expected, rtol=1e-12)
+
+
+def test_single_int_k_unchanged_by_multi_k_support(x64):
+    scores, labels, valid = random_batch(22, n_slots=12, p_positive=0.5)
+    single = np.asarray(smooth_recall(scores, labels, where=valid, k=3, tau_k=0.5, reduce=None))
+    np.testing.assert_allclose(single, [ref_recall(scores[u], labels[u], valid[u], 0.1, 3, 0.5) for u in range(5)],
+                               rtol=1e-12, atol=1e-12)
+    assert np.array_equal(smooth_recall(scores, labels, where=valid, k=(3,), tau_k=0.5, reduce=None), single)
+    with pytest.raises(ConfigError, match="k"):
+        smooth_recall(scores, labels, k=())
+    with pytest.raises(ConfigError, match="k"):
+        item_loss(scores, labels, metric="recall", k=(2, 0))
+
+
+# ----------------------------------------------------------------------------------------------
+# calibration term
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("metric", ["ndcg", "recall", "ndcg+recall"])
+def test_calibration_adds_the_weighted_pairwise_softplus(x64, metric):
+    scores, labels, valid = random_batch(23, n_users=6, scale=3.0)
+    labels[3] = 1  # a user with positives and no negative: C_u = 0, still counted in the mean
+    assert ref_calibration(scores[3:4], labels[3:4], valid[3:4]) == 0.0
+    kwargs = {"where": valid, "metric": metric, "k": 2, "tau": 0.3}
+    base = float(item_loss(scores, labels, **kwargs))
+    for weight in (0.25, 3.0):
+        got = float(item_loss(scores, labels, calibration=weight, **kwargs))
+        np.testing.assert_allclose(got, base + weight * ref_calibration(scores, labels, valid), rtol=1e-12)
+    query = np.stack([np.random.default_rng(u).permutation(9)[:4] for u in range(6)])
+    base = float(item_loss(scores, labels, query=query, **kwargs))
+    got = float(item_loss(scores, labels, query=query, calibration=0.5, **kwargs))
+    np.testing.assert_allclose(got, base + 0.5 * ref_calibration(scores, labels, valid, query), rtol=1e-12)
+    assert ref_calibration(scores, labels, valid, query) != ref_calibration(scores, labels, valid)
+
+
+def test_calibration_gradient_matches_central_differences_float64(x64):
+    scores, labels, valid = random_batch(24, n_users=4, n_slots=6, p_positive=0.5)
+    fn = jax.jit(lambda s: item_loss(s, labels, where=valid, tau=0.5, calibration=2.0))
+    grad = np.asarray(jax.grad(fn)(jnp.asarray(scores)))
+    np.testing.assert_allclose(grad, central_differences(lambda s: fn(jnp.asarray(s)), scores), rtol=1e-6, atol=1e-8)
+    only_calibration = np.asarray(jax.grad(lambda s: item_loss(s, labels, where=valid, tau=0.5, calibration=2.0)
+                                           - item_loss(s, labels, where=valid, tau=0.5))(jnp.asarray(scores)))
+    want = central_differences(lambda s: 2.0 * ref_calibration(s, labels, valid), scores)
+    np.testing.assert_allclose(only_calibration, want, rtol=1e-6, atol=1e-8)
+    assert np.abs(want).max() > 1e-2
+
+
+def test_calibration_is_nan_free_without_positives_or_negatives():
+    scores = jnp.array(
+        [
+            [1.0, 2.0, 3.0, 4.0],  # all masked
+            [1e30, -1e30, 0.0, 5.0],  # huge gaps
+            [7.0, 7.0, 7.0, 7.0],  # positives only
+            [0.0, 1.0, 2.0, 3.0],  # valid but no positive
+        ],
+        jnp.float32,
+    )
+    labels = jnp.array([[1, 0, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]])
+    where = jnp.array([[0, 0, 0, 0], [1, 0, 1, 1], [1, 1, 1, 0], [1, 1, 1, 1]], bool)
+    for metric in ("ndcg", "recall"):
+        loss, grad = jax.value_and_grad(lambda s: item_loss(s, labels, where=where, metric=metric,
+                                                            calibration=1.0))(scores)
+        grad = np.asarray(grad)
+        assert np.isfinite(loss) and np.all(np.isfinite(grad))
+        assert np.all(grad[0] == 0) and np.all(grad[2] == 0) and np.all(grad[3] == 0) and np.all(grad[~where] == 0)
+    nobody = jnp.zeros_like(where)
+    loss, grad = jax.value_and_grad(lambda s: item_loss(s, labels, where=nobody, calibration=1.0))(scores)
+    assert loss == 0 and np.all(np.asarray(grad) == 0)
+    with pytest.raises(ConfigError, match="calibration"):
+        item_loss(scores, labels, calibration=-1.0)

@@ -132,3 +132,49 @@ def test_sample_users_by_degree_follows_training_degrees(train, data):
                           minlength=train.shape[0]).astype(float)
     heavy = int(np.argmax(degrees))
     assert counts[heavy] > uniform[heavy]
+
+
+def test_hard_negatives_are_drawn_without_replacement(train):
+    """With only hard slots, the first n_valid slots of a user are its distinct candidates."""
+    n_users, n_items = train.shape
+    width = 6
+    hard = np.full((n_users, width), -1, np.int32)
+    dense = train.toarray() > 0
+    for u in range(n_users):
+        cand = np.flatnonzero(~dense[u])[: width - (u % 3)]  # some rows padded with -1
+        hard[u, : len(cand)] = cand
+    data = sampling.make_train_data(train, hard)
+    users = jnp.asarray(np.arange(3, n_users), jnp.int32)
+    got = np.asarray(sampling.negatives(jax.random.PRNGKey(1), data, users, 2 * width, 1.0))
+    for row, u in zip(got, np.asarray(users)):
+        valid = hard[u][hard[u] >= 0]
+        assert sorted(row[: len(valid)]) == sorted(valid)  # a permutation: no repeats
+        np.testing.assert_array_equal(row[len(valid): 2 * len(valid)], row[: len(valid)])  # then it wraps
+    # orders differ between users with the same candidates and between keys
+    again = np.asarray(sampling.negatives(jax.random.PRNGKey(2), data, users, 2 * width, 1.0))
+    assert (again != got).any()
+
+
+def test_sample_pairs_uniform_draws_users_uniformly_then_a_positive(train, data):
+    """user-uniform pairs: P(u, p) = 1 / (n_active deg_u); every pair is a training interaction."""
+    n = 40000
+    users, items = (np.asarray(x) for x in sampling.sample_pairs(jax.random.PRNGKey(7), data, n, "uniform"))
+    dense = train.toarray() > 0
+    assert dense[users, items].all()
+    degrees = np.diff(train.indptr)
+    active = np.flatnonzero(degrees > 0)
+    counts = np.bincount(users, minlength=train.shape[0]).astype(float)
+    expected = n / len(active)
+    chi2 = float(np.sum((counts[active] - expected) ** 2 / expected))
+    assert chi2 < 3 * len(active) + 30, chi2
+    # within the heaviest user, its items are equally likely
+    heavy = int(np.argmax(degrees))
+    per_item = np.bincount(items[users == heavy], minlength=train.shape[1])[train[heavy].indices].astype(float)
+    exp_item = per_item.sum() / len(per_item)
+    assert float(np.sum((per_item - exp_item) ** 2 / exp_item)) < 3 * len(per_item) + 30
+
+
+def test_sample_pairs_degree_is_sample_edges(data):
+    key = jax.random.PRNGKey(3)
+    for a, b in zip(sampling.sample_pairs(key, data, 64, "degree"), sampling.sample_edges(key, data, 64)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -1,0 +1,143 @@
+"""``--time-budget`` (stop at the first evaluation past the budget, test the best-validation
+checkpoint, resume within the same budget) and ``--refit`` (retrain on train + validation)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from itemjax.checkpoint import RunCheckpoints
+from itemjax.config import TrainConfig
+from itemjax.errors import ConfigError
+from itemjax.graph import build_graph
+from itemjax.propagation import to_device
+from itemjax.run import fit, prepare, refit_train
+from itemjax.runio import best_validation, read_jsonl
+from itemjax.training import create_state, embed
+from itemjax.evaluate import evaluate
+from test_resume import ROOT, TRAIN, cache_env, run_train, tiny_csv, write_tiny_interactions  # noqa: F401
+
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+def tiny_config(csv, out, **kw) -> TrainConfig:
+    options = dict(dataset=str(csv), out=str(out), progress=False, dim=8, layers=2, model="lightgcn", loss="bpr",
+                   eval_every=1, patience=100000, epochs=100000)
+    options.update(kw)
+    return TrainConfig(**options)
+
+
+def test_time_budget_stops_at_the_first_evaluation_past_it_and_tests_the_best_checkpoint(tiny_csv, tmp_path):
+    budget = 4.0  # the first epoch pays compilation (~2 s here)
+    summary = fit(tiny_config(tiny_csv, tmp_path / "run", time_budget=budget, eval_every=20))
+    records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert summary["stop_reason"] == "time budget" and summary["time_budget"] == budget
+    assert records[-1]["elapsed"] >= budget > records[-2]["elapsed"]  # stopped at the first evaluation past it
+    assert summary["epochs"] == records[-1]["epoch"] < 100000
+    assert summary["train_seconds"] + summary["eval_seconds"] == pytest.approx(records[-1]["elapsed"])
+    best = best_validation(tmp_path / "run", "ndcg@20")
+    assert summary["selected_epoch"] == best["epoch"] and summary["selected_step"] == best["step"]
+    assert summary["steps"] == records[-1]["step"] > summary["selected_step"] or best is records[-1]
+    assert summary["load_average"]["n"] == len(records) + 2 and all("load1" in r for r in records)
+    assert summary["data_seconds"] > 0
+    # the test metrics are those of the best-validation checkpoint, not of the last state
+    config = tiny_config(tiny_csv, tmp_path / "run", time_budget=budget, eval_every=20).resolve()
+    prep = prepare(config)
+    state = create_state(config, prep.model, prep.batch.graph, prep.batch.data, jax.random.PRNGKey(0))
+    ckpts = RunCheckpoints(tmp_path / "run")
+    restored, _ = ckpts.restore("best", {"step": state.step, "params": state.params, "opt_state": state.opt_state})
+    ckpts.close()
+    user_emb, item_emb = embed(state.apply_fn, restored["params"], prep.batch.graph)
+    test = evaluate(user_emb, item_emb, [prep.split.train, prep.split.valid], prep.split.test, ks=config.ks)
+    assert float(test["ndcg@20"]) == pytest.approx(summary["ndcg@20"], abs=1e-6)
+
+
+def test_killed_budgeted_run_resumes_within_the_same_budget(tiny_csv, cache_env, tmp_path):
+    out = tmp_path / "run"
+    budget = 5.0
+    argv = ["--dataset", str(tiny_csv), "--out", str(out), "--no-progress", "--epochs", "100000", "--eval-every", "10",
+            "--dim", "8", "--layers", "2", "--loss", "bpr", "--patience", "100000", "--time-budget", str(budget)]
+    with open(tmp_path / "killed.log", "w") as err:
+        proc = subprocess.Popen([sys.executable, str(TRAIN), *argv], env=cache_env, stdout=subprocess.DEVNULL,
+                                stderr=err, cwd=ROOT)
+        try:
+            deadline = time.monotonic() + 240
+            while len(read_jsonl(out / "metrics.jsonl")) < 3:
+                assert proc.poll() is None, (tmp_path / "killed.log").read_text()
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before the kill"
+    before = read_jsonl(out / "metrics.jsonl")
+    assert before[-1]["elapsed"] < budget and not (out / "summary.json").exists()
+
+    resumed = run_train(argv + ["--resume"], cache_env)
+    assert resumed.returncode == 0, resumed.stderr
+    records = read_jsonl(out / "metrics.jsonl")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stop_reason"] == "time budget"
+    assert [r["epoch"] for r in records] == list(range(10, 10 * len(records) + 1, 10))  # none lost or repeated
+    elapsed = [r["elapsed"] for r in records]
+    assert elapsed == sorted(elapsed)  # the clock continued from the checkpoint, not from 0
+    assert elapsed[-1] >= budget > elapsed[-2]
+    # a finished budgeted run resumed again does not train further
+    again = run_train(argv + ["--resume"], cache_env)
+    assert again.returncode == 0, again.stderr
+    assert read_jsonl(out / "metrics.jsonl") == records
+
+
+def test_refit_trains_on_train_plus_valid_for_the_selected_steps(tiny_csv, tmp_path):
+    out = tmp_path / "run"
+    config = tiny_config(tiny_csv, out, epochs=12, refit=True)
+    summary = fit(config)
+    prep = prepare(config.resolve())
+    split = prep.split
+    full = refit_train(split)
+    # the refit's data: every interaction outside test, test untouched
+    np.testing.assert_array_equal(full.toarray(), split.train.toarray() + split.valid.toarray())
+    assert full.multiply(split.test).nnz == 0
+    assert summary["refit_train_interactions"] == split.train.nnz + split.valid.nnz
+    assert summary["refit_steps"] == summary["selected_step"] > 0
+    # re-evaluate the saved refit model: its graph holds the validation edges
+    cfg = config.resolve()
+    graph_full = to_device(build_graph(full), cfg.backend)
+    from itemjax import sampling
+
+    state = create_state(cfg, prep.model, graph_full, sampling.make_train_data(full), jax.random.PRNGKey(0))
+    ckpts = RunCheckpoints(out / "refit")
+    restored, _ = ckpts.restore("latest", {"step": state.step, "params": state.params, "opt_state": state.opt_state})
+    ckpts.close()
+    assert int(restored["step"]) == summary["refit_steps"]
+    exclude = [split.train, split.valid]
+    got = evaluate(*embed(state.apply_fn, restored["params"], graph_full), exclude, split.test, ks=cfg.ks)
+    assert float(got["ndcg@20"]) == pytest.approx(summary["refit/ndcg@20"], abs=1e-6)
+    train_only = evaluate(*embed(state.apply_fn, restored["params"], prep.batch.graph), exclude, split.test, ks=cfg.ks)
+    assert float(train_only["ndcg@20"]) != pytest.approx(summary["refit/ndcg@20"], abs=1e-6)
+    # and it is not the carve-out model
+    assert summary["refit/ndcg@20"] != summary["ndcg@20"]
+
+
+def test_refit_and_budget_options_are_checked():
+    with pytest.raises(ConfigError, match="--valid-frac"):
+        TrainConfig(refit=True, valid_frac=0.0).resolve()
+    with pytest.raises(ConfigError, match="--time-budget"):
+        TrainConfig(time_budget=0).resolve()
+    with pytest.raises(ConfigError, match="transductive"):
+        TrainConfig(refit=True, protocol="inductive").resolve()
+
+
+def test_user_sampling_defaults_per_loss():
+    assert TrainConfig(loss="bpr").resolve().user_sampling == "degree"
+    assert TrainConfig(loss="bce").resolve().user_sampling == "degree"
+    assert TrainConfig(loss="item").resolve().user_sampling == "uniform"
+    assert TrainConfig(loss="bpr", user_sampling="uniform").resolve().user_sampling == "uniform"

@@ -1,0 +1,54 @@
+"""compare.py: the time-to-reach table (both directions, as fractions) from saved runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pathlib
+import sys
+import types
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def compare():
+    sys.path.insert(0, str(ROOT / "experiments"))
+    spec = importlib.util.spec_from_file_location("compare", ROOT / "experiments" / "compare.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_run(path: pathlib.Path, loss: str, curve: list, test: tuple, refit=None):
+    """A finished run: validation NDCG@20 ``curve`` of ``(elapsed, value)``; test ``(recall, ndcg)``."""
+    path.mkdir(parents=True)
+    records = [{"epoch": i + 1, "split": "valid", "elapsed": t, "train_seconds": t / 2, "ndcg@20": v, "step": 10 * i}
+               for i, (t, v) in enumerate(curve)]
+    path.joinpath("metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    summary = {"recall@20": test[0], "ndcg@20": test[1], "train_seconds": curve[-1][0] / 2, "selected_epoch": 1,
+               "steps": 10 * len(curve), "stop_reason": "time budget", "load_average": {"mean": 1.0}}
+    if refit:
+        summary.update({"refit/recall@20": refit[0], "refit/ndcg@20": refit[1]})
+    path.joinpath("summary.json").write_text(json.dumps(summary))
+    return types.SimpleNamespace(loss=loss, seed=0, out=str(path))
+
+
+def test_time_to_reach_each_others_best_and_fraction(compare, tmp_path):
+    bpr = fake_run(tmp_path / "bpr", "bpr", [(100, 0.10), (200, 0.20), (400, 0.30), (800, 0.29)], (0.2, 0.1),
+                   refit=(0.22, 0.11))
+    item = fake_run(tmp_path / "item", "item", [(50, 0.25), (100, 0.31), (200, 0.33)], (0.3, 0.15),
+                    refit=(0.33, 0.165))
+    result = compare.summarise(tmp_path, [bpr, item])
+    table = result["table"]
+    # ITEM reaches BPR's best (0.30) at 100 s of the elapsed clock; BPR took 400 s to its best
+    assert table["item"]["seconds_to_bpr_best_valid"] == [100]
+    assert table["item"]["fraction_of_bpr_time_to_its_best"] == [pytest.approx(0.25)]
+    assert table["bpr"]["seconds_to_item_best_valid"] == [None]  # never reached 0.33
+    assert table["bpr"]["seconds_to_best"]["mean"] == 400 and table["item"]["seconds_to_best"]["mean"] == 200
+    assert table["item"]["ndcg@20"]["gain_vs_bpr"] == pytest.approx(0.5)
+    assert table["item"]["refit/recall@20"]["gain_vs_bpr"] == pytest.approx(0.5)
+    text = compare.markdown(result, "t")
+    assert "refit NDCG@20" in text and "bpr: 100 (0.25)" in text and "item: never (never)" in text
