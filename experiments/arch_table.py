@@ -41,7 +41,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from train import config_from_args, parser as train_parser  # noqa: E402
 
 from itemjax.cli import ArgumentParser, run_main  # noqa: E402
-from itemjax.config import LOSS_DEFAULTS, LOSS_NAMES, MODEL_NAMES, PROTOCOLS  # noqa: E402
+from itemjax.config import LOSS_DEFAULTS, LOSS_NAMES, MODEL_NAMES, PROTOCOLS, config_diff  # noqa: E402
 from itemjax.errors import ConfigError  # noqa: E402
 from itemjax.runio import best_validation, options_slug  # noqa: E402
 
@@ -161,11 +161,10 @@ def cell_configs(args) -> list:
 def check_reusable(config, run: pathlib.Path) -> None:
     """Raise ConfigError if the finished run in ``run`` was made with other options than ``config``."""
     saved = json.loads((run / "config.json").read_text())["config"]
-    current = json.loads(json.dumps(config.to_dict()))
-    diffs = [k for k in current if k not in REUSE_FREE and saved.get(k) != current[k]]
+    diffs = config_diff(config.to_dict(), saved, ignore=REUSE_FREE)
     if diffs:
-        k = diffs[0]
-        raise ConfigError(f"{run} was trained with {k}={saved.get(k)!r}, not {current[k]!r}; "
+        k, (old, new) = next(iter(diffs.items()))
+        raise ConfigError(f"{run} was trained with {k}={old!r}, not {new!r}; "
                           "delete that folder or choose another --out")
 
 
@@ -259,7 +258,7 @@ def header_text(args) -> str:
             f"targets). Epoch cap {args.epochs}, train.py options `{args.extra or '(none)'}`"
             + (f" (inductive cells also `{args.extra_inductive}`)" if args.extra_inductive else "")
             + "; the per-loss defaults "
-            f"(chosen on LightGCN) for every model: {defaults}."
+            f"(chosen on LightGCN): {defaults}; over them, MF/NGCF/SAGE's own (itemjax.config.MODEL_LOSS_DEFAULTS)."
             + (f" Tuned on validation NDCG@20 for {args.tune_models.replace(',', ', ')}, each loss with "
                f"{len(args.tune_bpr)} variant(s) besides its defaults: BPR "
                + ", ".join(f"`{v}`" for v in args.tune_bpr) + "; ITEM " + ", ".join(f"`{v}`" for v in args.tune_item) + "."

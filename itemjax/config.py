@@ -30,74 +30,137 @@ LOSS_DEFAULTS = {
 }
 
 
+#: Per-(model, loss) defaults over :data:`LOSS_DEFAULTS`, chosen on ml-100k validation NDCG@20
+#: by the tuned architecture table (docs/results.md): models that score with concatenated,
+#: row-normalised layers want a softer ITEM temperature and about 10x LightGCN's L2.
+MODEL_LOSS_DEFAULTS = {
+    **{(m, "bpr"): dict(l2=1e-2, lr=5e-4) for m in ("mf", "ngcf", "sage")},
+    **{(m, "item"): dict(tau=0.3, l2=1e-3) for m in ("mf", "ngcf", "sage")},
+}
+
+
+def option(default, help: str, *, group: str, flag: str | None = None, choices=None, metavar=None):
+    """A :class:`TrainConfig` field with everything the command line needs to expose it.
+
+    The parser of ``itemjax train`` is generated from these fields
+    (:func:`itemjax.cli.add_config_arguments`): the flag is ``--<name with dashes>`` unless
+    ``flag`` says otherwise, its type follows the default (bool: ``--x/--no-x``; tuple:
+    comma-separated integers), ``choices`` are checked, and ``help`` is the help text.
+    """
+    meta = {"help": help, "group": group, "flag": flag, "choices": choices, "metavar": metavar}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+_DATA, _MODEL, _TRAIN, _ITEM, _DEVICES, _EVAL = ("data", "model", "training", "ITEM loss and negatives", "devices",
+                                                  "evaluation and output")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Every option of a training run (what ``experiments/train.py`` exposes)."""
+    """Every option of a training run, declared once: the ``itemjax train`` / ``experiments/train.py``
+    flags, their help and defaults are generated from these fields. Options left ``None`` are
+    filled by :meth:`resolve` from :data:`LOSS_DEFAULTS` and :data:`MODEL_LOSS_DEFAULTS`."""
 
     # data
-    dataset: str = "ml-100k"
-    data_dir: Optional[str] = None
-    sep: Optional[str] = None
-    min_rating: Optional[float] = None
-    kcore: int = 0
-    test_frac: float = 0.2
-    valid_frac: float = 0.1
+    dataset: str = option("ml-100k", "ml-100k, ml-1m, gowalla, yelp2018, amazon-book, or a path to a "
+                          "user,item[,rating[,ts]] file", group=_DATA)
+    data_dir: Optional[str] = option(None, "data root (default: $ITEMJAX_DATA, else ~/.cache/itemjax)", group=_DATA)
+    sep: Optional[str] = option(None, "column separator of a user file (default: detected)", group=_DATA)
+    min_rating: Optional[float] = option(None, "keep ratings >= this (default: every rating)", group=_DATA)
+    kcore: int = option(0, "k-core filter (0: off)", group=_DATA)
+    test_frac: float = option(0.2, "per-user fraction held out for test (datasets without a predefined test split)",
+                              group=_DATA)
+    valid_frac: float = option(0.1, "validation carved from train for early stopping and selection (0: none)",
+                               group=_DATA)
     # model
-    model: str = "lightgcn"
-    dim: int = 64
-    layers: int = 3
-    backend: str = "auto"
-    compute_dtype: str = "float32"  # propagation and scoring dtype (params and loss stay float32)
+    model: str = option("lightgcn", "graph model", group=_MODEL, choices=MODEL_NAMES)
+    dim: int = option(64, "embedding size", group=_MODEL)
+    layers: int = option(3, "propagation layers", group=_MODEL)
+    backend: str = option("auto", "propagation backend (auto: csr on CPU, segment elsewhere)", group=_MODEL,
+                          choices=BACKEND_NAMES)
+    compute_dtype: str = option("float32", "dtype of propagation and scoring (params and loss stay float32); "
+                                "bfloat16 for GPU/TPU", group=_MODEL, choices=COMPUTE_DTYPES)
     # optimisation
-    loss: str = "bpr"
-    epochs: int = 1000
-    time_budget: Optional[float] = None  # seconds of training + validation; stop at the next evaluation past it
-    refit: bool = False  # after selection, retrain on train + valid for the selected steps, test that model
-    batch_size: Optional[int] = None  # None: the loss's default (LOSS_DEFAULTS)
-    lr: Optional[float] = None
-    l2: Optional[float] = None
+    loss: str = option("bpr", "training objective", group=_TRAIN, choices=LOSS_NAMES)
+    epochs: int = option(1000, "epoch cap", group=_TRAIN)
+    time_budget: Optional[float] = option(
+        None, "stop at the first evaluation after this much training + validation wall time (data loading and the "
+        "PPR table are timed apart); --resume continues within the same budget", group=_TRAIN, metavar="SECONDS")
+    refit: bool = option(False, "after selecting on validation, train again from scratch on train + validation for "
+                         "the selected number of steps and test that model (summary.json: refit/<metric>)",
+                         group=_TRAIN)
+    batch_size: Optional[int] = option(None, "triples per step for bpr (default 1024) and bce (2048), users per step "
+                                       "for item (default 256)", group=_TRAIN)
+    lr: Optional[float] = option(None, "Adam learning rate (default: 2e-3 bpr, 1e-3 bce and item; 5e-4 bpr on "
+                                 "mf/ngcf/sage)", group=_TRAIN)
+    l2: Optional[float] = option(None, "L2 on ego embeddings (default: 1e-3 bpr, 1e-4 bce and item; 1e-2 bpr and "
+                                 "1e-3 item on mf/ngcf/sage)", group=_TRAIN)
+    user_sampling: Optional[str] = option(
+        None, "users of a step: uniform (bpr/bce: a user, then one of its positives, as LightGCN's sampler), or "
+        "degree (in proportion to their training degree: bpr/bce draw interactions uniformly); default: degree for "
+        "bpr/bce, uniform for item", group=_TRAIN, choices=USER_SAMPLINGS)
+    seed: int = option(0, "seed of the split, the initialisation and every sampled batch", group=_TRAIN)
     # ITEM / list-wise losses (batch_size then counts users per step)
-    item_metric: str = "ndcg+recall"
-    tau: float = 0.1
-    tau_k: float = 30.0  # softness of the rank <= k step of the smooth recall (1.0 gives no gradient at start)
-    rank_estimate: str = "list"  # "catalogue": negatives' terms weighted (|I| - |P_u|) / N
-    rank_slope: float = 0.0  # SupRank linear tail of the smooth rank (0: plain sigmoid)
-    rank_margin: float = 0.0  # where the linear tail starts: score gap delta >= 0 beyond the tie
-    positive_pairs: str = "detach"  # positive-vs-positive terms: smooth, detach (value, no gradient), exact step
-    recall_ks: tuple = (20,)  # cut-offs of the smooth recall term (several: their mean, as ROADMAP's 1,2,4,8,16)
-    calibration: float = 0.0  # weight of a BPR term on the list's positive-negative pairs
-    user_sampling: Optional[str] = None  # "uniform" or "degree" (prob. ~ training degree); None: LOSS_DEFAULTS
-    positives: int = 32
-    negatives: int = 256
-    neg_sampler: str = "uniform"
-    hard_ratio: float = 0.5
-    ppr_alpha: float = 0.15
-    ppr_window: tuple = (10, 100)
-    curriculum_epochs: int = 0  # >0: hard share rises linearly from 0 over this many epochs
-    shared_negatives: bool = False  # one negative set per batch, scored by a single matmul
+    item_metric: str = option("ndcg+recall", "smooth metric the ITEM loss maximises (ndcg+recall: 1 - NDCG~ plus "
+                              "1 - Recall~)", group=_ITEM, choices=ITEM_METRICS)
+    tau: Optional[float] = option(None, "smooth-rank temperature (default 0.1; 0.3 on mf/ngcf/sage)", group=_ITEM)
+    tau_k: float = option(30.0, "softness of the smooth recall's rank <= k step (1.0 gives no gradient at start)",
+                          group=_ITEM)
+    rank_estimate: str = option("list", "list: smooth rank within the sampled list; catalogue: negatives' terms "
+                                "weighted by (|I| - |P_u|) / N so the rank estimates the full-catalogue rank "
+                                "(docs/design.md)", group=_ITEM, choices=RANK_ESTIMATES)
+    rank_slope: float = option(0.0, "linear tail of the smooth rank for negatives scored above a positive "
+                               "(SupRank; 0: off)", group=_ITEM)
+    rank_margin: float = option(0.0, "score gap beyond which the --rank-slope tail starts (SupRank's delta; 0: at "
+                                "the tie)", group=_ITEM)
+    positive_pairs: str = option("detach", "positive-vs-positive terms of the smooth rank: smooth (sigmoid), detach "
+                                 "(its value, no gradient: positives only rise above negatives), exact (the 0/1 "
+                                 "step, no gradient)", group=_ITEM, choices=POSITIVE_PAIRS)
+    recall_ks: tuple = option((20,), "cut-offs of the smooth recall term; several (e.g. 1,2,4,8,16) average their "
+                              "recalls", group=_ITEM)
+    calibration: float = option(0.0, "weight of a BPR term on each list's positive-negative pairs, added to the "
+                                "ITEM loss (0: off)", group=_ITEM)
+    positives: int = option(32, "positives per user list", group=_ITEM)
+    negatives: int = option(256, "negatives per user list", group=_ITEM)
+    neg_sampler: str = option("uniform", "negatives: uniform non-training items, PPR hard negatives, or a mix",
+                              group=_ITEM, choices=NEG_SAMPLERS)
+    hard_ratio: float = option(0.5, "share of PPR negatives for --neg-sampler mixed", group=_ITEM)
+    ppr_alpha: float = option(0.15, "PPR restart probability", group=_ITEM)
+    ppr_window: tuple = option((10, 100), "LO,HI ranks of PPR candidates", group=_ITEM)
+    curriculum_epochs: int = option(0, "raise the PPR share linearly from 0 over this many epochs (0: off)",
+                                    group=_ITEM, flag="--curriculum")
+    shared_negatives: bool = option(False, "one negative set per batch for all its users (a single matmul)",
+                                    group=_ITEM)
     # evaluation and selection
-    ks: tuple = (10, 20, 50)
-    select_metric: str = "ndcg@20"
-    eval_every: int = 5
-    patience: int = 10
-    eval_chunk: int = 1024
-    protocol: str = "transductive"  # "inductive": final report on users held out of training
-    holdout_users: float = 0.2  # inductive: fraction of users held out of training
-    user_dropout: float = 0.0  # ID dropout: zero each user's ID row with this probability per step
-    reveal: float = 0.5  # inductive: fraction of a held-out user's interactions revealed as edges
+    ks: tuple = option((10, 20, 50), "cut-offs K, e.g. 10,20,50", group=_EVAL)
+    select_metric: str = option("ndcg@20", "validation metric for selection and early stopping", group=_EVAL)
+    eval_every: int = option(5, "evaluate every N epochs", group=_EVAL)
+    patience: int = option(10, "evaluations without gain before stopping", group=_EVAL)
+    eval_chunk: int = option(1024, "users scored per evaluation chunk", group=_EVAL)
+    protocol: str = option("transductive", "inductive: hold --holdout-users of the users out of training and report "
+                           "on them (embedded from --reveal of their items, no gradient step); selection stays on "
+                           "validation", group=_EVAL, choices=PROTOCOLS)
+    holdout_users: float = option(0.2, "inductive: fraction of users held out of training", group=_EVAL)
+    user_dropout: float = option(0.0, "ID dropout: each step zeroes each user's ID embedding with this probability, "
+                                 "as an unseen user's is at inference, so the layers learn to embed users from their "
+                                 "items", group=_EVAL)
+    reveal: float = option(0.5, "inductive: fraction of a held-out user's interactions revealed as graph edges "
+                           "(rest: targets)", group=_EVAL)
     # devices (itemjax.distributed): a 1-D mesh over every device, users split across it
-    shard_embeddings: bool = False  # shard the ID tables' rows across devices (default replicated)
-    distributed: bool = False  # call jax.distributed.initialize() first (multi-host)
+    shard_embeddings: bool = option(False, "shard the ID embedding tables' rows across devices (default: "
+                                    "replicated)", group=_DEVICES)
+    distributed: bool = option(False, "call jax.distributed.initialize() first (multi-host GPU / Cloud TPU slice)",
+                               group=_DEVICES)
     # bookkeeping
-    seed: int = 0
-    out: Optional[str] = None
-    resume: bool = False
-    progress: bool = True
+    out: Optional[str] = option(None, "run directory (default runs/<dataset>-<model>-<loss>-<time>)", group=_EVAL)
+    resume: bool = option(False, "continue the run in --out from its latest checkpoint", group=_EVAL)
+    progress: bool = option(True, "progress bars", group=_EVAL)
 
     def resolve(self) -> "TrainConfig":
         """Validate, then fill the options left as None from :data:`LOSS_DEFAULTS`."""
         self.validate()
-        fill = {k: v for k, v in LOSS_DEFAULTS[self.loss].items() if getattr(self, k) is None}
+        defaults = {**_GLOBAL_DEFAULTS, **LOSS_DEFAULTS[self.loss], **MODEL_LOSS_DEFAULTS.get((self.model, self.loss), {})}
+        fill = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         return dataclasses.replace(self, **fill).validate()
 
     def validate(self) -> "TrainConfig":
@@ -124,7 +187,7 @@ class TrainConfig:
         need(self.batch_size is None or self.batch_size >= 1, f"--batch-size must be >= 1 (got {self.batch_size})")
         need(self.lr is None or self.lr > 0, f"--lr must be > 0 (got {self.lr})")
         need(self.l2 is None or self.l2 >= 0, f"--l2 must be >= 0 (got {self.l2})")
-        need(self.tau > 0, f"--tau must be > 0 (got {self.tau})")
+        need(self.tau is None or self.tau > 0, f"--tau must be > 0 (got {self.tau})")
         need(self.time_budget is None or self.time_budget > 0, f"--time-budget must be > 0 seconds (got {self.time_budget})")
         need(not (self.refit and self.valid_frac == 0),
              "--refit retrains on train + validation after selecting on validation: it needs --valid-frac > 0")
@@ -165,3 +228,50 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict, *, strict: bool = False, where: str = "the configuration") -> "TrainConfig":
+        """A config from ``to_dict()`` output or a run's ``config.json["config"]`` (JSON lists back
+        to tuples). Unknown keys are skipped (an option of a newer version), or with ``strict``
+        raise :class:`ConfigError` naming the first."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if strict and unknown:
+            raise ConfigError(f"{where}: unknown option {unknown[0]!r}; options are train.py's, with underscores")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names})
+
+
+#: Defaults of options that are None-able only so that a model can override them.
+_GLOBAL_DEFAULTS = {"tau": 0.1}
+
+#: Options that never change what a run computes (bookkeeping, display, where files live).
+BOOKKEEPING = frozenset({"out", "resume", "progress", "data_dir", "eval_chunk", "distributed"})
+
+
+def config_diff(current: dict, saved: dict, *, ignore=()) -> dict:
+    """``{option: (saved value, current value)}`` where two configs (``to_dict()`` or a run's
+    ``config.json["config"]``) differ, options in ``ignore`` aside.
+
+    Both sides are compared in their JSON form (tuples as lists). An option missing from an
+    older run's config.json is taken at the default it had then: today's field default, or for
+    per-loss options (``None`` fields), the resolved value of ``current`` (so that it is not a
+    difference). Used by ``--resume``, the table scripts, recommend and the tests.
+    """
+    import json
+
+    current = json.loads(json.dumps(current))
+    saved = json.loads(json.dumps(saved))
+    field_defaults = json.loads(json.dumps(TrainConfig().to_dict()))
+    diffs = {}
+    for key, value in current.items():
+        if key in ignore:
+            continue
+        if key in saved:
+            old = saved[key]
+        elif field_defaults.get(key) is not None:
+            old = field_defaults[key]
+        else:
+            old = value
+        if old != value:
+            diffs[key] = (old, value)
+    return diffs

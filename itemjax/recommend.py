@@ -216,15 +216,6 @@ class Recommender:
 # ----------------------------------------------------------------------------- loading
 
 
-def _config_from_json(saved: dict) -> TrainConfig:
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    values = {}
-    for name, value in saved.items():
-        if name in fields:
-            values[name] = tuple(value) if isinstance(value, list) else value
-    return TrainConfig(**values)
-
-
 def load_run(run_dir, *, data_dir=None, checkpoint: str | None = None) -> Recommender:
     """Rebuild a run's data and model from ``run_dir`` and restore its parameters.
 
@@ -254,7 +245,7 @@ def load_run(run_dir, *, data_dir=None, checkpoint: str | None = None) -> Recomm
         raise DataError(f"{run_dir} has no config.json; pass a run directory written by experiments/train.py --out")
     try:
         saved = json.loads(config_path.read_text())
-        config = _config_from_json(saved["config"])
+        config = TrainConfig.from_dict(saved["config"])
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise DataError(f"{config_path} is not a readable run configuration ({type(e).__name__}: {e}); "
                         "pass a run directory written by experiments/train.py") from None

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from itemjax import sampling
 from itemjax.distributed import Placement, initialize, make_mesh
 from itemjax.checkpoint import RunCheckpoints
-from itemjax.config import LOSS_DEFAULTS, TrainConfig
+from itemjax.config import BOOKKEEPING, TrainConfig, config_diff
 from itemjax.errors import CheckpointError, ConfigError
 from itemjax.evaluate import evaluate
 from itemjax.graph import build_graph
@@ -407,19 +407,15 @@ def _checkpointable(state) -> dict:
 
 
 #: Options that may differ when resuming (they do not change what is computed so far).
-_RESUME_FREE = {"epochs", "resume", "progress", "out", "data_dir", "patience", "eval_chunk", "distributed", "refit"}
+_RESUME_FREE = BOOKKEEPING | {"epochs", "patience", "refit"}
 
 
 def _check_resume_compatible(config: TrainConfig, saved: dict) -> None:
-    current = json.loads(json.dumps(config.to_dict()))
-    # an option absent from an older run's config.json had its default value then
-    defaults = json.loads(json.dumps(TrainConfig().to_dict()))
-    saved = {**{k: v for k, v in defaults.items() if k not in LOSS_DEFAULTS["bpr"]}, **saved}
-    diffs = [k for k in current if k not in _RESUME_FREE and saved.get(k) != current[k]]
+    diffs = config_diff(config.to_dict(), saved, ignore=_RESUME_FREE)
     if diffs:
-        k = diffs[0]
+        k, (old, new) = next(iter(diffs.items()))
         raise ConfigError(
-            f"--resume: option {k} is {current[k]!r} but the run in {config.out} used {saved.get(k)!r}; "
+            f"--resume: option {k} is {new!r} but the run in {config.out} used {old!r}; "
             "pass the same options to continue it, or start a new --out"
         )
 

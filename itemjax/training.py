@@ -141,7 +141,7 @@ def item_objective(params, apply_fn, batch: Batch, key, step, *, n_users: int, n
                    slope: float = 0.0, positive_pairs: str = "smooth", users_by_degree: bool = False,
                    tau_k: float = 1.0, catalogue_rank: bool = False, user_dropout: float = 0.0, margin: float = 0.0,
                    calibration: float = 0.0):
-    """ITEM: ``mean_u (1 - smooth_metric_u)`` over user-centric lists (DESIGN.md, Math).
+    """ITEM: ``mean_u (1 - smooth_metric_u)`` over user-centric lists (docs/design.md).
 
     Each step draws ``n_users`` users; for each, up to ``n_pos`` of its training items (masked
     padding when fewer) and ``n_neg`` negatives (PPR hard / uniform mix, see
@@ -158,7 +158,7 @@ def item_objective(params, apply_fn, batch: Batch, key, step, *, n_users: int, n
     ``catalogue_rank``: each negative's sigmoid term counts ``(|I| - |P_u|) / N_u`` times
     (``|P_u|`` = the user's training degree, ``N_u`` = its valid negatives), so a positive's
     smooth rank estimates its rank among all ``|I|`` items instead of within the list of
-    ``P + N`` (DESIGN.md); the Recall@k cut-off then refers to the catalogue rank.
+    ``P + N`` (docs/design.md); the Recall@k cut-off then refers to the catalogue rank.
     """
     k_fwd, k_users, k_pos, k_neg, k_owner = jax.random.split(key, 5)
     data = batch.data

@@ -85,8 +85,13 @@ def test_cells_skip_inductive_mf_and_keep_loss_defaults(tmp_path):
         assert (config.model, config.loss, config.protocol) == (cell.model, cell.loss, cell.protocol)
         assert (config.epochs, config.eval_every, config.patience) == (7, 5, 8)
         assert pathlib.Path(config.out) == tmp_path / f"{cell.model}-{cell.loss}-{cell.protocol}"
-        for k, v in arch_table.LOSS_DEFAULTS[cell.loss].items():
+        from itemjax.config import MODEL_LOSS_DEFAULTS
+
+        expected = {**arch_table.LOSS_DEFAULTS[cell.loss], **MODEL_LOSS_DEFAULTS.get((cell.model, cell.loss), {})}
+        for k, v in expected.items():  # mf's own defaults over the loss's
             assert getattr(config, k) == v
+        if cell.model == "mf":
+            assert config.l2 == (1e-2 if cell.loss == "bpr" else 1e-3)
 
 
 def test_extra_inductive_reaches_only_the_inductive_cells(tmp_path):
@@ -134,21 +139,22 @@ def _valid_curve(run: pathlib.Path, ndcgs: list) -> None:
 
 
 def test_tuned_cells_get_each_variant_of_their_loss_in_its_own_folder(tmp_path):
+    """(GAT: a model without its own defaults in MODEL_LOSS_DEFAULTS.)"""
     args = arch_table.parser().parse_args(
-        ["--models", "mf,sage", "--protocols", "transductive", "--epochs", "7", "--extra", "--patience 8",
-         "--tune-models", "sage", "--tune-bpr", "--l2 1e-2", "--tune-item", "--tau 0.3 --l2 1e-3",
+        ["--models", "mf,gat", "--protocols", "transductive", "--epochs", "7", "--extra", "--patience 8",
+         "--tune-models", "gat", "--tune-bpr", "--l2 1e-2", "--tune-item", "--tau 0.3 --l2 1e-3",
          "--out", str(tmp_path)])
     cells = {(c.model, c.loss): (c, configs) for c, configs in arch_table.cell_configs(args)}
     assert [len(configs) for _, configs in cells.values()] == [1, 1, 2, 2]  # mf untuned
-    cell, (default, variant) = cells[("sage", "item")]
-    assert cell.candidates() == (("", tmp_path / "sage-item-transductive"),
-                                 ("--tau 0.3 --l2 1e-3", tmp_path / "sage-item-transductive--tau_0.3_l2_1e-3"))
+    cell, (default, variant) = cells[("gat", "item")]
+    assert cell.candidates() == (("", tmp_path / "gat-item-transductive"),
+                                 ("--tau 0.3 --l2 1e-3", tmp_path / "gat-item-transductive--tau_0.3_l2_1e-3"))
     assert (default.tau, default.l2, variant.tau, variant.l2) == (0.1, 1e-4, 0.3, 1e-3)
     assert pathlib.Path(variant.out) == cell.candidates()[1][1] and variant.patience == 8
-    _, (bpr_default, bpr_variant) = cells[("sage", "bpr")]
+    _, (bpr_default, bpr_variant) = cells[("gat", "bpr")]
     assert (bpr_default.l2, bpr_variant.l2, bpr_variant.tau) == (1e-3, 1e-2, 0.1)
     header = arch_table.header_text(args)
-    assert "Tuned on validation NDCG@20 for sage, each loss with 1 variant(s) besides its defaults: " \
+    assert "Tuned on validation NDCG@20 for gat, each loss with 1 variant(s) besides its defaults: " \
            "BPR `--l2 1e-2`; ITEM `--tau 0.3 --l2 1e-3`." in header
 
 

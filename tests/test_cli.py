@@ -74,7 +74,26 @@ FLAG_CASES = [
     ("user dropout of 1", ["--user-dropout", "1"], ["--user-dropout", "[0, 1)", "1.0"]),
     ("unknown rank estimate", ["--rank-estimate", "full"], ["--rank-estimate", "invalid choice", "'full'"]),
     ("unknown flag", ["--learning-rate", "0.1"], ["unrecognized arguments", "--learning-rate"]),
+    ("zero time budget", ["--time-budget", "0"], ["--time-budget must be > 0"]),
+    ("refit without validation", ["--refit", "--valid-frac", "0"], ["--refit", "--valid-frac > 0"]),
+    ("unknown positive pairs", ["--positive-pairs", "soft"], ["--positive-pairs", "invalid choice", "'soft'"]),
+    ("missing config file", ["--config", "/nonexistent/config.json"], ["--config", "no such file"]),
 ]
+
+
+def test_config_file_with_an_unknown_option_names_it(tmp_path, capsys, no_data_loading):
+    bad = tmp_path / "run.toml"
+    bad.write_text('model = "lightgcn"\nlearning_rate = 0.1\n')
+    status, err = run_cli(["--config", str(bad)], capsys)
+    assert status == 2 and "unknown option 'learning_rate'" in error_line(err)
+
+
+def test_toml_config_and_flags_layer_over_the_defaults(tmp_path):
+    good = tmp_path / "run.toml"
+    good.write_text('loss = "item"\ntau = 0.2\nks = [5, 20]\nout = "ignored"\n')
+    config = train.config_from_args(train.parser().parse_args(["--config", str(good), "--tau", "0.4"]))
+    assert (config.loss, config.tau, config.ks, config.out) == ("item", 0.4, (5, 20), None)
+    assert config.lr == 1e-3  # ITEM's default, resolved after the file
 
 
 @pytest.mark.parametrize("case,argv,words", FLAG_CASES, ids=[c[0] for c in FLAG_CASES])

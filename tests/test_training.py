@@ -61,7 +61,7 @@ def test_each_objective_lowers_its_loss(case):
 
 
 def ref_item_ndcg(pos_scores, pos_where, neg_scores, neg_where, tau, neg_weight=1.0):
-    """1 - smooth NDCG of one user, float64 loops (DESIGN.md); negatives' sigmoids count neg_weight times."""
+    """1 - smooth NDCG of one user, float64 loops (docs/design.md); negatives' sigmoids count neg_weight times."""
     items = [(s, 1) for s, w in zip(pos_scores, pos_where) if w] + [(s, 0) for s, w in zip(neg_scores, neg_where) if w]
     n_pos = sum(lab for _, lab in items)
     dcg = 0.0
