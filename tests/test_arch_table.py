@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import pathlib
 import sys
@@ -16,11 +15,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("arch_table", ROOT / "experiments" / "arch_table.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["arch_table"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    from itemjax.commands import arch_table
+
+    return arch_table
 
 
 arch_table = _load_script()

@@ -8,21 +8,18 @@ those cases ``load_dataset`` is replaced by a function that fails the test if ca
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import pathlib
 
 import pytest
 
 from itemjax.cli import run_main
 
-_TRAIN = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "train.py"
 
 
 def _load_train():
-    spec = importlib.util.spec_from_file_location("itemjax_train_cli", _TRAIN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from itemjax.commands import train
+
+    return train
 
 
 train = _load_train()
@@ -166,3 +163,14 @@ def test_resume_of_a_directory_that_is_not_a_run(capsys, tmp_path):
     status, err = run_cli(["--resume", "--out", str(tmp_path / "run"), "--no-progress"], capsys)
     assert status == 2
     assert "is not a run directory (no config.json)" in error_line(err)
+
+
+def test_itemjax_command_dispatches_to_each_command(capsys):
+    from itemjax.commands import COMMANDS, main
+
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as exit_:
+            main([name, "--help"])
+        assert exit_.value.code == 0
+        assert capsys.readouterr().out.startswith(f"usage: itemjax {name}")
+    assert main(["fit"]) == 2 and "unknown command 'fit'" in capsys.readouterr().err

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import pathlib
-import sys
 import types
 
 import pytest
@@ -15,11 +13,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def compare():
-    sys.path.insert(0, str(ROOT / "experiments"))
-    spec = importlib.util.spec_from_file_location("compare", ROOT / "experiments" / "compare.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from itemjax.commands import compare
+
+    return compare
 
 
 def fake_run(path: pathlib.Path, loss: str, curve: list, test: tuple, refit=None):

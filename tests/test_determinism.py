@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.metadata
-import importlib.util
 import json
 import pathlib
 
@@ -18,7 +17,6 @@ from itemjax.config import LOSS_DEFAULTS, TrainConfig
 from itemjax.run import fit
 from itemjax.runio import read_jsonl
 
-TRAIN = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "train.py"
 
 
 def write_interactions(path: pathlib.Path, *, n_users=50, n_items=70, n_rows=1200, seed=1) -> pathlib.Path:
@@ -74,9 +72,7 @@ def test_train_config_file_reproduces_the_run_bit_for_bit(first_run, tmp_path):
     beside it overrides the file."""
     from itemjax.cli import run_main
 
-    spec = importlib.util.spec_from_file_location("itemjax_train_cfg", TRAIN)
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
+    from itemjax.commands import train
     csv, out_a, summary_a = first_run
     out_b = tmp_path / "from-config"
     assert run_main(train.main, ["--config", str(out_a / "config.json"), "--out", str(out_b), "--no-progress"]) == 0
@@ -114,9 +110,7 @@ def test_config_json_records_options_environment_and_data_checksums(first_run):
     recorded = json.loads((out / "config.json").read_text())
 
     # every option: each train.py flag has its TrainConfig field, each field its recorded value
-    spec = importlib.util.spec_from_file_location("itemjax_train_det", TRAIN)
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
+    from itemjax.commands import train
     dests = {a.dest for a in train.parser()._actions if a.dest not in ("help", "config")}
     assert dests == set(recorded["config"]), dests ^ set(recorded["config"])
     resolved = small_config(csv, out).resolve()

@@ -6,7 +6,6 @@ Run directories are written by hand here (config.json, metrics.jsonl, summary.js
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import pathlib
 import struct
@@ -20,15 +19,13 @@ from itemjax.errors import DataError
 from itemjax.plots import plot_comparison, plot_run
 from itemjax.runio import append_jsonl, write_json_atomic
 
-REPORT = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "report.py"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _load_report():
-    spec = importlib.util.spec_from_file_location("itemjax_report", REPORT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from itemjax.commands import report
+
+    return report
 
 
 report = _load_report()

@@ -2,7 +2,6 @@
 synthetic data file: summary.json of the inductive protocol, load_run reproducing it, exclusions,
 the new-user path against a float64 LightGCN loop, unknown ids."""
 
-import importlib.util
 import json
 import pathlib
 
@@ -21,10 +20,9 @@ N_USERS, N_ITEMS, K = 60, 45, 5
 
 
 def _cli():
-    spec = importlib.util.spec_from_file_location("recommend_cli", ROOT / "experiments" / "recommend.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from itemjax.commands import recommend
+
+    return recommend
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,38 @@
+"""The ``itemjax`` command: ``itemjax <command> [options]``.
+
+    itemjax train --model lightgcn --loss item      # one run (itemjax.commands.train)
+    itemjax compare --seeds 0,1,2                  # losses side by side over seeds
+    itemjax sweep --base "--loss item" --variant "--tau 0.2" --out runs/sweep
+    itemjax arch-table                             # every model x loss x protocol
+    itemjax recommend RUN --user 196               # top-K from a saved run
+    itemjax report RUN [RUN ...]                   # markdown summary of runs
+
+Each command's logic is the module of the same name in this package (``main(argv)`` and
+``parser()``); ``experiments/<command>.py`` are thin scripts that call the same ``main``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+#: command name -> module of itemjax.commands
+COMMANDS = {"train": "train", "compare": "compare", "sweep": "sweep", "arch-table": "arch_table",
+            "recommend": "recommend", "report": "report"}
+
+
+def main(argv=None) -> int:
+    """Dispatch ``itemjax <command> ...`` to ``itemjax.commands.<command>.main``."""
+    from itemjax.cli import run_main
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.split("\n\n")[0] + "\n\ncommands: " + ", ".join(COMMANDS)
+              + "\n\n`itemjax <command> --help` lists a command's options.")
+        return 0 if argv else 2
+    name = argv[0]
+    if name not in COMMANDS:
+        print(f"itemjax: error: unknown command {name!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"itemjax.commands.{COMMANDS[name]}")
+    return run_main(module.main, argv[1:])

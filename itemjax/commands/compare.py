@@ -1,0 +1,230 @@
+"""Compare BPR and ITEM (or any losses) on one dataset and model over several seeds.
+
+    python experiments/compare.py --dataset ml-100k --model lightgcn --seeds 0,1,2
+    python experiments/compare.py --dataset gowalla --seeds 0 --epochs 100 \\
+        --args-bpr "--eval-every 5" --args-item "--eval-every 5 --tau 0.1"
+
+    python experiments/compare.py --dataset yelp2018 --seeds 0 --time-budget 5400 --common-args "--refit" \
+        --args-bpr "--batch-size 8192 --lr 5e-3"
+
+Each (loss, seed) is a normal training run (``experiments/train.py`` options, the same epoch
+budget and early stopping for every loss, epochs selected on validation) written to
+``<out>/<loss>-seed<seed>/``. ``--time-budget S`` gives every run the same wall-time budget
+(training steps plus validation; train.py's ``--time-budget``) instead of an epoch budget; run
+it on a quiet machine, one run at a time (as this script does), and read the load average
+recorded beside each result. The comparison writes ``<out>/comparison.md`` and
+``comparison.json`` (mean ± std of test Recall@20 / NDCG@20 per loss, relative gain over the
+first loss, the refit model's test metrics when the runs used ``--refit``, train seconds,
+epoch of the best validation NDCG@20 and the time to it, the wall time each loss needs to
+reach every other loss's best validation NDCG@20, and that time as a fraction of the other
+loss's time to its own best) and ``<out>/learning_curves.png`` (validation NDCG@20 against
+wall time, one line per run).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shlex
+import sys
+
+import numpy as np
+
+from itemjax.commands.train import parser as train_parser
+from itemjax.cli import ArgumentParser, config_from_args, int_list, run_main
+from itemjax.config import LOSS_NAMES
+from itemjax.errors import ConfigError
+from itemjax.runio import best_validation, read_jsonl, write_json_atomic
+
+METRICS = ("recall@20", "ndcg@20")
+
+
+def parser() -> ArgumentParser:
+    p = ArgumentParser(prog="itemjax compare", description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", default="ml-100k")
+    p.add_argument("--model", default="lightgcn")
+    p.add_argument("--losses", default="bpr,item", help="comma-separated losses; gains are relative to the first")
+    p.add_argument("--seeds", type=int_list, default=(0, 1, 2))
+    p.add_argument("--epochs", type=int, default=None,
+                   help="the same epoch budget for every loss (default 1000; 1000000 with --time-budget)")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="the same wall-time budget (training + validation) for every run")
+    p.add_argument("--common-args", default="", help="train.py options given to every run")
+    for loss in LOSS_NAMES:
+        p.add_argument(f"--args-{loss}", default="", help=f"extra train.py options for --loss {loss}")
+    p.add_argument("--out", default=None, help="output folder (default runs/compare-<dataset>-<model>)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def run_configs(args) -> list:
+    """One resolved TrainConfig per (loss, seed); every option checked before any training."""
+    out = pathlib.Path(args.out or f"runs/compare-{pathlib.Path(args.dataset).stem}-{args.model}")
+    configs = []
+    for loss in args.losses.split(","):
+        if loss not in LOSS_NAMES:
+            raise ConfigError(f"unknown loss {loss!r} in --losses; choose from {', '.join(LOSS_NAMES)}")
+        extra = shlex.split(args.common_args) + shlex.split(getattr(args, f"args_{loss}"))
+        epochs = args.epochs or (1_000_000 if args.time_budget else 1000)
+        budget = ["--time-budget", str(args.time_budget)] if args.time_budget else []
+        for seed in args.seeds:
+            argv = ["--dataset", args.dataset, "--model", args.model, "--loss", loss, "--epochs", str(epochs),
+                    "--seed", str(seed), "--out", str(out / f"{loss}-seed{seed}")] + budget + extra
+            if args.no_progress:
+                argv.append("--no-progress")
+            try:
+                ns = train_parser().parse_args(argv)
+            except SystemExit:
+                raise ConfigError(f"bad train.py options for {loss}: {' '.join(extra)}") from None
+            configs.append(config_from_args(ns))
+    return out, configs
+
+
+def clock_of(records: list) -> str:
+    """The time axis of a run's records: ``elapsed`` (training + validation, what a time budget
+    counts) when recorded, else ``train_seconds`` (runs written before it existed)."""
+    return "elapsed" if records and all("elapsed" in r for r in records) else "train_seconds"
+
+
+def time_to_reach(records: list, target: float, metric: str = "ndcg@20"):
+    """Wall time (s, :func:`clock_of`) of the first validation record with ``metric >= target``, else None."""
+    clock = clock_of(records)
+    for r in records:
+        if r.get("split") == "valid" and r[metric] >= target:
+            return r[clock]
+    return None
+
+
+def summarise(out: pathlib.Path, configs: list) -> dict:
+    """Aggregate the finished runs into the comparison table (dict) and markdown text."""
+    runs = {}
+    for c in configs:
+        summary = json.loads((pathlib.Path(c.out) / "summary.json").read_text())
+        records = read_jsonl(pathlib.Path(c.out) / "metrics.jsonl")
+        best = best_validation(c.out, "ndcg@20")  # {} before the first evaluation
+        runs.setdefault(c.loss, []).append({
+            "seed": c.seed, "out": c.out, **{m: summary[m] for m in METRICS},
+            **{f"refit/{m}": summary.get(f"refit/{m}") for m in METRICS},
+            "train_seconds": summary["train_seconds"], "selected_epoch": summary["selected_epoch"],
+            "steps": summary.get("steps"), "stop_reason": summary.get("stop_reason"),
+            "load_average": (summary.get("load_average") or {}).get("mean"),
+            "best_valid_ndcg@20": best["ndcg@20"] if best else None,
+            "seconds_to_best": best[clock_of(records)] if best else None, "records": records,
+        })
+    losses = list(runs)
+    base = losses[0]
+    table = {}
+    for loss in losses:
+        rows = runs[loss]
+        entry = {}
+        for m in METRICS + tuple(f"refit/{m}" for m in METRICS) + (
+                "train_seconds", "selected_epoch", "seconds_to_best", "steps", "load_average"):
+            vals = np.array([r[m] for r in rows if r[m] is not None], float)
+            entry[m] = {"mean": float(vals.mean()) if len(vals) else None,
+                        "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0}
+        # wall time to reach each other loss's best validation NDCG@20, seed by seed, and that time
+        # as a fraction of the other loss's own time to its best
+        for other in losses:
+            reach, fraction = [], []
+            for r in rows:
+                twin = next((b for b in runs[other] if b["seed"] == r["seed"]), None)
+                if twin and twin["best_valid_ndcg@20"] is not None:
+                    t = time_to_reach(r["records"], twin["best_valid_ndcg@20"])
+                    reach.append(t)
+                    fraction.append(t / twin["seconds_to_best"] if t is not None and twin["seconds_to_best"] else None)
+            entry[f"seconds_to_{other}_best_valid"] = reach
+            entry[f"fraction_of_{other}_time_to_its_best"] = fraction
+        table[loss] = entry
+    for loss in losses:
+        for m in METRICS + tuple(f"refit/{m}" for m in METRICS):
+            b = table[base][m]["mean"]
+            v = table[loss][m]["mean"]
+            table[loss][m]["gain_vs_" + base] = (v - b) / b if b and v is not None else None
+    return {"runs": {k: [{kk: vv for kk, vv in r.items() if kk != "records"} for r in v] for k, v in runs.items()},
+            "table": table, "baseline": base}
+
+
+def markdown(result: dict, title: str) -> str:
+    base = result["baseline"]
+    losses = list(result["table"])
+    refit = any(e["refit/ndcg@20"]["mean"] is not None for e in result["table"].values())
+    other = {loss: next((o for o in losses if o != loss), loss) for loss in losses}  # the loss each one is timed against
+    fmt = lambda e, m, d=4: "–" if e[m]["mean"] is None else f"{e[m]['mean']:.{d}f} ± {e[m]['std']:.{d}f}"  # noqa: E731
+    gain = lambda e, m: "–" if e[m]["gain_vs_" + base] is None else f"{e[m]['gain_vs_' + base]:+.1%}"  # noqa: E731
+    times = lambda ts, d=0: ", ".join("never" if t is None else f"{t:.{d}f}" for t in ts)  # noqa: E731
+    head = "| loss | Recall@20 | NDCG@20 | gain R@20 | gain N@20 |"
+    rule = "|---|---|---|---|---|"
+    if refit:
+        head += " refit Recall@20 | refit NDCG@20 | refit gain R@20 | refit gain N@20 |"
+        rule += "---|---|---|---|"
+    head += (" train s | steps | epoch of best valid | s to best valid | s to reach the other's best valid NDCG@20 "
+             "(fraction of its time to it) | load avg |")
+    rule += "---|---|---|---|---|---|"
+    lines = [f"### {title}", "", head, rule]
+    for loss, e in result["table"].items():
+        cells = [loss, fmt(e, "recall@20"), fmt(e, "ndcg@20"), gain(e, "recall@20"), gain(e, "ndcg@20")]
+        if refit:
+            cells += [fmt(e, "refit/recall@20"), fmt(e, "refit/ndcg@20"), gain(e, "refit/recall@20"),
+                      gain(e, "refit/ndcg@20")]
+        o = other[loss]
+        cells += [fmt(e, "train_seconds", 0), fmt(e, "steps", 0), fmt(e, "selected_epoch", 0),
+                  fmt(e, "seconds_to_best", 0),
+                  f"{o}: {times(e[f'seconds_to_{o}_best_valid'])} ({times(e[f'fraction_of_{o}_time_to_its_best'], 2)})",
+                  fmt(e, "load_average", 1)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, configs: list, path: pathlib.Path, title: str, budget=None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = dict(zip(result["table"], plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    clock = "elapsed"
+    for c in configs:
+        records = [r for r in read_jsonl(pathlib.Path(c.out) / "metrics.jsonl") if r.get("split") == "valid"]
+        if records:
+            clock = clock_of(records)
+            ax.plot([r[clock] for r in records], [r["ndcg@20"] for r in records],
+                    color=colors[c.loss], alpha=0.8, label=f"{c.loss} seed {c.seed}")
+    if budget:
+        ax.axvline(budget, color="grey", linestyle="--", linewidth=1, label=f"budget {budget:g} s")
+    ax.set_xlabel("wall time, training + validation (s)" if clock == "elapsed" else "training wall time (s)")
+    ax.set_ylabel("validation NDCG@20")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    out, configs = run_configs(args)
+    from itemjax.run import fit
+
+    for c in configs:
+        if (pathlib.Path(c.out) / "summary.json").exists():
+            print(f"[compare] {c.out} already finished; reusing it", file=sys.stderr)
+            continue
+        print(f"[compare] training {c.loss} seed {c.seed} -> {c.out}", file=sys.stderr)
+        fit(c)
+    result = summarise(out, configs)
+    title = f"{args.dataset}, {args.model}, seeds {','.join(map(str, args.seeds))}"
+    if args.time_budget:
+        title += f", time budget {args.time_budget:g} s each"
+    text = markdown(result, title)
+    (out / "comparison.md").write_text(text)
+    write_json_atomic(out / "comparison.json", result)
+    plot(result, configs, out / "learning_curves.png", title, budget=args.time_budget)
+    print(text)
+    print(f"saved {out / 'comparison.md'}, comparison.json and learning_curves.png", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,106 @@
+"""Turn finished run directories into a markdown table and a comparison plot.
+
+    python experiments/report.py runs/ml-100k-mf-bpr-* runs/ml-100k-lightgcn-bpr-*
+    python experiments/report.py RUN_A RUN_B --out report.md --plot compare.png
+
+One row per run, read from its ``summary.json`` (test metrics of the checkpoint selected on
+validation, epochs, selected epoch, train seconds) and ``config.json`` (dataset, model, loss):
+run, dataset, model, loss, protocol, Recall@K, NDCG@K, epochs, selected epoch, train time.
+The table is printed and, with ``--out``, written to a file. ``--plot`` draws validation
+NDCG@K of every run against wall time (from each ``metrics.jsonl``). A directory that is not
+a run, or a run that has not finished (no ``summary.json``), is an error (exit 2).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+from itemjax.cli import ArgumentParser, run_main
+from itemjax.errors import DataError
+
+COLUMNS = ("run", "dataset", "model", "loss", "protocol", "recall@{k}", "ndcg@{k}", "epochs", "selected epoch",
+           "train time (s)")
+
+
+def parser() -> ArgumentParser:
+    p = ArgumentParser(prog="itemjax report", description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories written by train.py --out")
+    p.add_argument("--out", default=None, help="write the markdown table to this file too")
+    p.add_argument("--plot", default=None, help="write a comparison plot (PNG) of validation NDCG@K vs wall time")
+    p.add_argument("--k", type=int, default=20, help="cut-off of the reported Recall@K / NDCG@K (default 20)")
+    return p
+
+
+def _read_json(path: pathlib.Path, what: str) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path} is missing: {what}") from None
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: unreadable ({type(e).__name__}: {e}); the run directory is damaged") from None
+
+
+def load_run(run_dir, *, k: int = 20) -> dict:
+    """One table row (column -> value) for ``run_dir``; :class:`DataError` if it is not a finished run."""
+    run_dir = pathlib.Path(run_dir)
+    if not run_dir.is_dir():
+        raise DataError(f"{run_dir}: no such run directory; give directories written by experiments/train.py --out")
+    config = _read_json(run_dir / "config.json",
+                        "not a run directory (train.py writes config.json when a run starts); check the path")["config"]
+    summary = _read_json(run_dir / "summary.json", "the run has not finished; continue it with "
+                         f"experiments/train.py <same options> --resume --out {run_dir}")
+    missing = [m for m in (f"recall@{k}", f"ndcg@{k}") if m not in summary]
+    if missing:
+        raise DataError(f"{run_dir / 'summary.json'} has no {missing[0]}; the run did not evaluate K={k} (pass --k)")
+    return {
+        "run": run_dir.name,
+        "dataset": summary.get("dataset", config.get("dataset")),
+        "model": summary.get("model", config.get("model")),
+        "loss": summary.get("loss", config.get("loss")),
+        "protocol": summary.get("protocol", "transductive"),
+        f"recall@{k}": summary[f"recall@{k}"],
+        f"ndcg@{k}": summary[f"ndcg@{k}"],
+        "epochs": summary["epochs"],
+        "selected epoch": summary["selected_epoch"],
+        "train time (s)": summary["train_seconds"],
+    }
+
+
+def _cell(column: str, value) -> str:
+    if "@" in column:
+        return f"{value:.4f}"
+    if column == "train time (s)":
+        return f"{value:.1f}"
+    return str(value)
+
+
+def markdown_table(rows: list[dict], *, k: int = 20) -> str:
+    """A GitHub-flavoured markdown table; metrics with 4 decimals, train time with 1."""
+    columns = [c.format(k=k) for c in COLUMNS]
+    header = [c.replace(f"recall@{k}", f"Recall@{k}").replace(f"ndcg@{k}", f"NDCG@{k}") for c in columns]
+    numeric = {f"recall@{k}", f"ndcg@{k}", "epochs", "selected epoch", "train time (s)"}
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---:" if c in numeric else "---" for c in columns) + "|"]
+    lines += ["| " + " | ".join(_cell(c, row[c]) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    rows = [load_run(d, k=args.k) for d in args.run_dirs]  # every directory checked before writing
+    table = markdown_table(rows, k=args.k)
+    print(table, end="")
+    if args.out:
+        pathlib.Path(args.out).write_text(table)
+    if args.plot:
+        from itemjax.plots import plot_comparison
+
+        plot_comparison(args.run_dirs, args.plot, metric=f"ndcg@{args.k}")
+        print(f"comparison plot: {args.plot}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
