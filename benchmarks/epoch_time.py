@@ -18,7 +18,7 @@ Each case (dataset, loss, backend) runs in its own subprocess, so that its peak 
   (10, 100), not cached), and ITEM samples half of its negatives from it (``mixed``);
 * the epoch: ``steps = ceil(n_train / B)`` (BPR, B = 2048 triples) or ``ceil(n_active_users / B)``
   (ITEM, B = 256 users) calls of the real jitted ``train_step`` through
-  ``itemjax.distributed.Placement.jit_step`` (the path ``fit`` uses), after ``--warmup`` steps
+  ``itemjax.placement.Placement.jit_step`` (the path ``fit`` uses), after ``--warmup`` steps
   (compilation included there), losses fetched once at the end as in ``fit``; wall-clock and
   CPU seconds of the process (``time.process_time``, all threads: much less sensitive to other jobs than wall-clock);
 * the full-ranking evaluation of every test user (``Placement.embed`` + ``evaluate``, training
@@ -54,7 +54,8 @@ def run_case(args) -> dict:
 
     from itemjax.config import TrainConfig
     from itemjax.datasets import load_dataset
-    from itemjax.distributed import Placement, make_mesh
+    from itemjax.distributed import make_mesh
+    from itemjax.placement import Placement
     from itemjax.graph import build_graph
     from itemjax.propagation import to_device
     from itemjax.sampling import make_train_data
@@ -192,7 +193,7 @@ def main() -> None:
     p.add_argument("--eval-chunk", type=int, default=1024)
     p.add_argument("--no-eval", action="store_true")
     p.add_argument("--no-malloc-tuning", action="store_true",
-                   help="leave glibc malloc as is (see itemjax.distributed.tune_host_allocator)")
+                   help="leave glibc malloc as is (see itemjax.host_memory.tune_host_allocator)")
     p.add_argument("--ppr-cache", default="", help="cache PPR tables in this directory (a cached table is not timed)")
     p.add_argument("--out", default=str(OUT / "epoch_time.json"))
     p.add_argument("--case", nargs=3, metavar=("DATASET", "LOSS", "BACKEND"), help=argparse.SUPPRESS)

@@ -96,7 +96,8 @@ def run_size(n_edges: int, repeats: int) -> dict:
     import jax
 
     from itemjax.config import TrainConfig
-    from itemjax.distributed import Placement, make_mesh
+    from itemjax.distributed import make_mesh
+    from itemjax.placement import Placement
     from itemjax.graph import build_graph
     from itemjax.ppr import ppr_scores
     from itemjax.propagation import to_device

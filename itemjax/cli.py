@@ -9,7 +9,7 @@ import json
 import pathlib
 import sys
 
-from itemjax.errors import ItemjaxError
+from itemjax.errors import ItemjaxError, NumericalError
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -31,8 +31,6 @@ def run_main(main, argv=None) -> int:
 
     A NaN loss (``NumericalError``) exits 3; Ctrl-C exits 130 after saying where the run is.
     """
-    from itemjax.training import NumericalError
-
     try:
         return main(argv) or 0
     except NumericalError as e:

@@ -45,8 +45,6 @@ import itertools
 import os
 import pathlib
 import re
-import shutil
-import tempfile
 import zipfile
 import zlib
 
@@ -54,6 +52,7 @@ import numpy as np
 
 from itemjax.download import DownloadFailed, fetch
 from itemjax.errors import ConfigError, DataError
+from itemjax.runio import atomic_file
 
 __all__ = ["DATASETS", "RawDataset", "data_root", "item_titles", "load_dataset"]
 
@@ -421,16 +420,10 @@ def _extract_from_zip(archive: pathlib.Path, name: str, folder: pathlib.Path, wa
             for filename in wanted:
                 if _locate(folder, filename) is not None or filename not in members:
                     continue
-                handle, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{filename}.", suffix=".part")
-                tmp_path = pathlib.Path(tmp_name)
-                try:
-                    with os.fdopen(handle, "wb") as out, zipped.open(members[filename]) as source:
-                        shutil.copyfileobj(source, out)
-                    _verify(tmp_path, tmp_path.read_bytes(), name, filename)
-                    os.replace(tmp_path, folder / filename)
-                except BaseException:
-                    tmp_path.unlink(missing_ok=True)
-                    raise
+                with atomic_file(folder / filename, "wb", suffix=".part") as out:
+                    content = zipped.read(members[filename])
+                    _verify(archive / filename, content, name, filename)  # a mismatch discards the file
+                    out.write(content)
     except zipfile.BadZipFile as err:
         raise DataError(f"{archive}: corrupt zip archive ({err}); delete it and retry") from err
 

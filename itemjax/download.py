@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import os
 import pathlib
-import tempfile
 import urllib.error
 import urllib.request
 
 from itemjax.errors import DataError
+from itemjax.runio import atomic_file
 
 __all__ = ["DownloadFailed", "fetch", "md5_file", "sha256_file"]
 
@@ -93,20 +92,12 @@ def fetch(
         message names the URL, expected and actual hash; nothing is left behind).
     """
     dest = pathlib.Path(dest)
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp_name = tempfile.mkstemp(
-            dir=dest.parent, prefix=f".{dest.name}.", suffix=".part"
-        )
-    except OSError as err:
-        raise DataError(
-            f"cannot write {dest} ({err.strerror or err}); "
-            "choose a writable data folder with --data-dir or ITEMJAX_DATA"
-        ) from err
-    tmp_path = pathlib.Path(tmp_name)
     digests = {"sha256": hashlib.sha256(), "md5": hashlib.md5()}
     try:
-        with os.fdopen(handle, "wb") as out:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        # atomic_file replaces dest only when the block ends cleanly: a failed transfer or checksum
+        # below raises inside it, and the partial file is deleted
+        with atomic_file(dest, "wb", suffix=".part") as out:
             try:
                 response = urllib.request.urlopen(url, timeout=_TIMEOUT_SECONDS)
             except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as err:
@@ -135,17 +126,18 @@ def fetch(
                 raise DownloadFailed(
                     f"download of {url} is incomplete: got {received} of {expected_bytes} bytes; retry"
                 )
-        for algorithm, expected in (("sha256", sha256), ("md5", md5)):
-            if expected is None:
-                continue
-            actual = digests[algorithm].hexdigest()
-            if actual != expected.lower():
-                raise DataError(
-                    f"checksum mismatch for {url} (meant for {dest}): expected {algorithm} "
-                    f"{expected.lower()}, got {actual}; the file was discarded, retry or check the URL"
-                )
-        os.replace(tmp_path, dest)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
+            for algorithm, expected in (("sha256", sha256), ("md5", md5)):
+                if expected is None:
+                    continue
+                actual = digests[algorithm].hexdigest()
+                if actual != expected.lower():
+                    raise DataError(
+                        f"checksum mismatch for {url} (meant for {dest}): expected {algorithm} "
+                        f"{expected.lower()}, got {actual}; the file was discarded, retry or check the URL"
+                    )
+    except OSError as err:  # the network's own errors are DownloadFailed by now: this is the disk
+        raise DataError(
+            f"cannot write {dest} ({err.strerror or err}); "
+            "choose a writable data folder with --data-dir or ITEMJAX_DATA"
+        ) from err
     return dest

@@ -21,3 +21,7 @@ class ConfigError(ItemjaxError, ValueError):
 
 class CheckpointError(ItemjaxError):
     """A checkpoint is missing, corrupt or incompatible with the requested run."""
+
+
+class NumericalError(ItemjaxError):
+    """The loss or the parameters became NaN or infinite (the command exits 3)."""

@@ -18,12 +18,10 @@ is written to a temporary file and renamed, so a crash never leaves a truncated 
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import tempfile
 
 from itemjax.errors import DataError
-from itemjax.runio import read_jsonl
+from itemjax.runio import atomic_file, read_jsonl
 
 __all__ = ["plot_run", "plot_comparison", "run_records", "run_label"]
 
@@ -65,15 +63,8 @@ def _save_png(fig, path: pathlib.Path) -> pathlib.Path:
     """Render ``fig`` to ``path`` through a temporary file and an atomic rename."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
     return path
 
 

@@ -27,9 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +35,7 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from itemjax.errors import ConfigError
+from itemjax.runio import atomic_file
 
 #: Padding value in hard-negative tables: "no candidate in this slot".
 PAD = -1
@@ -287,15 +286,6 @@ def cached_hard_negative_table(train, *, cache_dir, key: str, **params) -> np.nd
             pass  # unreadable or truncated: recompute and overwrite
     table = hard_negative_table(train, **params)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, table, allow_pickle=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
+    with atomic_file(path, "wb") as handle:
+        np.save(handle, table, allow_pickle=False)
     return table

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import pathlib
 import time
@@ -27,26 +26,40 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from itemjax import sampling
-from itemjax.distributed import Placement, initialize, make_mesh
+from itemjax.distributed import initialize, make_mesh
+from itemjax.placement import Placement
 from itemjax.checkpoint import RunCheckpoints
 from itemjax.config import BOOKKEEPING, TrainConfig, config_diff
-from itemjax.errors import CheckpointError, ConfigError
-from itemjax.evaluate import evaluate
+from itemjax.errors import ConfigError, NumericalError
 from itemjax.graph import build_graph
 from itemjax.propagation import to_device
 from itemjax.runio import append_jsonl, read_jsonl, rewrite_jsonl, write_json_atomic
 from itemjax.training import (
     Batch,
-    NumericalError,
     create_state,
     default_out,
-    embed,
     environment,
     log,
     make_model,
     steps_per_epoch,
     train_step,
 )
+
+
+#: With ``--time-budget``, steps between checks of the budget inside an epoch (each check waits
+#: for the device to finish the steps queued so far).
+_BUDGET_CHECK_STEPS = 20
+
+
+def _budget_spent(state, seconds, budget: float) -> bool:
+    """Whether ``seconds()``, read once the queued steps have finished, reaches the budget."""
+    jax.block_until_ready(state.step)
+    return seconds() >= budget
+
+
+#: The clock of the training loop's ``train_seconds`` / ``eval_seconds`` (and so of ``--time-budget``);
+#: a module attribute so that a test can drive the budget logic with a fake clock.
+_clock = time.perf_counter
 
 
 @dataclasses.dataclass
@@ -127,8 +140,11 @@ def _writable_cache(path: pathlib.Path) -> pathlib.Path:
 def fit(config: TrainConfig) -> dict:
     """Train, select on validation, evaluate on test; return the summary dict.
 
-    ``config.time_budget``: the loop stops at the first evaluation after ``train_seconds +
-    eval_seconds`` (training steps plus validation, restored on ``--resume``) reaches the budget;
+    ``config.time_budget``: the loop evaluates and stops as soon as ``train_seconds +
+    eval_seconds`` (training steps plus validation, restored on ``--resume``) reaches the budget:
+    at the end of the epoch in which it does, or inside a long epoch (checked every
+    ``_BUDGET_CHECK_STEPS`` steps), so every run overshoots by at most that much plus one
+    evaluation, whatever its ``--eval-every``;
     data loading and the PPR table are timed apart (``data_seconds``,
     ``hard_negatives_seconds``). ``summary["stop_reason"]`` says why the loop ended: ``"epochs"``,
     ``"early stopping"`` or ``"time budget"``. ``config.refit``: see :func:`refit`.
@@ -195,16 +211,21 @@ def fit(config: TrainConfig) -> dict:
     for epoch in bar:
         if meta["stop_reason"] is not None:
             break
-        t0 = time.perf_counter()
+        t0 = _clock()
         losses = []
-        for _ in range(n_steps):
+        spent = meta["train_seconds"] + meta["eval_seconds"]
+        for i in range(n_steps):
             state, step_metrics = step_fn(state, batch, train_key)
             losses.append(step_metrics["loss"])
+            if (config.time_budget is not None and (i + 1) % _BUDGET_CHECK_STEPS == 0 and i + 1 < n_steps
+                    and _budget_spent(state, lambda: spent + _clock() - t0, config.time_budget)):
+                break  # the budget ran out inside a long epoch: evaluate now, not at the epoch's end
         losses = np.asarray(jax.device_get(jnp.stack(losses)))
-        epoch_seconds = time.perf_counter() - t0
+        epoch_seconds = _clock() - t0
         meta["train_seconds"] += epoch_seconds
-        _check_losses(losses, state, n_steps, epoch, config, ckpt_dir / "latest")
-        evaluating = epoch % config.eval_every == 0 or epoch == config.epochs
+        _check_losses(losses, state, len(losses), epoch, config, ckpt_dir / "latest")
+        over_budget = config.time_budget is not None and spent + epoch_seconds >= config.time_budget
+        evaluating = epoch % config.eval_every == 0 or epoch == config.epochs or over_budget
         if evaluating and not _all_finite(state.params):  # never checkpoint NaN parameters
             raise NumericalError(
                 f"the parameters became NaN/inf in epoch {epoch} (steps {int(state.step) - n_steps}-"
@@ -214,12 +235,12 @@ def fit(config: TrainConfig) -> dict:
         mean_loss = float(losses.mean())
         postfix = {"loss": f"{mean_loss:.4f}", "steps/s": f"{n_steps / epoch_seconds:.1f}"}
         if evaluating:
-            t1 = time.perf_counter()
+            t1 = _clock()
             user_emb, item_emb = placement.embed(state, batch.graph)
             split_name, targets, exclude = ("valid", split.valid, split.train) if has_valid else (
                 "test", split.test, [split.train, split.valid])
             metrics = placement.evaluate(user_emb, item_emb, exclude, targets, ks=config.ks, chunk_size=config.eval_chunk)
-            meta["eval_seconds"] += time.perf_counter() - t1
+            meta["eval_seconds"] += _clock() - t1
             loads.append(_load1())
             record = {"epoch": epoch, "split": split_name, "loss": mean_loss, "step": int(state.step),
                       "train_seconds": meta["train_seconds"], "elapsed": meta["train_seconds"] + meta["eval_seconds"],
@@ -307,7 +328,7 @@ def fit(config: TrainConfig) -> dict:
     return summary
 
 
-def refit_train(split) -> "scipy.sparse.csr_matrix":
+def refit_train(split):
     """``train + valid`` of ``split`` as one canonical CSR (the refit's training set and graph)."""
     full = (split.train + split.valid).tocsr()
     full.sum_duplicates()

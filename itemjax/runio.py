@@ -1,7 +1,9 @@
-"""Run-directory files written so that a crash never leaves a half-written file behind."""
+"""Files written so that a crash never leaves a half-written file behind (run directories,
+downloads, caches, plots): everything goes through :func:`atomic_file`."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -10,14 +12,21 @@ import re
 import tempfile
 
 
-def write_json_atomic(path, obj) -> None:
-    """Write ``obj`` as JSON to ``path`` via a temporary file and ``os.replace``."""
+@contextlib.contextmanager
+def atomic_file(path, mode: str = "w", *, suffix: str = ".tmp"):
+    """Open a temporary file beside ``path``; on a clean exit fsync it and ``os.replace`` it onto
+    ``path``; on any exception (raised by the caller's block too, e.g. a failed checksum) delete it.
+
+    Readers see the old file or the whole new one, never a torn one::
+
+        with atomic_file(path, "wb") as f:
+            f.write(data)
+    """
     path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, default=_default)
-            f.write("\n")
+        with os.fdopen(fd, mode) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -25,6 +34,13 @@ def write_json_atomic(path, obj) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_json_atomic(path, obj) -> None:
+    """Write ``obj`` as JSON to ``path`` through :func:`atomic_file`."""
+    with atomic_file(path) as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=_default)
+        f.write("\n")
 
 
 def append_jsonl(path, record: dict) -> None:
@@ -67,14 +83,9 @@ def options_slug(text: str) -> str:
 
 def rewrite_jsonl(path, records: list[dict]) -> None:
     """Replace ``path`` atomically with ``records``, one per line."""
-    path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
+    with atomic_file(path) as f:
         for r in records:
             f.write(json.dumps(r, sort_keys=True, default=_default) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _default(o):

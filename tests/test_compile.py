@@ -17,7 +17,8 @@ import pytest
 import scipy.sparse as sp
 
 from itemjax.config import TrainConfig
-from itemjax.distributed import Placement, make_mesh
+from itemjax.distributed import make_mesh
+from itemjax.placement import Placement
 from itemjax.graph import build_graph
 from itemjax.models import id_embeddings
 from itemjax.ppr import hard_negative_table

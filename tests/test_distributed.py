@@ -57,7 +57,8 @@ def _run_case(case, devices) -> dict:
     import jax
 
     from itemjax.config import TrainConfig
-    from itemjax.distributed import Placement, make_mesh
+    from itemjax.distributed import make_mesh
+    from itemjax.placement import Placement
     from itemjax.graph import build_graph
     from itemjax.ppr import hard_negative_table
     from itemjax.propagation import to_device
@@ -168,7 +169,7 @@ def test_placement_is_what_was_asked(runs, name):
 _FAULTS_SCRIPT = """
 import resource, sys
 import numpy as np
-from itemjax.distributed import tune_host_allocator
+from itemjax.host_memory import tune_host_allocator
 applied = tune_host_allocator() if sys.argv[1] == "tuned" else False
 def faults_of_one_buffer():  # a fresh 64 MiB buffer, written once, freed
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -197,7 +198,7 @@ def test_tuned_allocator_reuses_freed_buffers():
 
 
 def test_allocator_tuning_can_be_switched_off(monkeypatch):
-    from itemjax.distributed import tune_host_allocator
+    from itemjax.host_memory import tune_host_allocator
 
     monkeypatch.setenv("ITEMJAX_MALLOC_TUNING", "0")
     assert tune_host_allocator() is False

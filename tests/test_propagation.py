@@ -12,7 +12,6 @@ from itemjax.errors import ConfigError
 from itemjax.graph import build_graph
 from itemjax.propagation import (
     BACKENDS,
-    DeviceGraph,
     default_backend,
     propagate,
     propagate_weighted,

@@ -1,0 +1,38 @@
+"""Fixtures shared by the test modules: a tiny synthetic interaction file and the environment of
+subprocess runs (CPU, one persistent compilation cache)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+
+def write_tiny_interactions(path: pathlib.Path, *, n_users=60, n_items=80, n_rows=1500, seed=0) -> pathlib.Path:
+    """``user,item`` CSV with distinct pairs; item popularity is skewed (geometric) like real data."""
+    rng = np.random.default_rng(seed)
+    pairs = set()
+    while len(pairs) < n_rows:
+        pairs.add((int(rng.integers(n_users)), int(min(n_items - 1, rng.geometric(0.04) - 1))))
+    path.write_text("user,item\n" + "".join(f"u{u},i{i}\n" for u, i in sorted(pairs)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_csv(tmp_path_factory):
+    return write_tiny_interactions(tmp_path_factory.mktemp("data") / "tiny.csv")
+
+
+@pytest.fixture(scope="module")
+def cache_env(tmp_path_factory):
+    """Environment of the subprocesses: CPU, and a persistent compilation cache shared by them."""
+    env = dict(os.environ)
+    env.update(
+        JAX_PLATFORMS="cpu",
+        JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax-cache")),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
+    return env
