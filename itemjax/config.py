@@ -8,7 +8,7 @@ from typing import Optional
 from itemjax.errors import ConfigError
 
 MODEL_NAMES = ("mf", "lightgcn", "ngcf", "gat", "sage")
-LOSS_NAMES = ("bpr", "bce", "item")
+LOSS_NAMES = ("bpr", "bce", "item", "neuralndcg", "softmax")
 BACKEND_NAMES = ("auto", "segment", "csr")
 NEG_SAMPLERS = ("uniform", "ppr", "mixed")
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -20,13 +20,16 @@ PROTOCOLS = ("transductive", "inductive")  # itemjax.inductive: users held out o
 
 
 #: Per-loss defaults of the options left as None. For BPR/BCE ``batch_size`` counts
-#: (user, positive, negative) triples per step; for ITEM it counts users per step.
+#: (user, positive, negative) triples per step; for the list-wise losses (ITEM, NeuralNDCG,
+#: softmax) it counts users per step.
 #: ``user_sampling``: "degree" draws training interactions uniformly (users in proportion to
-#: their degree), "uniform" draws a user uniformly, then one of its positives (BPR/BCE) or its list (ITEM).
+#: their degree), "uniform" draws a user uniformly, then one of its positives (BPR/BCE) or its list.
 LOSS_DEFAULTS = {
-    "bpr": dict(batch_size=1024, lr=2e-3, l2=1e-3, user_sampling="degree"),
+    "bpr": dict(batch_size=1024, lr=2e-3, l2=1e-3, user_sampling="uniform"),
     "bce": dict(batch_size=2048, lr=1e-3, l2=1e-4, user_sampling="degree"),
     "item": dict(batch_size=256, lr=1e-3, l2=1e-4, user_sampling="uniform"),
+    "neuralndcg": dict(batch_size=256, lr=1e-3, l2=1e-4, user_sampling="uniform"),
+    "softmax": dict(batch_size=256, lr=1e-3, l2=1e-4, user_sampling="uniform"),
 }
 
 
@@ -53,6 +56,7 @@ def option(default, help: str, *, group: str, flag: str | None = None, choices=N
 
 _DATA, _MODEL, _TRAIN, _ITEM, _DEVICES, _EVAL = ("data", "model", "training", "ITEM loss and negatives", "devices",
                                                   "evaluation and output")
+_LISTWISE = "NeuralNDCG and sampled softmax (over the ITEM lists)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,15 +94,15 @@ class TrainConfig:
                          "the selected number of steps and test that model (summary.json: refit/<metric>)",
                          group=_TRAIN)
     batch_size: Optional[int] = option(None, "triples per step for bpr (default 1024) and bce (2048), users per step "
-                                       "for item (default 256)", group=_TRAIN)
-    lr: Optional[float] = option(None, "Adam learning rate (default: 2e-3 bpr, 1e-3 bce and item; 5e-4 bpr on "
+                                       "for item, neuralndcg and softmax (default 256)", group=_TRAIN)
+    lr: Optional[float] = option(None, "Adam learning rate (default: 2e-3 bpr, 1e-3 bce and list-wise; 5e-4 bpr on "
                                  "mf/ngcf/sage)", group=_TRAIN)
-    l2: Optional[float] = option(None, "L2 on ego embeddings (default: 1e-3 bpr, 1e-4 bce and item; 1e-2 bpr and "
+    l2: Optional[float] = option(None, "L2 on ego embeddings (default: 1e-3 bpr, 1e-4 bce and list-wise; 1e-2 bpr and "
                                  "1e-3 item on mf/ngcf/sage)", group=_TRAIN)
     user_sampling: Optional[str] = option(
         None, "users of a step: uniform (bpr/bce: a user, then one of its positives, as LightGCN's sampler), or "
         "degree (in proportion to their training degree: bpr/bce draw interactions uniformly); default: degree for "
-        "bpr/bce, uniform for item", group=_TRAIN, choices=USER_SAMPLINGS)
+        "bce, uniform for the others (bpr: chosen on ml-100k validation)", group=_TRAIN, choices=USER_SAMPLINGS)
     seed: int = option(0, "seed of the split, the initialisation and every sampled batch", group=_TRAIN)
     # ITEM / list-wise losses (batch_size then counts users per step)
     item_metric: str = option("ndcg+recall", "smooth metric the ITEM loss maximises (ndcg+recall: 1 - NDCG~ plus "
@@ -131,6 +135,16 @@ class TrainConfig:
                                     group=_ITEM, flag="--curriculum")
     shared_negatives: bool = option(False, "one negative set per batch for all its users (a single matmul)",
                                     group=_ITEM)
+    # NeuralNDCG and sampled softmax: the same lists (--positives, --negatives, --neg-sampler)
+    neuralndcg_temperature: float = option(1.0, "NeuralSort temperature of --loss neuralndcg (smaller: closer to "
+                                           "the hard sort, less smooth)", group=_LISTWISE)
+    sinkhorn_iters: int = option(50, "Sinkhorn iterations making the NeuralSort matrix doubly stochastic (0: off)",
+                                 group=_LISTWISE)
+    neuralndcg_k: Optional[int] = option(None, "cut-off of NeuralNDCG (default: the whole list)", group=_LISTWISE)
+    softmax_temperature: float = option(1.0, "temperature of --loss softmax; scores are raw dot products whose scale "
+                                        "the model learns, so 1 (0.05-0.2 is for cosine scores)", group=_LISTWISE)
+    logq_correction: bool = option(False, "--loss softmax: subtract log(N Q(n)) from each negative's logit, Q(n) "
+                                   "the --neg-sampler's probability of n per draw (docs/design.md)", group=_LISTWISE)
     # evaluation and selection
     ks: tuple = option((10, 20, 50), "cut-offs K, e.g. 10,20,50", group=_EVAL)
     select_metric: str = option("ndcg@20", "validation metric for selection and early stopping", group=_EVAL)
@@ -204,6 +218,14 @@ class TrainConfig:
              f"--recall-ks must be positive integers (got {self.recall_ks})")
         need(self.calibration >= 0, f"--calibration must be >= 0 (got {self.calibration}); 0 turns it off")
         need(self.rank_slope >= 0, f"--rank-slope must be >= 0 (got {self.rank_slope}); 0 is the plain sigmoid")
+        need(self.neuralndcg_temperature > 0,
+             f"--neuralndcg-temperature must be > 0 (got {self.neuralndcg_temperature})")
+        need(self.sinkhorn_iters >= 0, f"--sinkhorn-iters must be >= 0 (got {self.sinkhorn_iters}); 0 skips Sinkhorn")
+        need(self.neuralndcg_k is None or self.neuralndcg_k >= 1,
+             f"--neuralndcg-k must be >= 1 (got {self.neuralndcg_k}); leave it out for the whole list")
+        need(self.softmax_temperature > 0, f"--softmax-temperature must be > 0 (got {self.softmax_temperature})")
+        need(not (self.logq_correction and self.loss != "softmax"),
+             f"--logq-correction corrects the sampled softmax only; pass --loss softmax (got --loss {self.loss})")
         need(0 < self.test_frac < 1, f"--test-frac must be in (0, 1) (got {self.test_frac})")
         need(0 <= self.valid_frac < 1, f"--valid-frac must be in [0, 1) (got {self.valid_frac})")
         need(0 <= self.hard_ratio <= 1, f"--hard-ratio must be in [0, 1] (got {self.hard_ratio})")

@@ -17,34 +17,29 @@ orbax checkpoints (``latest`` and ``best``), and the run directory::
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import pathlib
 import platform
 import sys
 import time
-from typing import Any, Callable
+from typing import Callable, NamedTuple
 
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax.training import train_state
 
 from itemjax import sampling
 from itemjax.distributed import shard_rows
 from itemjax.config import TrainConfig
-from itemjax.errors import ConfigError, ItemjaxError
+from itemjax.errors import ConfigError
 from itemjax.losses import bpr_loss, l2_penalty
+from itemjax.listwise_losses import neural_ndcg_loss, sampled_softmax_loss
 from itemjax.ranking_losses import bce_loss, item_loss
 from itemjax.models import MODELS, id_embeddings
 from itemjax.propagation import DeviceGraph
-
-
-class NumericalError(ItemjaxError):
-    """The loss became NaN or infinite."""
 
 
 class TrainState(train_state.TrainState):
@@ -160,9 +155,49 @@ def item_objective(params, apply_fn, batch: Batch, key, step, *, n_users: int, n
     smooth rank estimates its rank among all ``|I|`` items instead of within the list of
     ``P + N`` (docs/design.md); the Recall@k cut-off then refers to the catalogue rank.
     """
+    share = hard_share(step) if callable(hard_share) else hard_share
+    lists = user_lists(params, apply_fn, batch, key, share, n_users=n_users, n_pos=n_pos, n_neg=n_neg,
+                       shared_negatives=shared_negatives, users_by_degree=users_by_degree, user_dropout=user_dropout)
+    data, users = batch.data, lists.users
+    negative_weight = 1.0
+    if catalogue_rank:
+        degree = (data.indptr[users + 1] - data.indptr[users]).astype(jnp.float32)  # [B]
+        n_valid = jnp.maximum(lists.neg_where.sum(-1).astype(jnp.float32), 1.0)
+        negative_weight = jnp.maximum(data.n_items - degree, 0.0) / n_valid  # [B]
+    loss = item_loss(lists.scores, lists.labels, where=lists.where, metric=metric, tau=tau, k=k, tau_k=tau_k,
+                     slope=slope, positive_pairs=positive_pairs, margin=margin, calibration=calibration,
+                     negative_weight=negative_weight,
+                     query=jnp.arange(n_pos, dtype=jnp.int32))  # only positives are ranked: [B, P, L]
+    return _with_list_l2(loss, params, lists, l2, n_users)
+
+
+class UserLists(NamedTuple):
+    """One step's user-centric lists, ``[positives | negatives]`` per user (``L = P + N``)."""
+
+    users: jax.Array  # [B] int32
+    scores: jax.Array  # [B, L] float32
+    labels: jax.Array  # [B, L] 1 at the P positive slots, 0 at the N negative ones
+    where: jax.Array  # [B, L] bool: padded positives and (shared) negatives that are training items masked
+    pos: jax.Array  # [B, P] item ids (padding: item 0)
+    pos_where: jax.Array  # [B, P] bool
+    neg_ids: jax.Array  # [B, N] item ids
+    neg_where: jax.Array  # [B, N] bool
+
+
+def user_lists(params, apply_fn, batch: Batch, key, share, *, n_users: int, n_pos: int, n_neg: int,
+               shared_negatives: bool, users_by_degree: bool = False, user_dropout: float = 0.0) -> UserLists:
+    """The lists every list-wise objective (ITEM, NeuralNDCG, softmax) scores, from one forward pass.
+
+    Draws ``n_users`` users (uniformly, or by training degree with ``users_by_degree``); for each,
+    up to ``n_pos`` of its training items (masked padding when fewer) and ``n_neg`` negatives
+    (:func:`itemjax.sampling.negatives` with PPR share ``share``). ``shared_negatives``
+    (PinSAGE): one set of ``n_neg`` items for the whole batch (the negatives of uniformly drawn
+    batch users, ``owners``), scored by a single ``[B, d] x [d, N]`` matmul; entries that are a
+    user's own training items are masked. Keys: ``split(key, 5)`` = forward, users, positives,
+    negatives, owners.
+    """
     k_fwd, k_users, k_pos, k_neg, k_owner = jax.random.split(key, 5)
     data = batch.data
-    share = hard_share(step) if callable(hard_share) else hard_share
     users = sampling.sample_users(k_users, data, n_users, by_degree=users_by_degree)
     users = shard_rows(users)  # lists split across the data axis
     pos, pos_where = sampling.sample_positives(k_pos, data, users, n_pos)
@@ -182,21 +217,95 @@ def item_objective(params, apply_fn, batch: Batch, key, step, *, n_users: int, n
     scores = jnp.concatenate([pos_scores, neg_scores], axis=-1)
     labels = jnp.concatenate([jnp.ones_like(pos_scores), jnp.zeros_like(neg_scores)], axis=-1)
     where = jnp.concatenate([pos_where, neg_where], axis=-1)
-    negative_weight = 1.0
-    if catalogue_rank:
-        degree = (data.indptr[users + 1] - data.indptr[users]).astype(jnp.float32)  # [B]
-        n_valid = jnp.maximum(neg_where.sum(-1).astype(jnp.float32), 1.0)
-        negative_weight = jnp.maximum(data.n_items - degree, 0.0) / n_valid  # [B]
-    loss = item_loss(scores, labels, where=where, metric=metric, tau=tau, k=k, tau_k=tau_k, slope=slope,
-                     positive_pairs=positive_pairs, margin=margin, calibration=calibration,
-                     negative_weight=negative_weight,
-                     query=jnp.arange(n_pos, dtype=jnp.int32))  # only positives are ranked: [B, P, L]
+    return UserLists(users, scores, labels, where, pos, pos_where, neg_ids, neg_where)
+
+
+def _with_list_l2(loss, params, lists: UserLists, l2: float, n_users: int):
+    """``(loss + l2 * LightGCN's L2 on the ego embeddings of the lists, {"rank_loss": loss})``
+    (padded positives excluded, divided by the users per step)."""
     total = loss
     if l2 > 0:
         ego_u, ego_i = id_embeddings(params)
-        reg = l2_penalty(ego_u[users], ego_i[pos] * pos_where[..., None], ego_i[neg_ids], batch_size=n_users)
+        reg = l2_penalty(ego_u[lists.users], ego_i[lists.pos] * lists.pos_where[..., None], ego_i[lists.neg_ids],
+                         batch_size=n_users)
         total = loss + l2 * reg
     return total, {"rank_loss": loss}
+
+
+def negative_log_counts(data: sampling.TrainData, users: jax.Array, neg_ids: jax.Array, share, *,
+                        shared_negatives: bool) -> jax.Array:
+    """``[B, N]`` ``log(N Q(n))``: log of the expected number of times the step's negative sampler
+    draws each negative in ``N`` draws, the logQ correction of the sampled softmax.
+
+    One draw of :func:`itemjax.sampling.negatives` for user ``b`` (``F_b = |I| - deg_b`` items it
+    has not trained on, ``W_b`` valid PPR candidates, hard share ``h``) returns ``n`` with
+    probability::
+
+        q_b(n) = h 1[n in cand_b] / W_b + (1 - h) 1[n not trained by b] / F_b     (W_b > 0)
+        q_b(n) = 1[n not trained by b] / F_b                                       (W_b = 0)
+
+    (a hard slot takes the candidates in a uniformly random order, so each hard slot's marginal
+    is uniform over them; uniform sampler: ``h = 0``, ``q_b = 1 / F_b``). Per-user lists:
+    ``Q = q_b``. Shared negatives: each of the ``N`` slots is drawn for an owner picked uniformly
+    among the ``B`` batch users, so ``Q(n) = mean_b q_b(n)``, the same for every user.
+    """
+    start = data.indptr[users]
+    free = jnp.maximum(data.n_items - (data.indptr[users + 1] - start), 1).astype(jnp.float32)  # [B]
+    ids = neg_ids[:1] if shared_negatives else neg_ids  # [1 | B, N]
+    not_trained = 1.0
+    if shared_negatives:
+        not_trained = (~sampling.is_training_item(data, users[:, None], ids)).astype(jnp.float32)  # [B, N]
+    q = not_trained / free[:, None]  # [B, N]: q_b(n) of the uniform sampler
+    if data.hard_negatives.shape[1] and not (isinstance(share, (int, float)) and share == 0):
+        row = data.hard_negatives[users]  # [B, W]
+        n_candidates = jnp.sum(row >= 0, axis=-1).astype(jnp.float32)  # [B]
+        member = jnp.any((row[:, None, :] == ids[..., None]) & (row[:, None, :] >= 0), axis=-1)  # [B, N]
+        hard = share * member / jnp.maximum(n_candidates, 1.0)[:, None] + (1.0 - share) * q
+        q = jnp.where(n_candidates[:, None] > 0, hard, q)
+    if shared_negatives:
+        q = jnp.broadcast_to(jnp.mean(q, axis=0, keepdims=True), neg_ids.shape)
+    q = jnp.broadcast_to(q, neg_ids.shape)
+    return jnp.log(neg_ids.shape[-1] * jnp.maximum(q, jnp.finfo(jnp.float32).tiny))
+
+
+def neuralndcg_objective(params, apply_fn, batch: Batch, key, step, *, n_users: int, n_pos: int, n_neg: int,
+                         l2: float, hard_share, shared_negatives: bool, temperature: float = 1.0,
+                         sinkhorn_iters: int = 50, k=None, users_by_degree: bool = False,
+                         user_dropout: float = 0.0):
+    """NeuralNDCG (Pobrotyn & Białobrzeski 2021): ``mean_u (1 - NeuralNDCG_u@k)`` over the
+    lists ITEM uses (:func:`user_lists`), plus the same L2 on the ego embeddings.
+
+    The whole list ``[positives | negatives]`` (``L = P + N``, padding masked) is softly sorted:
+    one ``L x L`` NeuralSort matrix per user, ``sinkhorn_iters`` Sinkhorn iterations
+    (:func:`itemjax.listwise_losses.neural_ndcg_loss`). ``k = None`` is the whole list.
+    """
+    share = hard_share(step) if callable(hard_share) else hard_share
+    lists = user_lists(params, apply_fn, batch, key, share, n_users=n_users, n_pos=n_pos, n_neg=n_neg,
+                       shared_negatives=shared_negatives, users_by_degree=users_by_degree, user_dropout=user_dropout)
+    loss = neural_ndcg_loss(lists.scores, lists.labels, where=lists.where, temperature=temperature,
+                            sinkhorn_iters=sinkhorn_iters, k=k)
+    return _with_list_l2(loss, params, lists, l2, n_users)
+
+
+def softmax_objective(params, apply_fn, batch: Batch, key, step, *, n_users: int, n_pos: int, n_neg: int,
+                      l2: float, hard_share, shared_negatives: bool, temperature: float = 1.0,
+                      logq_correction: bool = False, users_by_degree: bool = False, user_dropout: float = 0.0):
+    """Sampled softmax / InfoNCE over the lists ITEM uses (:func:`user_lists`), plus the same L2.
+
+    For each valid positive ``p``: ``softplus(logsumexp_n(s_n/T - c_n) - s_p/T)`` over the user's
+    valid negatives, mean over its positives, then over users
+    (:func:`itemjax.listwise_losses.sampled_softmax_loss`). ``logq_correction``: ``c_n =
+    log(N Q(n))`` (:func:`negative_log_counts`; the positive is not corrected), else ``c_n = 0``.
+    """
+    share = hard_share(step) if callable(hard_share) else hard_share
+    lists = user_lists(params, apply_fn, batch, key, share, n_users=n_users, n_pos=n_pos, n_neg=n_neg,
+                       shared_negatives=shared_negatives, users_by_degree=users_by_degree, user_dropout=user_dropout)
+    log_q = 0.0
+    if logq_correction:
+        counts = negative_log_counts(batch.data, lists.users, lists.neg_ids, share, shared_negatives=shared_negatives)
+        log_q = jnp.concatenate([jnp.zeros(lists.pos.shape, counts.dtype), counts], axis=-1)
+    loss = sampled_softmax_loss(lists.scores, lists.labels, where=lists.where, temperature=temperature, log_q=log_q)
+    return _with_list_l2(loss, params, lists, l2, n_users)
 
 
 def make_objective(config: TrainConfig, steps_per_epoch: int = 1) -> Callable:
@@ -225,6 +334,14 @@ def make_objective(config: TrainConfig, steps_per_epoch: int = 1) -> Callable:
             margin=config.rank_margin, positive_pairs=config.positive_pairs, calibration=config.calibration,
             users_by_degree=config.user_sampling == "degree",
             catalogue_rank=config.rank_estimate == "catalogue", shared_negatives=config.shared_negatives, **common)
+    lists = dict(n_users=config.batch_size, n_pos=config.positives, n_neg=config.negatives,
+                 users_by_degree=config.user_sampling == "degree", shared_negatives=config.shared_negatives)
+    if config.loss == "neuralndcg":
+        return functools.partial(neuralndcg_objective, temperature=config.neuralndcg_temperature,
+                                 sinkhorn_iters=config.sinkhorn_iters, k=config.neuralndcg_k, **lists, **common)
+    if config.loss == "softmax":
+        return functools.partial(softmax_objective, temperature=config.softmax_temperature,
+                                 logq_correction=config.logq_correction, **lists, **common)
     raise ConfigError(f"unknown --loss {config.loss!r}")
 
 
@@ -233,7 +350,8 @@ def _curriculum(step, *, target, ramp):
 
 
 def steps_per_epoch(config: TrainConfig, data: sampling.TrainData) -> int:
-    """Pairwise losses: ``ceil(n_train / B)`` steps; list-wise: ``ceil(n_active_users / B)``."""
+    """Pairwise losses (bpr, bce): ``ceil(n_train / B)`` steps; list-wise (item, neuralndcg,
+    softmax: ``B`` users per step): ``ceil(n_active_users / B)``."""
     if config.loss in ("bpr", "bce"):
         return max(1, math.ceil(data.n_train / config.batch_size))
     return max(1, math.ceil(data.active_users.shape[0] / config.batch_size))

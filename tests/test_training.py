@@ -1,7 +1,6 @@
 """The jitted train_step with every objective: ITEM's list against a numpy reference, and
 every loss/sampler combination lowering its loss on a small random problem."""
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +37,11 @@ CASES = {
     "item-shared": dict(loss="item", shared_negatives=True),
     "item-mixed-curriculum": dict(loss="item", neg_sampler="mixed", curriculum_epochs=2),
     "bpr-ppr": dict(loss="bpr", neg_sampler="ppr"),
+    "neuralndcg": dict(loss="neuralndcg"),
+    "neuralndcg-k-shared": dict(loss="neuralndcg", neuralndcg_k=5, sinkhorn_iters=10, shared_negatives=True),
+    "softmax": dict(loss="softmax"),
+    "softmax-logq-mixed": dict(loss="softmax", logq_correction=True, neg_sampler="mixed"),
+    "softmax-logq-shared": dict(loss="softmax", logq_correction=True, shared_negatives=True),
 }
 
 
@@ -132,3 +136,123 @@ def test_user_dropout_zeroes_whole_id_rows(rate):
     np.testing.assert_array_equal(users[~dropped], table[~dropped])
     np.testing.assert_array_equal(items, np.asarray(params["ids"]["item_embedding"]))
     assert abs(dropped.mean() - rate) < 0.08  # 400 Bernoulli draws: std 0.025
+
+
+# ----------------------------------------------------------------------------------------------
+# NeuralNDCG and sampled softmax over the ITEM lists
+# ----------------------------------------------------------------------------------------------
+
+
+def ref_sampler_probabilities(dense, hard, users, share):
+    """q_b(n) of one draw of sampling.negatives for each user b, float64 loops: hard share over
+    the valid PPR candidates, the rest uniform over the user's non-training items."""
+    n_items = dense.shape[1]
+    q = np.zeros((len(users), n_items))
+    for b, u in enumerate(users):
+        free = [i for i in range(n_items) if not dense[u, i]]
+        candidates = [i for i in hard[u] if i >= 0] if hard is not None else []
+        for i in free:
+            q[b, i] = (1.0 - share) / len(free) if candidates else 1.0 / len(free)
+        for i in candidates:
+            q[b, i] += share / len(candidates)
+    return q
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_negative_log_counts_match_the_sampler(share):
+    """log(N Q(n)) against a loop reference, and Q against the frequencies of 40,000 draws."""
+    from itemjax.training import negative_log_counts
+
+    train, hard = small_problem()
+    hard[3] = -1  # a user without PPR candidates: its hard slots are uniform
+    hard[5, 2:] = -1  # and one with only two
+    data = sampling.make_train_data(train, hard)
+    dense = train.toarray() > 0
+    users = np.array([0, 3, 5, 5, 11])
+    all_items = jnp.broadcast_to(jnp.arange(train.shape[1], dtype=jnp.int32), (len(users), train.shape[1]))
+    want = ref_sampler_probabilities(dense, hard, users, share)
+    np.testing.assert_allclose(want.sum(1), 1.0, rtol=1e-12)
+    for shared in (False, True):
+        log_counts = negative_log_counts(data, jnp.asarray(users), all_items, share, shared_negatives=shared)
+        q = np.exp(np.asarray(log_counts, np.float64)) / train.shape[1]  # N = every item here
+        expected = np.broadcast_to(want.mean(0), q.shape) if shared else want
+        support = expected > 0
+        np.testing.assert_allclose(q[support], expected[support], rtol=1e-5)
+    n_draws = 40_000
+    key = jax.random.PRNGKey(3)
+    for b, u in enumerate(users[:3]):
+        draws = np.asarray(sampling.negatives(jax.random.fold_in(key, b), data, jnp.full((1,), u), n_draws, share))
+        freq = np.bincount(draws.ravel(), minlength=train.shape[1]) / n_draws
+        np.testing.assert_allclose(freq, want[b], atol=5 * np.sqrt(want[b].max() / n_draws))
+    owners = users[np.asarray(jax.random.randint(key, (n_draws,), 0, len(users)))]  # shared: one draw per owner
+    draws = np.asarray(sampling.negatives(jax.random.fold_in(key, 99), data, jnp.asarray(owners), 1, share))
+    freq = np.bincount(draws.ravel(), minlength=train.shape[1]) / n_draws
+    np.testing.assert_allclose(freq, want.mean(0), atol=5 * np.sqrt(want.mean(0).max() / n_draws))
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_listwise_objectives_score_the_item_lists(shared):
+    """The NeuralNDCG and softmax objectives apply their loss to the lists ITEM draws with the same
+    key (user_lists), plus the same L2; softmax's logQ term against a float64 reference."""
+    from itemjax.listwise_losses import neural_ndcg_loss
+    from itemjax.training import item_objective, neuralndcg_objective, softmax_objective, user_lists
+
+    train, hard = small_problem()
+    data = sampling.make_train_data(train, hard)
+    graph = to_device(build_graph(train), "segment")
+    model = make_model(TrainConfig(model="mf", dim=8).resolve(), *train.shape)
+    params = model.init(jax.random.PRNGKey(0), graph)["params"]
+    batch = Batch(graph=graph, data=data)
+    key, share, temperature = jax.random.PRNGKey(4), 0.5, 0.7
+    sizes = dict(n_users=6, n_pos=4, n_neg=10, shared_negatives=shared, hard_share=share)
+    lists = user_lists(params, model.apply, batch, key, share, n_users=6, n_pos=4, n_neg=10, shared_negatives=shared)
+    scores, labels, where = (np.asarray(x, np.float64) for x in (lists.scores, lists.labels, lists.where))
+    where = where.astype(bool)
+    users, negs = np.asarray(lists.users), np.asarray(lists.neg_ids)
+
+    loss, aux = neuralndcg_objective(params, model.apply, batch, key, 0, l2=0.0, temperature=temperature,
+                                     sinkhorn_iters=20, k=5, **sizes)
+    np.testing.assert_allclose(loss, neural_ndcg_loss(lists.scores, lists.labels, where=lists.where,
+                                                      temperature=temperature, sinkhorn_iters=20, k=5), rtol=1e-6)
+    with_l2, _ = neuralndcg_objective(params, model.apply, batch, key, 0, l2=0.5, temperature=temperature,
+                                      sinkhorn_iters=20, k=5, **sizes)
+    item_plain, _ = item_objective(params, model.apply, batch, key, 0, l2=0.0, metric="ndcg", tau=0.3, k=20, **sizes)
+    item_l2, _ = item_objective(params, model.apply, batch, key, 0, l2=0.5, metric="ndcg", tau=0.3, k=20, **sizes)
+    np.testing.assert_allclose(with_l2 - loss, item_l2 - item_plain, rtol=1e-5)  # the same L2 term
+    assert float(with_l2 - loss) > 1e-4
+
+    dense = train.toarray() > 0
+    q = ref_sampler_probabilities(dense, hard, users, share)
+    if shared:
+        q = np.broadcast_to(q.mean(0), q.shape)
+    for logq in (False, True):
+        got, _ = softmax_objective(params, model.apply, batch, key, 0, l2=0.0, temperature=temperature,
+                                   logq_correction=logq, **sizes)
+        per_user = []
+        for b in range(6):
+            correction = np.log(10 * q[b, negs[b]]) if logq else np.zeros(10)
+            neg_logits = [scores[b, 4 + n] / temperature - correction[n] for n in range(10) if where[b, 4 + n]]
+            pos_losses = [np.logaddexp.reduce([scores[b, p] / temperature] + neg_logits) - scores[b, p] / temperature
+                          for p in range(4) if where[b, p]]
+            per_user.append(np.mean(pos_losses))
+        np.testing.assert_allclose(float(got), np.mean(per_user), rtol=1e-5)
+
+
+def test_listwise_losses_count_users_per_step_and_check_their_options():
+    from itemjax.errors import ConfigError
+    from itemjax.training import steps_per_epoch
+
+    train, _ = small_problem()
+    data = sampling.make_train_data(train)
+    for loss in ("neuralndcg", "softmax"):
+        config = TrainConfig(loss=loss, batch_size=16).resolve()
+        assert (config.lr, config.l2, config.user_sampling) == (1e-3, 1e-4, "uniform")
+        assert steps_per_epoch(config, data) == 3  # ceil(40 active users / 16), not ceil(n_train / 16)
+        assert TrainConfig(loss=loss).resolve().batch_size == 256
+    for bad, match in ((dict(loss="neuralndcg", neuralndcg_temperature=0.0), "neuralndcg-temperature"),
+                       (dict(loss="neuralndcg", sinkhorn_iters=-1), "sinkhorn-iters"),
+                       (dict(loss="neuralndcg", neuralndcg_k=0), "neuralndcg-k"),
+                       (dict(loss="softmax", softmax_temperature=-1.0), "softmax-temperature"),
+                       (dict(loss="bpr", logq_correction=True), "logq-correction")):
+        with pytest.raises(ConfigError, match=match):
+            TrainConfig(**bad).resolve()
