@@ -6,6 +6,7 @@
     itemjax arch-table                             # every model x loss x protocol
     itemjax recommend RUN --user 196               # top-K from a saved run
     itemjax report RUN [RUN ...]                   # markdown summary of runs
+    itemjax paper-scale --dataset yelp2018 --out runs/paper-yelp2018   # tune, then equal budgets
 
 Each command's logic is the module of the same name in this package (``main(argv)`` and
 ``parser()``); ``experiments/<command>.py`` are thin scripts that call the same ``main``.
@@ -18,7 +19,7 @@ import sys
 
 #: command name -> module of itemjax.commands
 COMMANDS = {"train": "train", "compare": "compare", "sweep": "sweep", "arch-table": "arch_table",
-            "recommend": "recommend", "report": "report"}
+            "recommend": "recommend", "report": "report", "paper-scale": "paper_scale"}
 
 
 def main(argv=None) -> int:
