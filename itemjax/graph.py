@@ -70,6 +70,10 @@ class Graph:
       indptr: int32 ``[n_nodes + 1]``, indices: int32 ``[n_edges]``,
         data: float32 ``[n_edges]``: ``A_hat`` in CSR (row ``r`` holds the edges
         received by node ``r``; column indices sorted within rows).
+      edge_pairs: int32 ``[n_edges]``: the interaction each CSR entry (= real edge) belongs
+        to, in ``[0, n_edges / 2)``: the CSR position of its user-row entry (user rows come
+        first), so both directions of an interaction share one id (edge dropout keeps or
+        drops them together, :func:`itemjax.propagation.edge_dropout`).
 
     Propagation ``A_hat @ x`` reads either ``out[r] = sum_e [receivers_e == r]
     weights_e x[senders_e]`` or the CSR arrays; both give the same result.
@@ -85,6 +89,7 @@ class Graph:
     indptr: np.ndarray
     indices: np.ndarray
     data: np.ndarray
+    edge_pairs: np.ndarray
 
     @property
     def n_padded_edges(self) -> int:
@@ -174,6 +179,10 @@ def build_graph(train, *, pad_to: int | None = None) -> Graph:
     normalised = inv_sqrt_degree[rows] * inv_sqrt_degree[cols]
 
     n_edges = int(adjacency.nnz)
+    # Interaction id of each entry: the position of (user, item) among the user-row entries,
+    # which come first in CSR order and are sorted by (row, column), so by the key below.
+    pair_key = np.minimum(rows, cols) * n_nodes + np.maximum(rows, cols)
+    edge_pairs = np.searchsorted(pair_key[: n_edges // 2], pair_key)
     if n_edges >= np.iinfo(np.int32).max:
         raise DataError(f"graph has {n_edges} directed edges, more than int32 indices hold; use a smaller data set.")
     padded = bucket_size(n_edges) if pad_to is None else int(pad_to)
@@ -199,4 +208,5 @@ def build_graph(train, *, pad_to: int | None = None) -> Graph:
         indptr=_readonly(adjacency.indptr.astype(np.int32)),
         indices=_readonly(adjacency.indices.astype(np.int32)),
         data=_readonly(normalised.astype(np.float32)),
+        edge_pairs=_readonly(edge_pairs.astype(np.int32)),
     )

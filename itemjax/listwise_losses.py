@@ -44,7 +44,7 @@ valid negatives has ``l_up = 0``). The other positives of ``u`` are not in the d
 the positive gets no correction. ``log_q`` (default 0) is the logQ correction; with
 ``log_q_n = log(N_u Q(n))``, ``Q(n)`` the probability that one draw of the sampler returns
 ``n``, ``sum_n e^{s_n/T} / (N_u Q(n))`` is an unbiased estimate of the full-catalogue sum
-``sum_{i not trained} e^{s_i/T}`` (:func:`itemjax.training.negative_log_counts`).
+``sum_{i not trained} e^{s_i/T}`` (:func:`itemjax.objectives.negative_log_counts`).
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ import jax
 import jax.numpy as jnp
 
 from itemjax.errors import ConfigError
+from itemjax.reductions import masked_mean
 from itemjax.ranking_losses import _REDUCTIONS, _as_float, _check_positive, _reduce_over_users, _valid_mask
 
 Array = jax.Array
@@ -295,11 +296,8 @@ def _softmax_per_user(scores, labels, where, temperature, log_q):
     mass = jnp.sum(jnp.where(is_negative, jnp.exp(jnp.where(is_negative, negative_logits - top, 0.0)), 0.0),
                    axis=-1, keepdims=True)
     log_partition = top + jnp.log(jnp.where(has_negative, mass, 1.0))  # logsumexp over N_u  [..., 1]
-    per_positive = jnp.where(is_positive & has_negative, jax.nn.softplus(log_partition - logits), 0.0)
-    n_positive = jnp.sum(is_positive, axis=-1)
-    has_positive = n_positive > 0
-    total = jnp.sum(per_positive, axis=-1)
-    return jnp.where(has_positive, total / jnp.maximum(n_positive, 1).astype(scores.dtype), 0.0), has_positive
+    per_positive = jnp.where(has_negative, jax.nn.softplus(log_partition - logits), 0.0)
+    return masked_mean(per_positive, is_positive, axis=-1), jnp.any(is_positive, axis=-1)
 
 
 def sampled_softmax_loss(scores, labels, *, where=None, temperature=1.0, log_q=0.0, reduce="mean") -> Array:

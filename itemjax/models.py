@@ -10,6 +10,14 @@ Parameters always include the ID ("ego") embedding tables ``user_embedding``
 Sizes come from static fields, never from traced values. ``dim_out`` is ``dim`` for MF
 and LightGCN and ``dim * (n_layers + 1)`` for NGCF, GAT and SAGE (layer concatenation).
 
+Layers: every model also returns its per-layer embeddings with ``layers=True``::
+
+    user_layers, item_layers = model.apply({"params": params}, graph, layers=True)
+    # [n_users, K + 1, dim], [n_items, K + 1, dim]; pool_layers(x, model.LAYER_POOL) is the
+    # final embedding (LightGCN: mean of the layers; NGCF, GAT, SAGE: their concatenation)
+
+which is what MixGCF's hop mixing reads (:func:`itemjax.objectives.mixgcf_objective`).
+
 Compute dtype (flax convention): a model's ``dtype`` field (default float32) is the dtype of
 propagation and of the returned embeddings (so of the objectives' score products);
 parameters stay float32 (``param_dtype``) and the objectives compute the loss in float32.
@@ -20,31 +28,78 @@ New models cast with :func:`compute_cast`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from itemjax.propagation import DeviceGraph, propagate, propagate_weighted
+from itemjax.propagation import DeviceGraph, inverse_sqrt_degree, propagate, propagate_weighted
 
 #: Standard deviation of the normal initialiser of the ID embeddings (LightGCN uses 0.1).
 EMBEDDING_INIT_STD = 0.1
 
 
 class IdEmbeddings(nn.Module):
-    """The two ID embedding tables, ``user_embedding`` and ``item_embedding``."""
+    """The two ID embedding tables, ``user_embedding`` and ``item_embedding``, and the nodes' ego
+    embeddings: with side features (``n_user_features`` / ``n_item_features`` > 0, read from the
+    graph's padded feature arrays, :mod:`itemjax.features`) a node's ego embedding is
+
+        x_v = e_v + sum_f w_vf t_f        (w_v: the node's feature weights, summing to 1 or 0)
+
+    with ``t`` the ``user_feature_embedding`` / ``item_feature_embedding`` table ``[n_features, dim]``
+    (same initialiser). Without features it is the ID row, and nothing else changes."""
 
     n_users: int
     n_items: int
     dim: int
+    n_user_features: int = 0
+    n_item_features: int = 0
 
     @nn.compact
-    def __call__(self):
+    def __call__(self, graph: DeviceGraph | None = None):
         init = nn.initializers.normal(stddev=EMBEDDING_INIT_STD)
         users = self.param("user_embedding", init, (self.n_users, self.dim))
         items = self.param("item_embedding", init, (self.n_items, self.dim))
+        if self.n_user_features:
+            table = self.param("user_feature_embedding", init, (self.n_user_features, self.dim))
+            users = users + _feature_mean(table, graph.user_feature_ids, graph.user_feature_weights)
+        if self.n_item_features:
+            table = self.param("item_feature_embedding", init, (self.n_item_features, self.dim))
+            items = items + _feature_mean(table, graph.item_feature_ids, graph.item_feature_weights)
         return users, items
+
+
+def ego_tables(model: nn.Module, graph) -> tuple[jax.Array, jax.Array]:
+    """``(users [n_users, dim], items [n_items, dim])``: the ego embeddings of ``model`` (its
+    :class:`IdEmbeddings` submodule ``ids``), from inside the model's compact ``__call__``."""
+    return IdEmbeddings(model.n_users, model.n_items, model.dim, model.n_user_features, model.n_item_features,
+                        name="ids")(graph)
+
+
+def _feature_mean(table: jax.Array, ids: jax.Array, weights: jax.Array) -> jax.Array:
+    """``[n, dim]``: ``sum_j weights[:, j] * table[ids[:, j]]`` (padding has weight 0)."""
+    return jnp.einsum("nf,nfd->nd", weights.astype(table.dtype), table[ids])
+
+
+#: How the layers of a model combine into its final embedding (:func:`pool_layers`).
+LAYER_POOLS = ("mean", "concat")
+
+
+def pool_layers(layers: jax.Array, pool: str) -> jax.Array:
+    """``[n, K + 1, d]`` per-layer embeddings -> ``[n, d]`` (``"mean"``) or ``[n, (K + 1) d]`` (``"concat"``)."""
+    if pool == "mean":
+        return jnp.mean(layers, axis=-2)
+    if pool == "concat":
+        return layers.reshape(layers.shape[:-2] + (-1,))
+    raise ValueError(f"unknown layer pool {pool!r}; use one of {LAYER_POOLS}")
+
+
+def _outputs(n_users: int, layers: list, pool: str, return_layers: bool):
+    """``(users, items)`` of the stacked ``layers`` (each ``[n_nodes, d]``), pooled unless ``return_layers``."""
+    stack = jnp.stack(layers, axis=1)  # [n_nodes, K + 1, d]
+    out = stack if return_layers else pool_layers(stack, pool)
+    return out[:n_users], out[n_users:]
 
 
 def compute_cast(dtype, *arrays):
@@ -59,12 +114,15 @@ class MF(nn.Module):
     n_users: int
     n_items: int
     dim: int = 64
+    n_user_features: int = 0  # side features (itemjax.features): 0 = none
+    n_item_features: int = 0
     dtype: Any = jnp.float32  # compute dtype of the returned embeddings
+    LAYER_POOL: ClassVar[str] = "mean"  # one layer, the ego one
 
     @nn.compact
-    def __call__(self, graph: DeviceGraph | None = None, *, train: bool = False):
-        users, items = IdEmbeddings(self.n_users, self.n_items, self.dim, name="ids")()
-        return compute_cast(self.dtype, users, items)
+    def __call__(self, graph: DeviceGraph | None = None, *, train: bool = False, layers: bool = False):
+        users, items = compute_cast(self.dtype, *ego_tables(self, graph))
+        return (users[:, None], items[:, None]) if layers else (users, items)
 
 
 class LightGCN(nn.Module):
@@ -79,13 +137,21 @@ class LightGCN(nn.Module):
     n_users: int
     n_items: int
     dim: int = 64
+    n_user_features: int = 0  # side features (itemjax.features): 0 = none
+    n_item_features: int = 0
     n_layers: int = 3
     dtype: Any = jnp.float32  # compute dtype of propagation and of the returned embeddings
+    LAYER_POOL: ClassVar[str] = "mean"
 
     @nn.compact
-    def __call__(self, graph: DeviceGraph, *, train: bool = False):
-        users, items = IdEmbeddings(self.n_users, self.n_items, self.dim, name="ids")()
+    def __call__(self, graph: DeviceGraph, *, train: bool = False, layers: bool = False):
+        users, items = ego_tables(self, graph)
         x = compute_cast(self.dtype, jnp.concatenate([users, items], axis=0))
+        if layers:
+            outputs = [x]
+            for _ in range(self.n_layers):
+                outputs.append(propagate(graph, outputs[-1]))
+            return _outputs(self.n_users, outputs, self.LAYER_POOL, True)
         total = x
         for _ in range(self.n_layers):
             x = propagate(graph, x)
@@ -116,7 +182,7 @@ def neighbour_mean(graph: DeviceGraph, x: jax.Array) -> jax.Array:
     :func:`~itemjax.propagation.propagate` call and uses the graph's backend.
     """
     degree = node_degrees(graph)[:, None]
-    inv_sqrt = jnp.where(degree > 0, jax.lax.rsqrt(jnp.maximum(degree, 1.0)), 0.0)
+    inv_sqrt = inverse_sqrt_degree(degree)
     return inv_sqrt * propagate(graph, x * jnp.sqrt(degree))
 
 
@@ -166,13 +232,16 @@ class NGCF(nn.Module):
     n_users: int
     n_items: int
     dim: int = 64
+    n_user_features: int = 0  # side features (itemjax.features): 0 = none
+    n_item_features: int = 0
     n_layers: int = 3
     dropout: float = 0.1
     negative_slope: float = 0.2
+    LAYER_POOL: ClassVar[str] = "concat"
 
     @nn.compact
-    def __call__(self, graph: DeviceGraph, *, train: bool = False):
-        users, items = IdEmbeddings(self.n_users, self.n_items, self.dim, name="ids")()
+    def __call__(self, graph: DeviceGraph, *, train: bool = False, layers: bool = False):
+        users, items = ego_tables(self, graph)
         x = jnp.concatenate([users, items], axis=0)
         outputs = [x]
         init = nn.initializers.glorot_uniform()
@@ -183,8 +252,7 @@ class NGCF(nn.Module):
             x = nn.leaky_relu(summed + bi, negative_slope=self.negative_slope)
             x = nn.Dropout(rate=self.dropout, deterministic=not train)(x)
             outputs.append(l2_normalize(x))
-        out = jnp.concatenate(outputs, axis=-1)
-        return out[: self.n_users], out[self.n_users :]
+        return _outputs(self.n_users, outputs, self.LAYER_POOL, layers)
 
 
 class GAT(nn.Module):
@@ -215,13 +283,16 @@ class GAT(nn.Module):
     n_users: int
     n_items: int
     dim: int = 64
+    n_user_features: int = 0  # side features (itemjax.features): 0 = none
+    n_item_features: int = 0
     n_layers: int = 3
     heads: int = 1
     negative_slope: float = 0.2
+    LAYER_POOL: ClassVar[str] = "concat"
 
     @nn.compact
-    def __call__(self, graph: DeviceGraph, *, train: bool = False):
-        users, items = IdEmbeddings(self.n_users, self.n_items, self.dim, name="ids")()
+    def __call__(self, graph: DeviceGraph, *, train: bool = False, layers: bool = False):
+        users, items = ego_tables(self, graph)
         h = jnp.concatenate([users, items], axis=0)
         outputs = [h]
         kernel_init = nn.initializers.glorot_uniform()
@@ -243,8 +314,7 @@ class GAT(nn.Module):
             h = sum(propagate_weighted(graph, z[:, head], alpha[:, head]) for head in range(self.heads))
             h = h / self.heads
             outputs.append(l2_normalize(h))
-        out = jnp.concatenate(outputs, axis=-1)
-        return out[: self.n_users], out[self.n_users :]
+        return _outputs(self.n_users, outputs, self.LAYER_POOL, layers)
 
 
 class SAGE(nn.Module):
@@ -271,11 +341,14 @@ class SAGE(nn.Module):
     n_users: int
     n_items: int
     dim: int = 64
+    n_user_features: int = 0  # side features (itemjax.features): 0 = none
+    n_item_features: int = 0
     n_layers: int = 3
+    LAYER_POOL: ClassVar[str] = "concat"
 
     @nn.compact
-    def __call__(self, graph: DeviceGraph, *, train: bool = False):
-        users, items = IdEmbeddings(self.n_users, self.n_items, self.dim, name="ids")()
+    def __call__(self, graph: DeviceGraph, *, train: bool = False, layers: bool = False):
+        users, items = ego_tables(self, graph)
         h = jnp.concatenate([users, items], axis=0)
         outputs = [h]
         init = nn.initializers.glorot_uniform()
@@ -288,8 +361,7 @@ class SAGE(nn.Module):
                 parts.append(own + neigh)
             h = l2_normalize(nn.relu(jnp.concatenate(parts, axis=0)))
             outputs.append(h)
-        out = jnp.concatenate(outputs, axis=-1)
-        return out[: self.n_users], out[self.n_users :]
+        return _outputs(self.n_users, outputs, self.LAYER_POOL, layers)
 
 
 MODELS = {"mf": MF, "lightgcn": LightGCN, "ngcf": NGCF, "gat": GAT, "sage": SAGE}

@@ -51,7 +51,11 @@ class DeviceGraph:
     Array fields (traced): ``senders``, ``receivers`` int32 ``[E_pad]``, ``weights``
     float32 ``[E_pad]`` (padding edges ``n_nodes -> n_nodes`` with weight 0);
     ``indptr`` int32 ``[n_nodes + 1]``, ``indices`` int32 ``[n_edges]``, ``data``
-    float32 ``[n_edges]`` (``A_hat`` in CSR). Static fields (part of the jit cache key):
+    float32 ``[n_edges]`` (``A_hat`` in CSR), ``edge_pairs`` int32 ``[n_edges]`` (the
+    interaction of each entry, :attr:`itemjax.graph.Graph.edge_pairs`); the nodes' side features
+    ``user_feature_ids`` / ``user_feature_weights`` ``[n_users, F_u]`` and ``item_feature_ids`` /
+    ``item_feature_weights`` ``[n_items, F_i]`` (:class:`itemjax.features.NodeFeatures`; ``F = 0``
+    without features). Static fields (part of the jit cache key):
     ``n_users``, ``n_items`` and ``backend`` (one of :data:`BACKENDS`).
     """
 
@@ -61,6 +65,11 @@ class DeviceGraph:
     indptr: jax.Array
     indices: jax.Array
     data: jax.Array
+    edge_pairs: jax.Array
+    user_feature_ids: jax.Array
+    user_feature_weights: jax.Array
+    item_feature_ids: jax.Array
+    item_feature_weights: jax.Array
     n_users: int = flax.struct.field(pytree_node=False)
     n_items: int = flax.struct.field(pytree_node=False)
     backend: str = flax.struct.field(pytree_node=False)
@@ -83,14 +92,24 @@ def _check_backend(backend: str) -> str:
     return backend
 
 
-def to_device(graph: Graph, backend: str = "auto") -> DeviceGraph:
+def to_device(graph: Graph, backend: str = "auto", user_features=None, item_features=None) -> DeviceGraph:
     """Copies ``graph`` to the default device; ``backend="auto"`` picks :func:`default_backend`.
 
     Both the edge arrays and the CSR arrays are copied whatever the backend, so
-    :func:`propagate_weighted` works with either. Raises ConfigError for an unknown
-    backend name.
+    :func:`propagate_weighted` works with either. ``user_features`` / ``item_features``: optional
+    :class:`itemjax.features.NodeFeatures` of the graph's users / items (padded to the graph's
+    node counts when shorter). Raises ConfigError for an unknown backend name.
     """
     backend = _check_backend(backend)
+
+    def features(f, n):
+        if f is None:
+            return jnp.zeros((n, 0), jnp.int32), jnp.zeros((n, 0), jnp.float32)
+        f = f.pad_rows(n) if f.ids.shape[0] < n else f
+        return jnp.asarray(f.ids, jnp.int32), jnp.asarray(f.weights, jnp.float32)
+
+    user_ids, user_weights = features(user_features, int(graph.n_users))
+    item_ids, item_weights = features(item_features, int(graph.n_items))
     return DeviceGraph(
         senders=jnp.asarray(graph.senders),
         receivers=jnp.asarray(graph.receivers),
@@ -98,6 +117,11 @@ def to_device(graph: Graph, backend: str = "auto") -> DeviceGraph:
         indptr=jnp.asarray(graph.indptr),
         indices=jnp.asarray(graph.indices),
         data=jnp.asarray(graph.data),
+        edge_pairs=jnp.asarray(graph.edge_pairs),
+        user_feature_ids=user_ids,
+        user_feature_weights=user_weights,
+        item_feature_ids=item_ids,
+        item_feature_weights=item_weights,
         n_users=int(graph.n_users),
         n_items=int(graph.n_items),
         backend=backend,
@@ -169,3 +193,34 @@ def propagate(graph: DeviceGraph, x: jax.Array) -> jax.Array:
     if graph.backend == "csr":
         return _symmetric_csr_matmul(graph.n_nodes, graph.indptr, graph.indices, graph.data, x)
     raise ConfigError(f"unknown propagation backend {graph.backend!r}; use one of {BACKENDS}.")
+
+
+def inverse_sqrt_degree(degree: jax.Array) -> jax.Array:
+    """``deg^-1/2`` where ``deg > 0``, else 0 (an isolated node): the factors of ``D^-1/2 A D^-1/2``."""
+    return jnp.where(degree > 0, jax.lax.rsqrt(jnp.maximum(degree, 1.0)), 0.0)
+
+
+def edge_dropout(graph: DeviceGraph, key: jax.Array, drop: float) -> DeviceGraph:
+    """A view of ``graph`` with each training interaction dropped with probability ``drop``.
+
+    Both directed edges of an interaction are kept or dropped together (``graph.edge_pairs``),
+    and the kept graph is normalised again, ``A_hat' = D'^-1/2 A' D'^-1/2`` with ``D'`` the
+    degrees of the kept edges (SGL-ED, Wu et al. SIGIR 2021). Static shapes: dropped edges keep
+    their slots with value 0 in both the CSR ``data`` and the padded ``weights``, so
+    :func:`propagate` (either backend) takes the view without recompiling. A node whose edges
+    are all dropped gets an empty row (propagation gives it 0).
+
+    Args:
+      graph: the device graph.
+      key: PRNG key of the view (one Bernoulli draw per interaction).
+      drop: probability of dropping an interaction, in ``[0, 1)``.
+    Returns:
+      a :class:`DeviceGraph` with the same structure and new ``data`` / ``weights``.
+    """
+    n_edges = graph.indices.shape[0]
+    keep = jax.random.bernoulli(key, 1.0 - drop, (n_edges // 2,))[graph.edge_pairs].astype(jnp.float32)
+    rows, cols = graph.receivers[:n_edges], graph.senders[:n_edges]  # CSR order
+    inv_sqrt = inverse_sqrt_degree(jax.ops.segment_sum(keep, rows, num_segments=graph.n_nodes))
+    data = keep * inv_sqrt[rows] * inv_sqrt[cols]
+    weights = jnp.concatenate([data, jnp.zeros(graph.weights.shape[0] - n_edges, data.dtype)])
+    return graph.replace(data=data, weights=weights)

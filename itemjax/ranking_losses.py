@@ -74,6 +74,7 @@ import jax
 import jax.numpy as jnp
 
 from itemjax.errors import ConfigError
+from itemjax.reductions import masked_mean
 
 Array = jax.Array
 
@@ -327,11 +328,9 @@ def _check_options(tau, reduce="mean", k=1, tau_k=1.0, slope=0.0, margin=0.0) ->
 def _reduce_over_users(per_user: Array, has_positive: Array, reduce) -> Array:
     if reduce is None:
         return per_user
-    total = jnp.sum(jnp.where(has_positive, per_user, 0.0))
     if reduce == "sum":
-        return total
-    n_users = jnp.sum(has_positive)
-    return total / jnp.maximum(n_users, 1).astype(per_user.dtype)
+        return jnp.sum(jnp.where(has_positive, per_user, 0.0))
+    return masked_mean(per_user, has_positive)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -489,14 +488,6 @@ def bce_loss(pos_scores, neg_scores, *, pos_where=None, neg_where=None) -> Array
     Returns:
       scalar.
     """
-
-    def masked_mean(losses, where):
-        if where is None:
-            return jnp.mean(losses)
-        where = jnp.broadcast_to(jnp.asarray(where, bool), losses.shape)
-        total = jnp.sum(jnp.where(where, losses, 0.0))
-        return total / jnp.maximum(jnp.sum(where), 1).astype(losses.dtype)
-
     pos_scores = _as_float(pos_scores)
     neg_scores = _as_float(neg_scores)
     if pos_where is not None:
