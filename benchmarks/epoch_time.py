@@ -59,8 +59,9 @@ def run_case(args) -> dict:
     from itemjax.graph import build_graph
     from itemjax.propagation import to_device
     from itemjax.sampling import make_train_data
-    from itemjax.split import make_split
-    from itemjax.training import Batch, create_state, make_model, steps_per_epoch, train_step
+    from itemjax.split import split_of
+    from itemjax.objectives import Batch, steps_per_epoch
+    from itemjax.training import create_state, make_model, train_step
 
     from itemjax.distributed import initialize
 
@@ -73,7 +74,7 @@ def run_case(args) -> dict:
                          neg_sampler="mixed" if item else "uniform", progress=False).resolve()
     t0 = time.perf_counter()
     raw = load_dataset(config.dataset, data_dir=config.data_dir, progress=False)
-    split = make_split(raw, test_frac=config.test_frac, valid_frac=config.valid_frac, seed=config.seed)
+    split = split_of(raw, config)
     record["load_split_seconds"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     graph = to_device(build_graph(split.train), config.backend)

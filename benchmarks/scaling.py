@@ -102,7 +102,8 @@ def run_size(n_edges: int, repeats: int) -> dict:
     from itemjax.ppr import ppr_scores
     from itemjax.propagation import to_device
     from itemjax.sampling import make_train_data
-    from itemjax.training import Batch, create_state, make_model, steps_per_epoch, train_step
+    from itemjax.objectives import Batch, steps_per_epoch
+    from itemjax.training import create_state, make_model, train_step
 
     from itemjax.distributed import initialize
 

@@ -1,16 +1,20 @@
 #!/usr/bin/env python
-"""Median jitted training-step time of ITEM vs BPR (and BCE) at equal users per batch.
+"""Median jitted training-step time of each training method against BPR at equal users per batch.
 
     python benchmarks/step_time.py                       # ml-100k and gowalla, both backends
     python benchmarks/step_time.py --datasets ml-100k --users 256,2048 --repeats 20
+    python benchmarks/step_time.py --datasets ml-100k --backends csr --users 1024 --no-ppr \
+        --methods bpr,bce,item,neuralndcg,softmax,bpr+mixgcf,bpr+sgl-ed,item+sgl-ed
 
 For each dataset, backend, loss and batch size B (users per step: BPR/BCE draw B training
 interactions, i.e. B users with one positive and one negative each; ITEM draws B users with up to
 ``--positives`` positives and ``--negatives`` negatives each) the real ``train_step`` of
-``itemjax.training`` is compiled, warmed up, then timed ``--repeats`` times with
-``block_until_ready``; the median is reported. Also the PPR hard-negative precomputation time
-(``itemjax.ppr.hard_negative_table``, default window). Prints a markdown table and writes
-``benchmarks/out/step_time.json``.
+``itemjax.training``, jitted by ``Placement.jit_step`` as training does, is compiled, warmed up, then timed ``--repeats`` times with
+``block_until_ready``; the median is reported. A method is a loss, optionally with ``+mixgcf``
+(BPR with MixGCF negatives, default candidates) or ``+sgl-ed`` (the SGL-ED auxiliary loss), see
+:data:`METHODS`. Also the PPR hard-negative precomputation time (``itemjax.ppr.hard_negative_table``,
+default window; ``--no-ppr`` skips it). Prints a markdown table (each method's step over BPR's at the
+same dataset, backend and users per step) and writes ``benchmarks/out/step_time.json``.
 """
 
 from __future__ import annotations
@@ -27,21 +31,37 @@ import time
 import jax
 
 from itemjax.config import TrainConfig
+from itemjax.distributed import make_mesh
+from itemjax.placement import Placement
 from itemjax.run import prepare
-from itemjax.training import Batch, create_state, train_step
+from itemjax.objectives import Batch
+from itemjax.training import create_state, train_step
+
+
+#: method name -> TrainConfig overrides
+METHODS = {
+    "bpr": dict(loss="bpr"), "bce": dict(loss="bce"), "item": dict(loss="item"),
+    "neuralndcg": dict(loss="neuralndcg"), "softmax": dict(loss="softmax"),
+    "bpr+mixgcf": dict(loss="bpr", neg_sampler="mixgcf"),
+    "bpr+sgl-ed": dict(loss="bpr", ssl="sgl-ed"), "item+sgl-ed": dict(loss="item", ssl="sgl-ed"),
+}
 
 
 def time_steps(config: TrainConfig, prep, repeats: int) -> float:
-    batch = Batch(graph=prep_graph(prep, config.backend), data=prep.batch.data)
-    state = create_state(config, prep.model, batch.graph, batch.data, jax.random.PRNGKey(0))
-    key = jax.random.PRNGKey(1)
+    """Median seconds of the step training runs use: ``train_step`` through ``Placement.jit_step``
+    (the mesh over every device, state and batch placed as :func:`itemjax.run.fit` places them)."""
+    placement = Placement(make_mesh())
+    batch = placement.place_batch(Batch(graph=prep_graph(prep, config.backend), data=prep.batch.data))
+    state = placement.place_state(create_state(config, prep.model, batch.graph, batch.data, jax.random.PRNGKey(0)))
+    step = placement.jit_step(train_step, state)
+    key = placement.replicate(jax.random.PRNGKey(1))
     for _ in range(3):  # compile + warm up
-        state, m = train_step(state, batch, key)
+        state, m = step(state, batch, key)
     jax.block_until_ready(state)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        state, m = train_step(state, batch, key)
+        state, m = step(state, batch, key)
         jax.block_until_ready(state)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
@@ -65,7 +85,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", default="ml-100k,gowalla")
     p.add_argument("--backends", default="csr,segment")
-    p.add_argument("--losses", default="bpr,item")
+    p.add_argument("--methods", "--losses", dest="methods", default="bpr,item",
+                   help=f"comma-separated, of {', '.join(METHODS)}")
+    p.add_argument("--no-ppr", action="store_true", help="skip timing the PPR table")
     p.add_argument("--users", default="256,2048", help="users per step")
     p.add_argument("--positives", type=int, default=32)
     p.add_argument("--negatives", type=int, default=256)
@@ -78,33 +100,35 @@ def main():
         base = TrainConfig(dataset=dataset, model="lightgcn", dim=64, layers=3, valid_frac=0.0, progress=False,
                            positives=args.positives, negatives=args.negatives)
         prep = prepare(base.resolve())
-        from itemjax.ppr import hard_negative_table
+        if not args.no_ppr:
+            from itemjax.ppr import hard_negative_table
 
-        t0 = time.perf_counter()
-        hard_negative_table(prep.split.train, window=tuple(base.ppr_window), alpha=base.ppr_alpha, progress=False)
-        ppr_seconds = time.perf_counter() - t0
-        rows.append(dict(dataset=dataset, what="ppr_precompute", seconds=ppr_seconds,
-                         n_users=prep.split.n_users, n_items=prep.split.n_items, n_train=int(prep.split.train.nnz)))
-        print(f"{dataset}: PPR table {ppr_seconds:.2f} s", flush=True)
+            t0 = time.perf_counter()
+            hard_negative_table(prep.split.train, window=tuple(base.ppr_window), alpha=base.ppr_alpha, progress=False)
+            ppr_seconds = time.perf_counter() - t0
+            rows.append(dict(dataset=dataset, what="ppr_precompute", seconds=ppr_seconds, n_users=prep.split.n_users,
+                             n_items=prep.split.n_items, n_train=int(prep.split.train.nnz)))
+            print(f"{dataset}: PPR table {ppr_seconds:.2f} s", flush=True)
         for backend in args.backends.split(","):
             for users in map(int, args.users.split(",")):
-                for loss in args.losses.split(","):
-                    config = dataclasses.replace(base, loss=loss, backend=backend, batch_size=users).resolve()
+                for method in args.methods.split(","):
+                    if method not in METHODS:
+                        p.error(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+                    config = dataclasses.replace(base, backend=backend, batch_size=users, **METHODS[method]).resolve()
                     median = time_steps(config, prep, args.repeats)
-                    rows.append(dict(dataset=dataset, what="step", loss=loss, backend=backend, users=users,
-                                     median_seconds=median))
-                    print(f"{dataset} {backend} {loss} B={users}: {median * 1000:.1f} ms", flush=True)
+                    rows.append(dict(dataset=dataset, what="step", method=method, loss=config.loss, backend=backend,
+                                     users=users, median_seconds=median))
+                    print(f"{dataset} {backend} {method} B={users}: {median * 1000:.1f} ms", flush=True)
 
-    print("\n| dataset | backend | users/step | BPR step (ms) | ITEM step (ms) | ITEM / BPR |")
+    print("\n| dataset | backend | users/step | method | step (ms) | / BPR step |")
     print("|---|---|---|---|---|---|")
     steps = [r for r in rows if r["what"] == "step"]
     for r in steps:
-        if r["loss"] != "bpr":
-            continue
-        item = next((s for s in steps if s["loss"] == "item" and all(s[k] == r[k] for k in ("dataset", "backend", "users"))), None)
-        if item:
-            print(f"| {r['dataset']} | {r['backend']} | {r['users']} | {r['median_seconds'] * 1e3:.1f} | "
-                  f"{item['median_seconds'] * 1e3:.1f} | {item['median_seconds'] / r['median_seconds']:.2f} |")
+        bpr = next((s for s in steps if s["method"] == "bpr"
+                    and all(s[k] == r[k] for k in ("dataset", "backend", "users"))), None)
+        ratio = f"{r['median_seconds'] / bpr['median_seconds']:.2f}" if bpr else "–"
+        print(f"| {r['dataset']} | {r['backend']} | {r['users']} | {r['method']} | {r['median_seconds'] * 1e3:.1f} | "
+              f"{ratio} |")
     print("\n| dataset | PPR precomputation (s) |\n|---|---|")
     for r in rows:
         if r["what"] == "ppr_precompute":

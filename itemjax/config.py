@@ -10,7 +10,11 @@ from itemjax.errors import ConfigError
 MODEL_NAMES = ("mf", "lightgcn", "ngcf", "gat", "sage")
 LOSS_NAMES = ("bpr", "bce", "item", "neuralndcg", "softmax")
 BACKEND_NAMES = ("auto", "segment", "csr")
-NEG_SAMPLERS = ("uniform", "ppr", "mixed")
+NEG_SAMPLERS = ("uniform", "ppr", "mixed", "mixgcf")
+PPR_SAMPLERS = ("ppr", "mixed")  # the samplers that need the PPR candidate table
+SSL_METHODS = ("none", "sgl-ed")
+SPLIT_METHODS = ("random", "temporal", "time-cut")  # itemjax.split
+SSL_MODELS = ("lightgcn", "ngcf")  # models whose propagation reads the graph's (dropped) edge weights
 COMPUTE_DTYPES = ("float32", "bfloat16")
 ITEM_METRICS = ("ndcg", "recall", "ndcg+recall")
 POSITIVE_PAIRS = ("smooth", "detach", "exact")  # ITEM: positive-vs-positive terms of the smooth rank
@@ -57,6 +61,7 @@ def option(default, help: str, *, group: str, flag: str | None = None, choices=N
 _DATA, _MODEL, _TRAIN, _ITEM, _DEVICES, _EVAL = ("data", "model", "training", "ITEM loss and negatives", "devices",
                                                   "evaluation and output")
 _LISTWISE = "NeuralNDCG and sampled softmax (over the ITEM lists)"
+_SSL = "self-supervised auxiliary loss"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +81,16 @@ class TrainConfig:
                               group=_DATA)
     valid_frac: float = option(0.1, "validation carved from train for early stopping and selection (0: none)",
                                group=_DATA)
+    split: str = option("random", "how test and validation are held out: random (per user), temporal (each "
+                        "user's latest interactions) or time-cut (everything at or after --cut-date); the last two "
+                        "need timestamps", group=_DATA, choices=SPLIT_METHODS)
+    cut_date: Optional[str] = option(None, "--split time-cut: the cut, an ISO date (YYYY-MM-DD[THH:MM:SS], UTC) or "
+                                     "UNIX seconds", group=_DATA)
+    item_features: Optional[str] = option(None, "item side features: genres (MovieLens) or a file of "
+                                          "id,feature[,value] lines; a node's ego embedding adds the mean of its "
+                                          "features' embeddings", group=_DATA)
+    user_features: Optional[str] = option(None, "user side features: demographics (MovieLens age group, gender, "
+                                          "occupation) or a file of id,feature[,value] lines", group=_DATA)
     # model
     model: str = option("lightgcn", "graph model", group=_MODEL, choices=MODEL_NAMES)
     dim: int = option(64, "embedding size", group=_MODEL)
@@ -126,8 +141,11 @@ class TrainConfig:
                                 "ITEM loss (0: off)", group=_ITEM)
     positives: int = option(32, "positives per user list", group=_ITEM)
     negatives: int = option(256, "negatives per user list", group=_ITEM)
-    neg_sampler: str = option("uniform", "negatives: uniform non-training items, PPR hard negatives, or a mix",
-                              group=_ITEM, choices=NEG_SAMPLERS)
+    neg_sampler: str = option("uniform", "negatives: uniform non-training items, PPR hard negatives, a mix, or "
+                              "mixgcf (--loss bpr: one negative synthesised from --mixgcf-candidates uniform ones "
+                              "by positive and hop mixing, MixGCF)", group=_ITEM, choices=NEG_SAMPLERS)
+    mixgcf_candidates: int = option(64, "--neg-sampler mixgcf: candidate negatives per (user, positive), M "
+                                    "(MixGCF's yelp2018 setting)", group=_ITEM)
     hard_ratio: float = option(0.5, "share of PPR negatives for --neg-sampler mixed", group=_ITEM)
     ppr_alpha: float = option(0.15, "PPR restart probability", group=_ITEM)
     ppr_window: tuple = option((10, 100), "LO,HI ranks of PPR candidates", group=_ITEM)
@@ -145,6 +163,13 @@ class TrainConfig:
                                         "the model learns, so 1 (0.05-0.2 is for cosine scores)", group=_LISTWISE)
     logq_correction: bool = option(False, "--loss softmax: subtract log(N Q(n)) from each negative's logit, Q(n) "
                                    "the --neg-sampler's probability of n per draw (docs/design.md)", group=_LISTWISE)
+    # self-supervised auxiliary loss (any --loss)
+    ssl: str = option("none", "auxiliary self-supervised loss added to --loss: sgl-ed (two edge-dropout views of "
+                      "the training graph per epoch, InfoNCE between their embeddings of the batch's users and "
+                      "items; SGL-ED, lightgcn and ngcf)", group=_SSL, choices=SSL_METHODS)
+    ssl_weight: float = option(0.1, "weight lambda of the --ssl loss", group=_SSL)
+    ssl_temperature: float = option(0.2, "InfoNCE temperature of --ssl (on cosine similarities)", group=_SSL)
+    ssl_drop: float = option(0.1, "--ssl sgl-ed: share of training interactions each view drops", group=_SSL)
     # evaluation and selection
     ks: tuple = option((10, 20, 50), "cut-offs K, e.g. 10,20,50", group=_EVAL)
     select_metric: str = option("ndcg@20", "validation metric for selection and early stopping", group=_EVAL)
@@ -169,6 +194,8 @@ class TrainConfig:
     out: Optional[str] = option(None, "run directory (default runs/<dataset>-<model>-<loss>-<time>)", group=_EVAL)
     resume: bool = option(False, "continue the run in --out from its latest checkpoint", group=_EVAL)
     progress: bool = option(True, "progress bars", group=_EVAL)
+    tensorboard: bool = option(False, "write TensorBoard scalars under <out>/tensorboard (the tracking extra: "
+                               "pip install 'itemjax[tracking]')", group=_EVAL)
 
     def resolve(self) -> "TrainConfig":
         """Validate, then fill the options left as None from :data:`LOSS_DEFAULTS`."""
@@ -226,6 +253,21 @@ class TrainConfig:
         need(self.softmax_temperature > 0, f"--softmax-temperature must be > 0 (got {self.softmax_temperature})")
         need(not (self.logq_correction and self.loss != "softmax"),
              f"--logq-correction corrects the sampled softmax only; pass --loss softmax (got --loss {self.loss})")
+        need(self.split in SPLIT_METHODS, f"unknown --split {self.split!r}; choose one of {', '.join(SPLIT_METHODS)}")
+        need(not (self.split == "time-cut" and not self.cut_date), "--split time-cut needs --cut-date (a date or "
+             "UNIX seconds)")
+        need(not (self.cut_date and self.split != "time-cut"), "--cut-date is for --split time-cut")
+        need(self.mixgcf_candidates >= 1, f"--mixgcf-candidates must be >= 1 (got {self.mixgcf_candidates})")
+        need(not (self.neg_sampler == "mixgcf" and self.loss != "bpr"),
+             f"--neg-sampler mixgcf synthesises BPR negatives; pass --loss bpr (got --loss {self.loss})")
+        need(self.ssl in SSL_METHODS, f"unknown --ssl {self.ssl!r}; choose one of {', '.join(SSL_METHODS)}")
+        need(self.ssl == "none" or self.model in SSL_MODELS,
+             f"--ssl {self.ssl} drops edges of the propagation graph: use --model {' or '.join(SSL_MODELS)} "
+             f"(got --model {self.model})")
+        need(self.ssl == "none" or self.layers >= 1, "--ssl needs message passing: use --layers >= 1")
+        need(self.ssl_weight >= 0, f"--ssl-weight must be >= 0 (got {self.ssl_weight})")
+        need(self.ssl_temperature > 0, f"--ssl-temperature must be > 0 (got {self.ssl_temperature})")
+        need(0 <= self.ssl_drop < 1, f"--ssl-drop must be in [0, 1) (got {self.ssl_drop})")
         need(0 < self.test_frac < 1, f"--test-frac must be in (0, 1) (got {self.test_frac})")
         need(0 <= self.valid_frac < 1, f"--valid-frac must be in [0, 1) (got {self.valid_frac})")
         need(0 <= self.hard_ratio <= 1, f"--hard-ratio must be in [0, 1] (got {self.hard_ratio})")
@@ -267,7 +309,7 @@ class TrainConfig:
 _GLOBAL_DEFAULTS = {"tau": 0.1}
 
 #: Options that never change what a run computes (bookkeeping, display, where files live).
-BOOKKEEPING = frozenset({"out", "resume", "progress", "data_dir", "eval_chunk", "distributed"})
+BOOKKEEPING = frozenset({"out", "resume", "progress", "data_dir", "eval_chunk", "distributed", "tensorboard"})
 
 
 def config_diff(current: dict, saved: dict, *, ignore=()) -> dict:

@@ -24,7 +24,8 @@ Two kinds of input end up in one :class:`RawDataset`:
   ``userId``/``uid``, ``item``/``item_id``/``itemId``/``movieId``/``movie_id``/``iid``,
   ``rating``, ``timestamp``; other columns are then ignored). Ids are arbitrary
   strings (surrounding blanks stripped), remapped to dense ints in order of first
-  appearance.
+  appearance. A parquet file (``.parquet``, read with pyarrow: the ``parquet`` extra) is read
+  the same way, its column names playing the header's part.
 
 Processing, in order: keep ``rating >= min_rating`` (if given); merge duplicate
 ``(user, item)`` rows (first kept, ``n_duplicates`` counts the rest); iteratively drop
@@ -111,6 +112,9 @@ class RawDataset:
         registry sets, ``str`` objects for user data); ``user_ids[u]`` is dense user u.
       files: ``{path: sha256 of the file as stored on disk}`` for every file read.
       n_duplicates: duplicate ``(user, item)`` rows merged (train and test together).
+      timestamps: float64 ``[E]`` seconds (UNIX time, or ISO dates converted as UTC) of the
+        interactions when the data have a timestamp column (ml-100k, ml-1m, user files with one),
+        else ``None``; a merged duplicate keeps its first row's time.
     """
 
     name: str
@@ -124,6 +128,7 @@ class RawDataset:
     item_ids: np.ndarray
     files: dict
     n_duplicates: int
+    timestamps: np.ndarray | None = None
 
 
 def data_root(data_dir=None) -> pathlib.Path:
@@ -164,7 +169,7 @@ def _decode(content: bytes, path: pathlib.Path) -> str:
         raise DataError(f"{path}: file is empty (no data lines); give a file with one interaction per line")
     hint = ""
     if content[:4] == b"PAR1":
-        hint = " (a parquet file: export it to CSV first)"
+        hint = " (a parquet file: name it .parquet)"
     elif content[:4] == b"PK\x03\x04":
         hint = " (a zip archive: extract it first)"
     nul_at = content.find(b"\x00")
@@ -219,6 +224,23 @@ def _to_int64(column: np.ndarray, lines: np.ndarray, path, what: str) -> np.ndar
     return values
 
 
+def _to_seconds(column: np.ndarray, lines: np.ndarray, path) -> np.ndarray:
+    """Timestamps as float64 seconds: numbers (UNIX time) as they are, else ISO 8601 dates or
+    date-times (``2024-03-01``, ``2024-03-01T12:30:00``) read as UTC."""
+    try:
+        return column.astype(np.float64)
+    except (ValueError, OverflowError):
+        pass
+    try:
+        return np.array(column.tolist(), dtype="datetime64[s]").astype(np.int64).astype(np.float64)
+    except ValueError:
+        bad = _first_failing(column.tolist(), lambda v: np.datetime64(v, "s"))
+        raise DataError(
+            f"{path}:{lines[bad]}: timestamp {column[bad]!r} is neither a number (UNIX seconds) nor an ISO date "
+            "(YYYY-MM-DD[THH:MM:SS]); fix the line"
+        ) from None
+
+
 def _to_float64(column: np.ndarray, lines: np.ndarray, path) -> np.ndarray:
     try:
         return column.astype(np.float64)
@@ -271,6 +293,7 @@ class _Table:
     rating: np.ndarray | None
     lines: np.ndarray
     sep: str
+    timestamp: np.ndarray | None = None
 
 
 def _read_table(
@@ -337,7 +360,41 @@ def _read_table(
         if empty.size:
             raise DataError(f"{path}:{line_numbers[empty[0]]}: empty {role} id; every line needs a user and an item")
     rating = columns[roles["rating"]] if "rating" in roles else None
-    return _Table(columns[roles["user"]], columns[roles["item"]], rating, line_numbers, sep)
+    timestamp = columns[roles["timestamp"]] if "timestamp" in roles else None
+    return _Table(columns[roles["user"]], columns[roles["item"]], rating, line_numbers, sep, timestamp)
+
+
+def _read_parquet(content: bytes, path) -> _Table:
+    """The user/item/rating columns of a parquet file, found by their names as a header's are
+    (:data:`_HEADER_NAMES`), as string columns; ``lines`` are 1-based row numbers."""
+    import io
+
+    from itemjax.errors import require_extra
+
+    pq = require_extra("pyarrow.parquet", extra="parquet", feature=f"reading {path.name}")
+    try:
+        table = pq.read_table(io.BytesIO(content))
+    except Exception as err:  # pyarrow raises several types for a damaged file
+        raise DataError(f"{path}: not a readable parquet file ({err}); re-create it") from err
+    roles = _header_roles(table.column_names) or {}
+    for role in ("user", "item"):
+        if role not in roles:
+            names = ", ".join(_HEADER_NAMES[role][:6])
+            raise DataError(f"{path}: no {role} column among {table.column_names} (expected one of: {names}); "
+                            "rename the column")
+    if table.num_rows == 0:
+        raise DataError(f"{path}: no rows; give one interaction per row")
+
+    def column(role):
+        values = table.column(roles[role]).to_pylist()
+        missing = next((i for i, v in enumerate(values) if v is None), None)
+        if missing is not None:
+            raise DataError(f"{path}: row {missing + 1}: empty {role}; every row needs a user and an item")
+        return np.strings.strip(np.array([str(v) for v in values], dtype=_STRING), _BLANKS)
+
+    rating = column("rating") if "rating" in roles else None
+    timestamp = column("timestamp") if "timestamp" in roles else None
+    return _Table(column("user"), column("item"), rating, np.arange(1, table.num_rows + 1), ",", timestamp)
 
 
 # --------------------------------------------------------------------------- id handling
@@ -507,10 +564,12 @@ def _load_registry(name, root, *, min_rating, kcore, download, progress) -> RawD
     user_codes = _to_int64(table.user, table.lines, path, "user id")
     item_codes = _to_int64(table.item, table.lines, path, "item id")
     keep = _rating_mask(table, path, min_rating)
+    times = _to_seconds(table.timestamp, table.lines, path)[keep]
     user_codes, item_codes = user_codes[keep], item_codes[keep]
     users, user_ids = _factorize_sorted(user_codes)
     items, item_ids = _factorize_sorted(item_codes)
-    return _finish(name, users, items, user_ids.size, item_ids.size, user_ids, item_ids, files, kcore=kcore)
+    return _finish(name, users, items, user_ids.size, item_ids.size, user_ids, item_ids, files, kcore=kcore,
+                   times=times)
 
 
 def _rating_mask(table: _Table, path, min_rating) -> np.ndarray:
@@ -521,11 +580,13 @@ def _rating_mask(table: _Table, path, min_rating) -> np.ndarray:
     return _to_float64(table.rating, table.lines, path) >= min_rating
 
 
-def _finish(name, users, items, n_users, n_items, user_ids, item_ids, files, *, kcore, test=None, compact=True):
+def _finish(name, users, items, n_users, n_items, user_ids, item_ids, files, *, kcore, test=None, compact=True,
+            times=None):
     """Merge duplicates, apply the k-core, re-index densely and build the RawDataset."""
     first = _first_occurrence(users, items, n_items)
     n_duplicates = users.size - first.size
     users, items = users[first], items[first]
+    times = None if times is None else times[first]
     if test is not None:
         test_first = _first_occurrence(test[0], test[1], n_items)
         n_duplicates += test[0].size - test_first.size
@@ -533,6 +594,7 @@ def _finish(name, users, items, n_users, n_items, user_ids, item_ids, files, *, 
     if kcore > 1:
         keep = _kcore_mask(users, items, n_users, n_items, kcore)
         users, items = users[keep], items[keep]
+        times = None if times is None else times[keep]
         if test is not None:
             survivors_u = np.bincount(users, minlength=n_users) > 0
             survivors_i = np.bincount(items, minlength=n_items) > 0
@@ -566,6 +628,7 @@ def _finish(name, users, items, n_users, n_items, user_ids, item_ids, files, *, 
         item_ids=item_ids,
         files=files,
         n_duplicates=int(n_duplicates),
+        timestamps=times,
     )
 
 
@@ -618,14 +681,18 @@ def load_dataset(
             "interaction file (user,item[,rating[,timestamp]])"
         )
     content, disk_sha256 = _read_content(path)
-    table = _read_table(_decode(content, path), path, sep=sep)
+    if path.suffix == ".parquet":
+        table = _read_parquet(content, path)
+    else:
+        table = _read_table(_decode(content, path), path, sep=sep)
     keep = _rating_mask(table, path, min_rating)
+    times = None if table.timestamp is None else _to_seconds(table.timestamp, table.lines, path)[keep]
     users, user_ids = _factorize_first_seen(table.user[keep])
     items, item_ids = _factorize_first_seen(table.item[keep])
     stem = path.name[: -len(".gz")] if path.name.endswith(".gz") else path.name
     return _finish(
         pathlib.Path(stem).stem, users, items, user_ids.size, item_ids.size,
-        user_ids, item_ids, {str(path): disk_sha256}, kcore=int(kcore),
+        user_ids, item_ids, {str(path): disk_sha256}, kcore=int(kcore), times=times,
     )
 
 

@@ -25,3 +25,16 @@ class CheckpointError(ItemjaxError):
 
 class NumericalError(ItemjaxError):
     """The loss or the parameters became NaN or infinite (the command exits 3)."""
+
+
+def require_extra(module: str, *, extra: str, feature: str):
+    """``import module``, or raise :class:`ConfigError` naming the pip extra that installs it.
+
+    ``require_extra("tensorboardX", extra="tracking", feature="--tensorboard")``.
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(f"{feature} needs the {module} package: pip install 'itemjax[{extra}]'") from None

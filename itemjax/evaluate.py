@@ -132,6 +132,16 @@ def _as_float_embeddings(emb, what: str) -> jax.Array:
 # --------------------------------------------------------------------------- device side
 
 
+@functools.partial(jax.jit, static_argnames=("k",))
+def _chunk_top_k(user_emb, item_emb, user_ids, exclude_rows, exclude_cols, k: int):
+    """``(scores [C, k], items [C, k])``: each chunk user's ``k`` best items, excluded pairs
+    (``-inf``) last; ties go to the lower item id (``lax.top_k``)."""
+    # Under a mesh (itemjax.distributed) the chunk's user rows, so its scores and top-k, are split across devices.
+    scores = jnp.matmul(user_emb[shard_rows(user_ids)], item_emb.T, precision=jax.lax.Precision.HIGHEST)
+    scores = scores.at[exclude_rows, exclude_cols].set(-jnp.inf, mode="drop")
+    return jax.lax.top_k(scores, k)
+
+
 @functools.partial(jax.jit, static_argnames=("ks",))
 def _chunk_metrics(
     user_emb: jax.Array,
@@ -158,11 +168,8 @@ def _chunk_metrics(
     Returns:
       ``{"recall@k", ...}`` each ``[C]`` (0 for padded users).
     """
-    # Under a mesh (itemjax.distributed) the chunk's user rows, so its scores and top-k, are split across devices.
-    scores = jnp.matmul(user_emb[shard_rows(user_ids)], item_emb.T, precision=jax.lax.Precision.HIGHEST)
-    scores = scores.at[exclude_rows, exclude_cols].set(-jnp.inf, mode="drop")
-    top_scores, top_items = jax.lax.top_k(scores, max(ks))  # [C, Kmax]
-    is_target = jnp.zeros(scores.shape, bool).at[target_rows, target_cols].set(True, mode="drop")
+    top_scores, top_items = _chunk_top_k(user_emb, item_emb, user_ids, exclude_rows, exclude_cols, max(ks))
+    is_target = jnp.zeros((user_ids.shape[0], item_emb.shape[0]), bool).at[target_rows, target_cols].set(True, mode="drop")
     hits = jnp.take_along_axis(is_target, top_items, axis=1) & (top_scores > -jnp.inf)
     return jax.tree.map(replicate_value, topk_metrics(hits, n_relevant, ks, where=user_valid))
 
@@ -280,11 +287,53 @@ def evaluate(
         for name in collected[0]
     }
     ordered = [f"{metric}@{k}" for k in ks for metric in METRIC_NAMES]
-    n_relevant = n_targets_per_user[users]
-    if reduce is None:
-        return {**{name: per_user[name] for name in ordered}, "users": users, "n_relevant": n_relevant}
-    valid = n_relevant > 0
-    means = {name: float(per_user[name][valid].mean()) for name in ordered}
+    per_user = {**{name: per_user[name] for name in ordered}, "users": users,
+                "n_relevant": n_targets_per_user[users]}
+    return per_user if reduce is None else mean_metrics(per_user)
+
+
+def top_k(user_emb, item_emb, exclude, k: int, *, users=None, chunk_size: int = 1024,
+          progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Every user's ``k`` best items by ``<user_emb[u], item_emb[i]>``, ``exclude`` left out: the
+    same jitted chunked scoring and ``lax.top_k`` as :func:`evaluate`.
+
+    Args:
+      user_emb, item_emb, exclude, chunk_size, progress: as in :func:`evaluate`.
+      k: items per user, ``<= n_items``.
+      users: rows to answer (default: every user).
+    Returns:
+      ``(items [n, k] int64, scores [n, k] float32)`` for the ``n`` users, best first; a user with
+      fewer than ``k`` allowed items gets ``-1`` items with score ``-inf`` at the tail.
+    """
+    user_emb = _as_float_embeddings(user_emb, "user_emb")
+    item_emb = _as_float_embeddings(item_emb, "item_emb")
+    n_users, n_items = user_emb.shape[0], item_emb.shape[0]
+    (k,) = check_ks((k,), n_items)
+    excluded = _union_of_excluded(exclude, (n_users, n_items))
+    users = np.arange(n_users) if users is None else np.asarray(users, np.int64)
+    chunk = int(min(chunk_size, max(len(users), 1)))
+    n_chunks = -(-len(users) // chunk)
+    padded = np.zeros(n_chunks * chunk, np.int64)
+    padded[: len(users)] = users
+    width = _padded_width(excluded, users, n_chunks, chunk)
+    items, scores = [], []
+    for index in tqdm(range(n_chunks), desc="top-k", unit="chunk", disable=not progress):
+        part = slice(index * chunk, (index + 1) * chunk)
+        rows, cols = _chunk_pairs(excluded, users[part], width, n_items)
+        s, i = _chunk_top_k(user_emb, item_emb, padded[part].astype(np.int32), rows, cols, k)
+        items.append(np.asarray(i))
+        scores.append(np.asarray(s))
+    items = np.concatenate(items)[: len(users)].astype(np.int64)
+    scores = np.concatenate(scores)[: len(users)]
+    return np.where(np.isfinite(scores), items, -1), scores
+
+
+def mean_metrics(per_user: dict) -> dict:
+    """``evaluate(..., reduce="mean")`` from ``evaluate(..., reduce=None)``: each metric's mean
+    over the users with at least one target, and ``n_users``, their number."""
+    valid = np.asarray(per_user["n_relevant"]) > 0
+    means = {name: float(values[valid].mean()) for name, values in per_user.items()
+             if name not in ("users", "n_relevant")}
     return {**means, "n_users": int(valid.sum())}
 
 

@@ -32,7 +32,7 @@ ranks items by their training degree through the same evaluator, revealed items 
 
 Models that concatenate their ego layer (NGCF, GAT, SAGE: ``e = [e^0 || ...]``) learn to lean
 on the ID block, which is zero for an unseen user; training with ``--user-dropout p`` (each step
-zeroes each training user's ID row with probability ``p``, :func:`itemjax.training._forward`)
+zeroes each training user's ID row with probability ``p``, :func:`itemjax.objectives._forward`)
 teaches the layers to score users from their items alone. On ml-100k NGCF + BPR went from
 NDCG@20 0.2623 on the held-out users (below popularity, 0.3318) to 0.3835 with ``p = 0.2``.
 """
@@ -212,14 +212,15 @@ def zero_user_embeddings(params, users):
     return {**params, "ids": {**ids, "user_embedding": table.at[users].set(0.0)}}
 
 
-def inductive_embeddings(model, params, interactions, unseen_users, *, backend: str = "auto"):
+def inductive_embeddings(model, params, interactions, unseen_users, *, backend: str = "auto", features=(None, None)):
     """Final ``(user_emb [n_users, d], item_emb [n_items, d])`` over the graph of ``interactions``.
 
     No gradient step: ``model`` (``model.n_users`` = rows of ``interactions``) is applied in
     inference mode with ``params`` whose ``unseen_users`` rows of the user ID table are zero
     (:func:`zero_user_embeddings`). The graph is :func:`~itemjax.graph.build_graph` of
     ``interactions`` ``[n_users, n_items]`` on the ``backend`` of
-    :func:`~itemjax.propagation.to_device`.
+    :func:`~itemjax.propagation.to_device`, with the nodes' side ``features`` (user, item
+    :class:`~itemjax.features.NodeFeatures` or None; rows beyond theirs have none).
     """
     from itemjax.graph import build_graph
     from itemjax.propagation import to_device
@@ -230,12 +231,12 @@ def inductive_embeddings(model, params, interactions, unseen_users, *, backend: 
             f"the graph's interactions have shape {interactions.shape} but the model has "
             f"(n_users, n_items) = ({model.n_users}, {model.n_items}); build both from the same split"
         )
-    graph = to_device(build_graph(interactions), backend)
+    graph = to_device(build_graph(interactions), backend, *features)
     return embed(model.apply, zero_user_embeddings(params, unseen_users), graph)
 
 
 def evaluate_inductive(model, params, inductive: InductiveSplit, *, backend: str = "auto", ks=(20,),
-                       chunk_size: int = 1024) -> dict:
+                       chunk_size: int = 1024, features=(None, None)) -> dict:
     """Full-ranking metrics of the held-out users on their targets (revealed items excluded).
 
     Embeddings from :func:`inductive_embeddings` over the augmented graph
@@ -245,7 +246,7 @@ def evaluate_inductive(model, params, inductive: InductiveSplit, *, backend: str
     from itemjax.evaluate import evaluate
 
     user_emb, item_emb = inductive_embeddings(
-        model, params, inductive.graph_interactions(), inductive.holdout_users, backend=backend)
+        model, params, inductive.graph_interactions(), inductive.holdout_users, backend=backend, features=features)
     return evaluate(user_emb, item_emb, inductive.revealed, inductive.targets, ks=ks,
                     users=inductive.holdout_users, chunk_size=chunk_size)
 
@@ -264,7 +265,7 @@ def evaluate_popularity(inductive: InductiveSplit, *, ks=(20,), chunk_size: int 
 
 
 def inductive_report(model, params, inductive: InductiveSplit, transductive_test: dict, *,
-                     backend: str = "auto", ks=(20,), chunk_size: int = 1024) -> dict:
+                     backend: str = "auto", ks=(20,), chunk_size: int = 1024, features=(None, None)) -> dict:
     """The metric part of an inductive run's summary.json (flat dict of floats / ints).
 
     ``"recall@k"``, ``"ndcg@k"``, ... and ``"n_users"``: the held-out users
@@ -273,7 +274,8 @@ def inductive_report(model, params, inductive: InductiveSplit, transductive_test
     test metrics of the training users; ``"inductive/holdout_users"``, ``"inductive/revealed"``,
     ``"inductive/targets"``, ``"inductive/holdout"``, ``"inductive/reveal"``: the split.
     """
-    held_out = evaluate_inductive(model, params, inductive, backend=backend, ks=ks, chunk_size=chunk_size)
+    held_out = evaluate_inductive(model, params, inductive, backend=backend, ks=ks, chunk_size=chunk_size,
+                                  features=features)
     popular = evaluate_popularity(inductive, ks=ks, chunk_size=chunk_size)
     return {
         **held_out,

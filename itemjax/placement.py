@@ -109,7 +109,7 @@ class Placement:
         return jax.tree.map(self.put, tree)
 
     def place_batch(self, batch):
-        """The :class:`~itemjax.training.Batch` (graph, training data, PPR table), replicated."""
+        """The :class:`~itemjax.objectives.Batch` (graph, training data, PPR table), replicated."""
         return self.replicate(batch)
 
     def state_shardings(self, state):

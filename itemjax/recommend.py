@@ -37,8 +37,12 @@ import scipy.sparse
 
 from itemjax.config import TrainConfig
 from itemjax.errors import CheckpointError, ConfigError, DataError
+from itemjax.runio import read_table
 
-__all__ = ["Recommender", "load_run", "top_k_items"]
+__all__ = ["ExportedRecommender", "Recommender", "load_export", "load_run", "top_k_items"]
+
+#: the file that marks an export folder (``itemjax export``)
+EXPORT_MANIFEST = "export.json"
 
 
 def top_k_items(scores: np.ndarray, exclude: Iterable[int], k: int) -> np.ndarray:
@@ -83,6 +87,7 @@ class Recommender:
     titles: dict | None
     checkpoint: str
     run_dir: pathlib.Path
+    features: tuple = (None, None)  # (user, item) side features of the run (itemjax.features)
     _cache: dict = dataclasses.field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ ids
@@ -140,7 +145,7 @@ class Recommender:
             else:
                 interactions, unseen = self.inductive.graph_interactions(), self.inductive.holdout_users
             users, items = inductive_embeddings(self.model, self.params, interactions, unseen,
-                                                backend=self.config.backend)
+                                                backend=self.config.backend, features=self.features)
             self._cache[which] = (np.asarray(users, np.float64), np.asarray(items, np.float64))
         return self._cache[which]
 
@@ -165,7 +170,7 @@ class Recommender:
         params = {**self.params, "ids": {**ids, "user_embedding": table}}
         model = self.model.clone(n_users=n_users + 1)
         users, items = inductive_embeddings(model, params, interactions, np.array([n_users]),
-                                            backend=self.config.backend)
+                                            backend=self.config.backend, features=self.features)
         return np.asarray(users[n_users], np.float64), np.asarray(items, np.float64)
 
     # ------------------------------------------------------------------ requests
@@ -217,7 +222,8 @@ class Recommender:
 
 
 def load_run(run_dir, *, data_dir=None, checkpoint: str | None = None) -> Recommender:
-    """Rebuild a run's data and model from ``run_dir`` and restore its parameters.
+    """Rebuild a run's data and model from ``run_dir`` and restore its parameters; or, for a
+    folder written by ``itemjax export``, read its files (:func:`load_export`, known users only).
 
     Args:
       run_dir: a directory written by ``experiments/train.py`` (config.json, checkpoints/).
@@ -234,12 +240,15 @@ def load_run(run_dir, *, data_dir=None, checkpoint: str | None = None) -> Recomm
     from itemjax.checkpoint import RunCheckpoints
     from itemjax.datasets import item_titles, load_dataset
     from itemjax.sampling import make_train_data
-    from itemjax.split import make_split
+    from itemjax.split import split_of
+    from itemjax.run import node_features
     from itemjax.training import create_state, make_model
     from itemjax.propagation import to_device
     from itemjax.graph import build_graph
 
     run_dir = pathlib.Path(run_dir)
+    if (run_dir / EXPORT_MANIFEST).is_file():  # an `itemjax export` folder: no data, no model needed
+        return load_export(run_dir)
     config_path = run_dir / "config.json"
     if not config_path.is_file():
         raise DataError(f"{run_dir} has no config.json; pass a run directory written by experiments/train.py --out")
@@ -258,7 +267,7 @@ def load_run(run_dir, *, data_dir=None, checkpoint: str | None = None) -> Recomm
 
     raw = load_dataset(config.dataset, data_dir=config.data_dir, min_rating=config.min_rating, kcore=config.kcore,
                        sep=config.sep, progress=False)
-    split = make_split(raw, test_frac=config.test_frac, valid_frac=config.valid_frac, seed=config.seed)
+    split = split_of(raw, config)
     inductive = None
     if config.protocol == "inductive":
         from itemjax.inductive import make_inductive_split
@@ -272,8 +281,9 @@ def load_run(run_dir, *, data_dir=None, checkpoint: str | None = None) -> Recomm
             f"{split.stats()} vs {recorded}); give the run's data files (--data-dir) unchanged"
         )
 
-    model = make_model(config, split.n_users, split.n_items)
-    graph = to_device(build_graph(split.train), config.backend)
+    features = node_features(config, raw)
+    model = make_model(config, split.n_users, split.n_items, *(0 if f is None else f.n_features for f in features))
+    graph = to_device(build_graph(split.train), config.backend, *features)
     state = create_state(config, model, graph, make_train_data(split.train), jax.random.PRNGKey(0))
     like = {"step": state.step, "params": state.params, "opt_state": state.opt_state}
     ckpts = RunCheckpoints(run_dir)
@@ -283,4 +293,57 @@ def load_run(run_dir, *, data_dir=None, checkpoint: str | None = None) -> Recomm
     finally:
         ckpts.close()
     return Recommender(config=config, model=model, params=restored["params"], split=split, inductive=inductive,
-                       titles=item_titles(raw, config.data_dir), checkpoint=slot, run_dir=run_dir)
+                       titles=item_titles(raw, config.data_dir), checkpoint=slot, run_dir=run_dir, features=features)
+
+
+@dataclasses.dataclass(eq=False)
+class ExportedRecommender:
+    """Top-K answers from an export folder (``itemjax export``, :func:`load_run` on its folder): known users only."""
+
+    user_emb: np.ndarray
+    item_emb: np.ndarray
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    seen: scipy.sparse.csr_matrix
+    manifest: dict
+    root: pathlib.Path
+
+    def dense_user(self, user_id) -> int:
+        matches = np.flatnonzero(np.asarray([str(u) for u in self.user_ids]) == str(user_id).strip())
+        if not matches.size:
+            raise DataError(f"user id {user_id!r} is not in the export {self.root} ({len(self.user_ids)} users)")
+        return int(matches[0])
+
+    titles = None  # an export carries no titles
+
+    def for_user(self, user_id, k: int = 10) -> list[tuple]:
+        """Top-``k`` ``(item_id, score, None)`` of a known user (original id), its seen items excluded."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ConfigError(f"k must be a positive integer, got {k!r}")
+        user = self.dense_user(user_id)
+        scores = self.item_emb.astype(np.float64) @ self.user_emb[user].astype(np.float64)
+        exclude = self.seen.indices[self.seen.indptr[user]:self.seen.indptr[user + 1]]
+        return [(_python(self.item_ids[i]), float(scores[i]), None) for i in top_k_items(scores, exclude, int(k))]
+
+    def dense_items(self, item_ids):
+        raise ConfigError(f"{self.root} is an export: it answers known users only; a new user needs the model, "
+                          f"so pass the run directory {self.manifest.get('run')}")
+
+    for_new_user = dense_items
+
+    def describe(self) -> str:
+        return f"{self.manifest.get('dataset')} export of {self.manifest.get('run')} in {self.root}"
+
+
+def load_export(path) -> ExportedRecommender:
+    """Read an export folder written by :func:`itemjax.export.export_run` (no raw data, no model)."""
+    root = pathlib.Path(path)
+    if not (root / EXPORT_MANIFEST).is_file():
+        raise DataError(f"{root} has no {EXPORT_MANIFEST}; pass a folder written by `itemjax export`")
+    manifest = json.loads((root / EXPORT_MANIFEST).read_text())
+    users, items = read_table(root / "users"), read_table(root / "items")
+    return ExportedRecommender(
+        user_emb=np.load(root / "user_embeddings.npy"), item_emb=np.load(root / "item_embeddings.npy"),
+        user_ids=np.asarray(users["user_id"])[np.argsort(users["user"])],
+        item_ids=np.asarray(items["item_id"])[np.argsort(items["item"])],
+        seen=scipy.sparse.load_npz(root / "seen.npz").tocsr(), manifest=manifest, root=root)

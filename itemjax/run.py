@@ -6,7 +6,9 @@
                     checksums and split statistics: enough to reproduce the run
     metrics.jsonl   one JSON object per evaluation: epoch, split, every metric, seconds
     summary.json    test metrics of the selected (best validation) checkpoint
+    per_user_test.parquet   the same test metrics per user (``.csv`` without pyarrow)
     checkpoints/    orbax ``latest`` and ``best``; ``--resume`` continues from ``latest``
+    tensorboard/    with ``--tensorboard``: scalars (:mod:`itemjax.tracking`)
 
 The test split is evaluated once, at the end, on the checkpoint selected on validation; it
 never chooses an epoch. Without a validation split (``valid_frac=0``) the last epoch is used.
@@ -19,6 +21,7 @@ import json
 import os
 import pathlib
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -29,19 +32,18 @@ from itemjax import sampling
 from itemjax.distributed import initialize, make_mesh
 from itemjax.placement import Placement
 from itemjax.checkpoint import RunCheckpoints
-from itemjax.config import BOOKKEEPING, TrainConfig, config_diff
+from itemjax.config import BOOKKEEPING, PPR_SAMPLERS, TrainConfig, config_diff
 from itemjax.errors import ConfigError, NumericalError
 from itemjax.graph import build_graph
 from itemjax.propagation import to_device
-from itemjax.runio import append_jsonl, read_jsonl, rewrite_jsonl, write_json_atomic
+from itemjax.evaluate import mean_metrics
+from itemjax.objectives import Batch, steps_per_epoch
+from itemjax.runio import (append_jsonl, default_out, environment, log, read_jsonl, rewrite_jsonl, write_json_atomic,
+                           write_table)
+from itemjax.tracking import Tracker
 from itemjax.training import (
-    Batch,
     create_state,
-    default_out,
-    environment,
-    log,
     make_model,
-    steps_per_epoch,
     train_step,
 )
 
@@ -72,12 +74,13 @@ class Prepared:
     model: object
     hard_negatives_seconds: float = 0.0
     inductive: object = None  # itemjax.inductive.InductiveSplit with --protocol inductive; split = its training part
+    features: tuple = (None, None)  # (user, item) itemjax.features.NodeFeatures, or None each
 
 
 def prepare(config: TrainConfig, *, out: pathlib.Path | None = None) -> Prepared:
     """Load and split the data, build the graph and the device-side training data."""
     from itemjax.datasets import load_dataset
-    from itemjax.split import make_split
+    from itemjax.split import split_of
 
     raw = load_dataset(
         config.dataset,
@@ -87,7 +90,7 @@ def prepare(config: TrainConfig, *, out: pathlib.Path | None = None) -> Prepared
         sep=config.sep,
         progress=config.progress,
     )
-    split = make_split(raw, test_frac=config.test_frac, valid_frac=config.valid_frac, seed=config.seed)
+    split = split_of(raw, config)
     log(split.describe())
     inductive = None
     if config.protocol == "inductive":  # train without the held-out users (their nodes keep ids, no edges)
@@ -96,9 +99,10 @@ def prepare(config: TrainConfig, *, out: pathlib.Path | None = None) -> Prepared
         inductive = make_inductive_split(split, holdout=config.holdout_users, reveal=config.reveal, seed=config.seed)
         split = inductive.train_split
         log(inductive.describe())
-    graph = to_device(build_graph(split.train), config.backend)
+    features = node_features(config, raw)
+    graph = to_device(build_graph(split.train), config.backend, *features)
     hard, hard_seconds = None, 0.0
-    if config.neg_sampler != "uniform":
+    if config.neg_sampler in PPR_SAMPLERS:
         from itemjax.ppr import cached_hard_negative_table
 
         t0 = time.perf_counter()
@@ -113,9 +117,17 @@ def prepare(config: TrainConfig, *, out: pathlib.Path | None = None) -> Prepared
         )
         hard_seconds = time.perf_counter() - t0
     data = sampling.make_train_data(split.train, hard)
-    model = make_model(config, split.n_users, split.n_items)
+    model = make_model(config, split.n_users, split.n_items, *(0 if f is None else f.n_features for f in features))
     return Prepared(split=split, raw=raw, batch=Batch(graph=graph, data=data), model=model,
-                    hard_negatives_seconds=hard_seconds, inductive=inductive)
+                    hard_negatives_seconds=hard_seconds, inductive=inductive, features=features)
+
+
+def node_features(config: TrainConfig, raw) -> tuple:
+    """``(user, item)`` side features of the run (``--user-features``, ``--item-features``), None each if off."""
+    from itemjax.features import load_features
+
+    return (load_features(config.user_features, "user", raw, config.data_dir),
+            load_features(config.item_features, "item", raw, config.data_dir))
 
 
 def _data_root():
@@ -137,8 +149,12 @@ def _writable_cache(path: pathlib.Path) -> pathlib.Path:
         return fallback
 
 
-def fit(config: TrainConfig) -> dict:
+def fit(config: TrainConfig, *, on_evaluation: Callable[[dict], None] | None = None) -> dict:
     """Train, select on validation, evaluate on test; return the summary dict.
+
+    ``on_evaluation(record)`` is called after each evaluation with its metrics.jsonl record,
+    once it is saved (checkpoint included); an exception it raises (e.g. Optuna's pruning
+    signal, :mod:`itemjax.commands.tune`) ends the run there and propagates.
 
     ``config.time_budget``: the loop evaluates and stops as soon as ``train_seconds +
     eval_seconds`` (training steps plus validation, restored on ``--resume``) reaches the budget:
@@ -201,6 +217,7 @@ def fit(config: TrainConfig) -> dict:
         rewrite_jsonl(out / "metrics.jsonl", [r for r in read_jsonl(out / "metrics.jsonl") if r["epoch"] <= meta["epoch"]])
     elif (out / "metrics.jsonl").exists():
         (out / "metrics.jsonl").unlink()
+    tracker = Tracker(out, config.tensorboard, resume_step=int(state.step))  # drops events past a resumed step
 
     n_steps = steps_per_epoch(config, batch.data)
     has_valid = split.valid.nnz > 0
@@ -233,6 +250,8 @@ def fit(config: TrainConfig) -> dict:
                 f"{ckpt_dir / 'latest'}; try a lower --lr (now {config.lr})"
             )
         mean_loss = float(losses.mean())
+        tracker.scalars(int(state.step), {"loss": mean_loss, "step_seconds": epoch_seconds / len(losses),
+                                          "lr": config.lr}, "train")
         postfix = {"loss": f"{mean_loss:.4f}", "steps/s": f"{n_steps / epoch_seconds:.1f}"}
         if evaluating:
             t1 = _clock()
@@ -259,7 +278,15 @@ def fit(config: TrainConfig) -> dict:
                     and record["elapsed"] >= config.time_budget):
                 meta["stop_reason"] = "time budget"
             append_jsonl(out / "metrics.jsonl", record)
+            tracker.scalars(int(state.step), {k: float(v) for k, v in metrics.items() if "@" in k}, split_name)
             ckpts.save("latest", int(state.step), _checkpointable(state), meta)
+            if on_evaluation is not None:
+                try:
+                    on_evaluation(record)
+                except BaseException:
+                    tracker.close()
+                    ckpts.close()
+                    raise
             postfix[select] = f"{record.get(select, float('nan')):.4f}"
             if meta["best_value"] is not None:
                 postfix["best"] = f"{meta['best_value']:.4f}@{meta['best_epoch']}"
@@ -279,14 +306,16 @@ def fit(config: TrainConfig) -> dict:
     else:
         final, selected_epoch, selected_step = state, meta["epoch"], int(state.step)
     user_emb, item_emb = placement.embed(final, batch.graph)
-    test = placement.evaluate(user_emb, item_emb, [split.train, split.valid], split.test, ks=config.ks,
-                              chunk_size=config.eval_chunk)
+    per_user = placement.evaluate(user_emb, item_emb, [split.train, split.valid], split.test, ks=config.ks,
+                                  chunk_size=config.eval_chunk, reduce=None)
+    test = mean_metrics(per_user)
+    write_per_user(out / "per_user_test", per_user, split.user_ids)
     metrics = test
     if prep.inductive is not None:  # held-out users, popularity/..., transductive/... (itemjax.inductive)
         from itemjax.inductive import inductive_report, report_line
 
         metrics = inductive_report(model, placement.model_params(final), prep.inductive, test, backend=config.backend,
-                                   ks=config.ks, chunk_size=config.eval_chunk)
+                                   ks=config.ks, chunk_size=config.eval_chunk, features=prep.features)
         log(report_line(metrics))
     loads.append(_load1())
     summary = {
@@ -311,6 +340,7 @@ def fit(config: TrainConfig) -> dict:
         "load_average": _load_summary(loads),
     }
     write_json_atomic(out / "summary.json", summary)
+    tracker.scalars(int(state.step), {k: v for k, v in test.items() if "@" in k}, "test")
     ckpts.close()
     try:
         from itemjax.plots import plot_run
@@ -322,10 +352,23 @@ def fit(config: TrainConfig) -> dict:
     if config.refit:
         summary.update(refit(config, prep, placement, selected_step, out))
         write_json_atomic(out / "summary.json", summary)
+        tracker.scalars(int(state.step), {k.removeprefix("refit/"): v for k, v in summary.items()
+                                          if k.startswith("refit/") and "@" in k}, "refit")
         log("refit test: " + ", ".join(f"{k}={v:.4f}" for k, v in summary.items()
                                        if k.startswith("refit/") and "@20" in k))
+    tracker.close()
     log(f"run saved in {out}")
     return summary
+
+
+def write_per_user(path: pathlib.Path, per_user: dict, user_ids) -> pathlib.Path:
+    """The test metrics of every evaluated user (``evaluate(..., reduce=None)``) as a table:
+    ``user`` (row), ``user_id`` (original id), ``n_relevant`` and one column per metric;
+    ``<path>.parquet``, or ``.csv`` without pyarrow (:func:`itemjax.runio.write_table`)."""
+    users = np.asarray(per_user["users"])
+    columns = {"user": users, "user_id": np.asarray(user_ids)[users], "n_relevant": per_user["n_relevant"]}
+    columns.update({k: v for k, v in per_user.items() if "@" in k})
+    return write_table(path, columns)
 
 
 def refit_train(split):
@@ -350,14 +393,14 @@ def refit(config: TrainConfig, prep: Prepared, placement, n_steps: int, out: pat
     split = prep.split
     full = refit_train(split)
     hard = None
-    if config.neg_sampler != "uniform":
+    if config.neg_sampler in PPR_SAMPLERS:
         from itemjax.ppr import cached_hard_negative_table
 
         hard = cached_hard_negative_table(
             full, cache_dir=_writable_cache(pathlib.Path(config.data_dir or _data_root()) / ".itemjax-cache"),
             key=f"{split.name}-seed{config.seed}-t{config.test_frac}-v{config.valid_frac}-refit",
             window=tuple(config.ppr_window), alpha=config.ppr_alpha, progress=config.progress)
-    batch = placement.place_batch(Batch(graph=to_device(build_graph(full), config.backend),
+    batch = placement.place_batch(Batch(graph=to_device(build_graph(full), config.backend, *prep.features),
                                         data=sampling.make_train_data(full, hard)))
     init_key, train_key = jax.random.split(jax.random.PRNGKey(config.seed))
     state = placement.place_state(create_state(config, prep.model, batch.graph, batch.data, init_key))

@@ -1,5 +1,7 @@
-"""Files written so that a crash never leaves a half-written file behind (run directories,
-downloads, caches, plots): everything goes through :func:`atomic_file`."""
+"""The run directory's files: written so that a crash never leaves a half-written file behind
+(run directories, downloads, caches, plots: everything goes through :func:`atomic_file`),
+JSON lines, tables (parquet or CSV), and the provenance recorded in config.json
+(:func:`environment`)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import math
 import os
 import pathlib
 import re
+import sys
 import tempfile
 
 
@@ -98,3 +101,124 @@ def _default(o):
     if isinstance(o, (tuple, set)):
         return list(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_table(path, columns: dict) -> pathlib.Path:
+    """Write equal-length ``columns`` (name -> 1-D array) as ``<path>.parquet`` with pyarrow (the
+    ``parquet`` extra), or as ``<path>.csv`` when pyarrow is not installed; atomically. ``path``
+    has no suffix; returns the file written."""
+    path = pathlib.Path(path)
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        import csv
+
+        target = path.with_suffix(".csv")
+        names = list(columns)
+        with atomic_file(target, "w", suffix=".tmp") as f:
+            writer = csv.writer(f)
+            writer.writerow(names)
+            writer.writerows(zip(*(_plain(columns[n]) for n in names)))
+        return target
+    target = path.with_suffix(".parquet")
+    table = pa.table({name: _plain(values) for name, values in columns.items()})
+    with atomic_file(target, "wb") as f:
+        pq.write_table(table, f)
+    return target
+
+
+def read_table(path) -> dict:
+    """The columns (name -> numpy array) of a :func:`write_table` file: ``path`` with its suffix,
+    or without one (``.parquet`` is tried first, then ``.csv``)."""
+    import numpy as np
+
+    path = pathlib.Path(path)
+    if path.suffix not in (".parquet", ".csv"):
+        path = next((p for p in (path.with_suffix(".parquet"), path.with_suffix(".csv")) if p.exists()),
+                    path.with_suffix(".parquet"))
+    if path.suffix == ".parquet":
+        from itemjax.errors import require_extra
+
+        pq = require_extra("pyarrow.parquet", extra="parquet", feature=f"reading {path.name}")
+        table = pq.read_table(path)
+        return {name: table.column(name).to_numpy() for name in table.column_names}
+    import csv
+
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    names, body = rows[0], rows[1:]
+    columns = {}
+    for j, name in enumerate(names):
+        values = [r[j] for r in body]
+        try:
+            columns[name] = np.array([float(v) for v in values])
+        except ValueError:
+            columns[name] = np.array(values, dtype=object)
+    return columns
+
+
+def _plain(values) -> list:
+    """A column as a list of Python scalars (numpy ints/floats/strings -> int/float/str)."""
+    return [v.item() if hasattr(v, "item") else v for v in values]
+
+
+# ----------------------------------------------------------------------------- provenance of a run
+
+
+def environment() -> dict:
+    """Package versions, JAX backend and devices, JAX/XLA environment variables, the itemjax
+    git commit: recorded in config.json so that a run can be reproduced from its directory."""
+    import importlib.metadata
+    import platform
+
+    import jax
+
+    import itemjax
+
+    versions = {"itemjax": itemjax.__version__}
+    for dist in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "jraph", "numpy", "scipy", "tqdm",
+                 "matplotlib"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = None
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "versions": versions,
+        "itemjax_git": _git_commit(pathlib.Path(itemjax.__file__).parent),
+        "jax_backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "process_count": jax.process_count(),
+        "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(("JAX_", "XLA_", "ITEMJAX_"))},
+    }
+
+
+def _git_commit(package_dir: pathlib.Path):
+    """``<commit>`` (``+dirty`` when files differ) of a git checkout holding itemjax, else None."""
+    import subprocess
+
+    try:
+        def git(*args):
+            return subprocess.run(["git", "-C", str(package_dir), *args], capture_output=True, text=True,
+                                  timeout=5, check=True).stdout.strip()
+
+        commit = git("rev-parse", "HEAD")
+        return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def default_out(config) -> pathlib.Path:
+    """``runs/<dataset>-<model>-<loss>-<time>``: where a run without ``--out`` goes."""
+    import time
+
+    name = pathlib.Path(config.dataset).stem if pathlib.Path(config.dataset).exists() else config.dataset
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return pathlib.Path("runs") / f"{name}-{config.model}-{config.loss}-{stamp}"
+
+
+def log(msg: str) -> None:
+    """One progress line on stderr (stdout stays for results)."""
+    print(msg, file=sys.stderr, flush=True)

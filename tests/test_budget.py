@@ -24,7 +24,8 @@ from itemjax.training import create_state, embed
 from itemjax.evaluate import evaluate
 from test_resume import ROOT, TRAIN, run_train
 
-pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+pytestmark = [pytest.mark.integration,
+              pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")]
 
 
 def tiny_config(csv, out, **kw) -> TrainConfig:

@@ -18,9 +18,14 @@ def compare():
     return compare
 
 
-def fake_run(path: pathlib.Path, loss: str, curve: list, test: tuple, refit=None):
-    """A finished run: validation NDCG@20 ``curve`` of ``(elapsed, value)``; test ``(recall, ndcg)``."""
+def fake_run(path: pathlib.Path, loss: str, curve: list, test: tuple, refit=None, per_user=None):
+    """A finished run: validation NDCG@20 ``curve`` of ``(elapsed, value)``; test ``(recall, ndcg)``;
+    ``per_user``: ``{"user": rows, "recall@20": ..., "ndcg@20": ...}`` written as per_user_test."""
     path.mkdir(parents=True)
+    if per_user is not None:
+        from itemjax.runio import write_table
+
+        write_table(path / "per_user_test", per_user)
     records = [{"epoch": i + 1, "split": "valid", "elapsed": t, "train_seconds": t / 2, "ndcg@20": v, "step": 10 * i}
                for i, (t, v) in enumerate(curve)]
     path.joinpath("metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -48,3 +53,21 @@ def test_time_to_reach_each_others_best_and_fraction(compare, tmp_path):
     assert table["item"]["refit/recall@20"]["gain_vs_bpr"] == pytest.approx(0.5)
     text = compare.markdown(result, "t")
     assert "refit NDCG@20" in text and "bpr: 100 (0.25)" in text and "item: never (never)" in text
+
+
+def test_paired_per_user_differences_in_the_comparison(compare, tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    users = np.arange(30)
+    a = {"user": users, "recall@20": rng.random(30), "ndcg@20": rng.random(30)}
+    b = {"user": users[::-1], "recall@20": rng.random(30), "ndcg@20": rng.random(30)}  # stored in another order
+    bpr = fake_run(tmp_path / "bpr", "bpr", [(100, 0.1)], (0.2, 0.1), per_user=a)
+    item = fake_run(tmp_path / "item", "item", [(100, 0.2)], (0.3, 0.15), per_user=b)
+    result = compare.summarise(tmp_path, [bpr, item])
+    (test,) = result["paired"]["item"]["ndcg@20"]
+    want = compare.paired_test(a["ndcg@20"], b["ndcg@20"][::-1])  # matched by user
+    assert test["mean_diff"] == pytest.approx(want["mean_diff"]) and test["p_wilcoxon"] == pytest.approx(want["p_wilcoxon"])
+    assert test["seed"] == 0 and test["n_users"] == 30
+    text = compare.markdown(result, "t")
+    assert "Wilcoxon" in text and f"{want['mean_diff']:+.4f}" in text

@@ -533,3 +533,29 @@ def test_loading_is_deterministic_in_file_content(tmp_path):
     np.testing.assert_array_equal(first.users, second.users)
     np.testing.assert_array_equal(first.items, second.items)
     assert first.user_ids.tolist() == ["b", "a", "c"] and first.item_ids.tolist() == ["y", "x"]
+
+
+def test_parquet_file_reads_like_the_same_csv(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    users = ["u1", "u2", "u1", "u3", "u2", "u1"]
+    items = [10, 11, 12, 10, 10, 10]  # the last row repeats (u1, 10): merged as in a CSV
+    ratings = [5.0, 3.0, 4.0, 1.0, 2.0, 4.5]
+    pq.write_table(pa.table({"user_id": users, "movieId": items, "rating": ratings}), tmp_path / "r.parquet")
+    (tmp_path / "r.csv").write_text("user_id,movieId,rating\n" + "".join(
+        f"{u},{i},{r}\n" for u, i, r in zip(users, items, ratings)))
+    got, want = load_dataset(tmp_path / "r.parquet"), load_dataset(tmp_path / "r.csv")
+    assert got.name == want.name == "r"
+    assert list(got.user_ids) == list(want.user_ids) == ["u1", "u2", "u3"]
+    assert list(got.item_ids) == list(want.item_ids) == ["10", "11", "12"]
+    assert (got.users.tolist(), got.items.tolist()) == (want.users.tolist(), want.items.tolist())
+    assert got.n_duplicates == want.n_duplicates == 1
+    kept = load_dataset(tmp_path / "r.parquet", min_rating=3.5)
+    assert sorted(zip(kept.user_ids[kept.users], kept.item_ids[kept.items])) == [("u1", "10"), ("u1", "12")]
+    pq.write_table(pa.table({"user_id": users, "what": items}), tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match=r"bad.parquet: no item column among \['user_id', 'what'\]"):
+        load_dataset(tmp_path / "bad.parquet")
+    pq.write_table(pa.table({"user": ["a", None], "item": ["x", "y"]}), tmp_path / "null.parquet")
+    with pytest.raises(DataError, match="row 2: empty user"):
+        load_dataset(tmp_path / "null.parquet")

@@ -17,6 +17,8 @@ from itemjax.config import LOSS_DEFAULTS, TrainConfig
 from itemjax.run import fit
 from itemjax.runio import read_jsonl
 
+pytestmark = pytest.mark.integration  # trains whole runs / starts subprocesses
+
 
 
 def write_interactions(path: pathlib.Path, *, n_users=50, n_items=70, n_rows=1200, seed=1) -> pathlib.Path:

@@ -20,6 +20,8 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.integration  # trains whole runs / starts subprocesses
+
 N_DEVICES = 4
 N_STEPS = 3
 #: (name, loss, backend, shard_embeddings, neg_sampler, batch_size): batch sizes 250 / 30 do not
@@ -170,6 +172,7 @@ _FAULTS_SCRIPT = """
 import resource, sys
 import numpy as np
 from itemjax.host_memory import tune_host_allocator
+
 applied = tune_host_allocator() if sys.argv[1] == "tuned" else False
 def faults_of_one_buffer():  # a fresh 64 MiB buffer, written once, freed
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

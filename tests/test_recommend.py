@@ -15,6 +15,8 @@ from itemjax.evaluate import evaluate
 from itemjax.inductive import evaluate_inductive, inductive_embeddings
 from itemjax.recommend import load_run, top_k_items
 
+pytestmark = pytest.mark.integration  # trains whole runs / starts subprocesses
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 N_USERS, N_ITEMS, K = 60, 45, 5
 

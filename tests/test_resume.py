@@ -29,7 +29,8 @@ from itemjax.errors import CheckpointError
 from itemjax.runio import read_jsonl
 
 # orbax leaves orphaned coroutines behind when it fails to read a damaged checkpoint
-pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+pytestmark = [pytest.mark.integration,
+              pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")]
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "experiments" / "train.py"

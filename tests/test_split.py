@@ -189,3 +189,98 @@ def test_ml100k_random_split_counts():
     expected_test = [_expected_held(int(n), 0.2) for n in degrees]
     assert np.diff(split.test.indptr).tolist() == expected_test
     assert split.train.nnz + split.valid.nnz + split.test.nnz == 100000
+
+
+# ----------------------------------------------------------------------------- splits in time
+
+
+def _timed_raw(seed=0, n_users=40, n_items=60, n_edges=900):
+    """Distinct pairs with integer times drawn from a small range (ties happen)."""
+    rng = np.random.default_rng(seed)
+    keys = np.unique(rng.integers(0, n_users * n_items, n_edges))
+    rng.shuffle(keys)
+    raw = _raw(keys // n_items, keys % n_items, n_users, n_items)
+    import dataclasses
+
+    return dataclasses.replace(raw, timestamps=rng.integers(0, 200, keys.size).astype(np.float64))
+
+
+def _time_of(raw):
+    return {(int(u), int(i)): t for u, i, t in zip(raw.users, raw.items, raw.timestamps)}
+
+
+def test_temporal_split_holds_out_each_users_latest_interactions():
+    raw = _timed_raw()
+    split = make_split(raw, test_frac=0.2, valid_frac=0.1, seed=3, method="temporal")
+    times = _time_of(raw)
+    parts = {name: _pairs(getattr(split, name)) for name in ("train", "valid", "test")}
+    assert set().union(*parts.values()) == set(times) and sum(map(len, parts.values())) == len(times)
+    per_user = {}
+    for u, i in times:
+        per_user.setdefault(u, []).append(i)
+    for u, its in per_user.items():
+        n = len(its)
+        part_times = {name: [times[(u, i)] for i in its if (u, i) in parts[name]] for name in parts}
+        assert len(part_times["test"]) == _expected_held(n, 0.2)  # the random split's counts
+        # no test interaction precedes a training (or validation) one of the same user; validation after train
+        if part_times["test"]:
+            assert min(part_times["test"]) >= max(part_times["train"] + part_times["valid"])
+        if part_times["valid"]:
+            assert min(part_times["valid"]) >= max(part_times["train"])
+    assert split.stats()["split"] == "temporal"
+    assert make_split(raw, test_frac=0.2, valid_frac=0.1, seed=3, method="temporal").test.nnz == split.test.nnz
+
+
+def test_time_cut_split_and_its_dropped_test_rows():
+    raw = _timed_raw(1)
+    cut = 150.0
+    split = make_split(raw, test_frac=0.2, valid_frac=0.1, seed=0, method="time-cut", cut_time=cut)
+    times = _time_of(raw)
+    train, valid, test = (_pairs(getattr(split, n)) for n in ("train", "valid", "test"))
+    assert all(times[p] < cut for p in train | valid) and all(times[p] >= cut for p in test)
+    before = {p for p, t in times.items() if t < cut}
+    assert train | valid == before
+    known_users = {u for u, _ in train}
+    known_items = {i for _, i in train}
+    after = [p for p, t in times.items() if t >= cut]
+    kept = {p for p in after if p[0] in known_users and p[1] in known_items}
+    assert test == kept and split.dropped_test == len(after) - len(kept)
+
+
+def test_time_splits_name_their_problems():
+    with pytest.raises(DataError, match="no timestamp column"):
+        make_split(_random_raw(), method="temporal")
+    with pytest.raises(ConfigError, match="needs --cut-date"):
+        make_split(_timed_raw(), method="time-cut")
+    with pytest.raises(DataError, match="leaves no test"):
+        make_split(_timed_raw(), method="time-cut", cut_time=1e9)
+    with pytest.raises(ConfigError, match="unknown split"):
+        make_split(_timed_raw(), method="later")
+
+
+def test_loader_keeps_timestamps_numbers_and_iso_dates(tmp_path):
+    from itemjax.split import parse_time
+
+    (tmp_path / "a.csv").write_text("user,item,timestamp\nx,p,2020-01-02\ny,q,2020-01-01T12:00:00\nx,p,2021-01-01\n")
+    raw = load_dataset(tmp_path / "a.csv")
+    assert raw.timestamps.tolist() == [parse_time("2020-01-02"), parse_time("2020-01-01T12:00:00")]  # duplicate: first
+    assert parse_time("2020-01-02") == 1577923200.0 and parse_time("86400") == 86400.0
+    (tmp_path / "b.csv").write_text("user,item,timestamp\nx,p,yesterday\n")
+    with pytest.raises(DataError, match="b.csv:2: timestamp 'yesterday'"):
+        load_dataset(tmp_path / "b.csv")
+    (tmp_path / "c.csv").write_text("u,i\n1,2\n")
+    assert load_dataset(tmp_path / "c.csv").timestamps is None
+
+
+@pytest.mark.skipif(not os.environ.get("ITEMJAX_DATA"), reason="needs ITEMJAX_DATA")
+def test_ml100k_temporal_split_respects_time():
+    raw = load_dataset("ml-100k", data_dir=os.environ["ITEMJAX_DATA"], download=False, progress=False)
+    assert raw.timestamps is not None and raw.timestamps.size == raw.users.size == 100000
+    split = make_split(raw, method="temporal")
+    times = dict(zip(zip(raw.users.tolist(), raw.items.tolist()), raw.timestamps.tolist()))
+    train, test = split.train.tocsr(), split.test.tocsr()
+    for u in range(split.n_users):
+        t_train = [times[(u, i)] for i in train.indices[train.indptr[u]:train.indptr[u + 1]]]
+        t_test = [times[(u, i)] for i in test.indices[test.indptr[u]:test.indptr[u + 1]]]
+        if t_test:
+            assert min(t_test) >= max(t_train)

@@ -42,6 +42,9 @@ CASES = {
     "softmax": dict(loss="softmax"),
     "softmax-logq-mixed": dict(loss="softmax", logq_correction=True, neg_sampler="mixed"),
     "softmax-logq-shared": dict(loss="softmax", logq_correction=True, shared_negatives=True),
+    "bpr-mixgcf": dict(loss="bpr", neg_sampler="mixgcf", mixgcf_candidates=8),
+    "bpr-sgl": dict(loss="bpr", ssl="sgl-ed"),
+    "item-sgl": dict(loss="item", ssl="sgl-ed"),
 }
 
 
@@ -50,7 +53,7 @@ def test_each_objective_lowers_its_loss(case):
     train, hard = small_problem()
     config = TrainConfig(model="lightgcn", dim=16, layers=2, batch_size=32, positives=8, negatives=16,
                          lr=0.05, **CASES[case]).resolve()
-    data = sampling.make_train_data(train, hard if config.neg_sampler != "uniform" else None)
+    data = sampling.make_train_data(train, hard if config.neg_sampler in ("ppr", "mixed") else None)
     batch = Batch(graph=to_device(build_graph(train), "segment"), data=data)
     model = make_model(config, *train.shape)
     state = create_state(config, model, batch.graph, data, jax.random.PRNGKey(0))
@@ -84,7 +87,7 @@ def test_item_objective_matches_reference(shared, catalogue):
     """Re-draw the step's users/positives/negatives with the same keys and recompute the loss.
 
     ``catalogue``: each negative counts ``(|I| - deg_u) / (valid negatives of u)`` times."""
-    from itemjax.training import item_objective
+    from itemjax.objectives import item_objective
 
     train, _ = small_problem()
     data = sampling.make_train_data(train)
@@ -123,7 +126,7 @@ def test_item_objective_matches_reference(shared, catalogue):
 @pytest.mark.parametrize("rate", [0.0, 0.5])
 def test_user_dropout_zeroes_whole_id_rows(rate):
     """MF's output is its ID tables: dropped users' rows are exactly 0, the rest unchanged and unscaled."""
-    from itemjax.training import _forward
+    from itemjax.objectives import _forward
 
     train, _ = small_problem(n_users=400)
     graph = to_device(build_graph(train), "segment")
@@ -161,7 +164,7 @@ def ref_sampler_probabilities(dense, hard, users, share):
 @pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
 def test_negative_log_counts_match_the_sampler(share):
     """log(N Q(n)) against a loop reference, and Q against the frequencies of 40,000 draws."""
-    from itemjax.training import negative_log_counts
+    from itemjax.objectives import negative_log_counts
 
     train, hard = small_problem()
     hard[3] = -1  # a user without PPR candidates: its hard slots are uniform
@@ -195,7 +198,7 @@ def test_listwise_objectives_score_the_item_lists(shared):
     """The NeuralNDCG and softmax objectives apply their loss to the lists ITEM draws with the same
     key (user_lists), plus the same L2; softmax's logQ term against a float64 reference."""
     from itemjax.listwise_losses import neural_ndcg_loss
-    from itemjax.training import item_objective, neuralndcg_objective, softmax_objective, user_lists
+    from itemjax.objectives import item_objective, neuralndcg_objective, softmax_objective, user_lists
 
     train, hard = small_problem()
     data = sampling.make_train_data(train, hard)
@@ -240,7 +243,7 @@ def test_listwise_objectives_score_the_item_lists(shared):
 
 def test_listwise_losses_count_users_per_step_and_check_their_options():
     from itemjax.errors import ConfigError
-    from itemjax.training import steps_per_epoch
+    from itemjax.objectives import steps_per_epoch
 
     train, _ = small_problem()
     data = sampling.make_train_data(train)

@@ -6,6 +6,9 @@
     itemjax arch-table                             # every model x loss x protocol
     itemjax recommend RUN --user 196               # top-K from a saved run
     itemjax report RUN [RUN ...]                   # markdown summary of runs
+    itemjax export RUN --out DIR -k 50             # embeddings + every user's top-K for serving
+    itemjax tune --loss item --trials 20 --out runs/tune-item   # Optuna search, resumable
+    itemjax methods --out runs/methods-ml100k      # every loss / sampler / SSL method, equal tuning budget
     itemjax paper-scale --dataset yelp2018 --out runs/paper-yelp2018   # tune, then equal budgets
 
 Each command's logic is the module of the same name in this package (``main(argv)`` and
@@ -19,7 +22,8 @@ import sys
 
 #: command name -> module of itemjax.commands
 COMMANDS = {"train": "train", "compare": "compare", "sweep": "sweep", "arch-table": "arch_table",
-            "recommend": "recommend", "report": "report", "paper-scale": "paper_scale"}
+            "recommend": "recommend", "report": "report", "export": "export", "tune": "tune", "methods": "methods",
+            "paper-scale": "paper_scale"}
 
 
 def main(argv=None) -> int:

@@ -18,7 +18,9 @@ first loss, the refit model's test metrics when the runs used ``--refit``, train
 epoch of the best validation NDCG@20 and the time to it, the wall time each loss needs to
 reach every other loss's best validation NDCG@20, and that time as a fraction of the other
 loss's time to its own best) and ``<out>/learning_curves.png`` (validation NDCG@20 against
-wall time, one line per run).
+wall time, one line per run). Each loss is also paired with the first, seed by seed, on the
+per-user test metrics the runs write (``per_user_test.parquet``): the mean per-user difference
+with a bootstrap 95% interval and the Wilcoxon signed-rank p-value (:func:`paired_test`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from itemjax.commands.train import parser as train_parser
 from itemjax.cli import ArgumentParser, config_from_args, int_list, run_main
 from itemjax.config import LOSS_NAMES
 from itemjax.errors import ConfigError
-from itemjax.runio import best_validation, read_jsonl, write_json_atomic
+from itemjax.runio import best_validation, read_jsonl, read_table, write_json_atomic
 
 METRICS = ("recall@20", "ndcg@20")
 
@@ -95,6 +97,59 @@ def time_to_reach(records: list, target: float, metric: str = "ndcg@20"):
     return None
 
 
+def paired_test(a, b, *, n_resamples: int = 10_000, seed: int = 0) -> dict:
+    """Paired comparison of per-user values ``b - a`` (same users, same order).
+
+    Returns ``{"mean_diff", "ci95": [lo, hi], "p_wilcoxon", "n_users"}``: the mean difference,
+    its percentile-bootstrap 95% interval (``scipy.stats.bootstrap``, ``n_resamples``, seeded),
+    and the two-sided Wilcoxon signed-rank p-value (``scipy.stats.wilcoxon``, zero differences
+    dropped; None when every difference is 0).
+    """
+    from scipy import stats
+
+    diff = np.asarray(b, np.float64) - np.asarray(a, np.float64)
+    if np.all(diff == diff[0]):  # every resample has the same mean
+        low = high = float(diff[0])
+    else:
+        ci = stats.bootstrap((diff,), np.mean, confidence_level=0.95, n_resamples=n_resamples, method="percentile",
+                             random_state=np.random.default_rng(seed)).confidence_interval
+        low, high = float(ci.low), float(ci.high)
+    p = float(stats.wilcoxon(diff).pvalue) if np.any(diff != 0) else None
+    return {"mean_diff": float(diff.mean()), "ci95": [low, high], "p_wilcoxon": p, "n_users": int(diff.size)}
+
+
+def _per_user(run):
+    """A run's per-user test table (``per_user_test.parquet`` or ``.csv``), or None."""
+    path = pathlib.Path(run) / "per_user_test"
+    if path.with_suffix(".parquet").exists() or path.with_suffix(".csv").exists():
+        return read_table(path)
+    return None
+
+
+def paired_tests(runs: dict, base: str) -> dict:
+    """``{loss: {metric: [per-seed paired_test of loss vs base]}}`` for every loss but ``base``,
+    on the runs' per-user test tables (users matched by row; seeds without both tables skipped)."""
+    result = {}
+    for loss, rows in runs.items():
+        if loss == base:
+            continue
+        per_metric = {m: [] for m in METRICS}
+        for r in rows:
+            twin = next((b for b in runs[base] if b["seed"] == r["seed"]), None)
+            ours = _per_user(r["out"])
+            theirs = _per_user(twin["out"]) if twin else None
+            if ours is None or theirs is None:
+                continue
+            order = np.argsort(ours["user"])
+            twin_order = np.argsort(theirs["user"])
+            if not np.array_equal(ours["user"][order], theirs["user"][twin_order]):
+                continue  # different users: not a paired comparison
+            for m in METRICS:
+                per_metric[m].append({"seed": r["seed"], **paired_test(theirs[m][twin_order], ours[m][order])})
+        result[loss] = per_metric
+    return result
+
+
 def summarise(out: pathlib.Path, configs: list) -> dict:
     """Aggregate the finished runs into the comparison table (dict) and markdown text."""
     runs = {}
@@ -141,7 +196,7 @@ def summarise(out: pathlib.Path, configs: list) -> dict:
             v = table[loss][m]["mean"]
             table[loss][m]["gain_vs_" + base] = (v - b) / b if b and v is not None else None
     return {"runs": {k: [{kk: vv for kk, vv in r.items() if kk != "records"} for r in v] for k, v in runs.items()},
-            "table": table, "baseline": base}
+            "table": table, "baseline": base, "paired": paired_tests(runs, base)}
 
 
 def markdown(result: dict, title: str) -> str:
@@ -172,6 +227,20 @@ def markdown(result: dict, title: str) -> str:
                   f"{o}: {times(e[f'seconds_to_{o}_best_valid'])} ({times(e[f'fraction_of_{o}_time_to_its_best'], 2)})",
                   fmt(e, "load_average", 1)]
         lines.append("| " + " | ".join(cells) + " |")
+    paired = result.get("paired") or {}
+    if any(tests for per_metric in paired.values() for tests in per_metric.values()):
+        lines += ["", f"Paired per-user test differences against {base} (same users, per seed): mean difference "
+                  "[bootstrap 95% interval], Wilcoxon signed-rank p-value.", "",
+                  "| loss | seed | users | " + " | ".join(f"Δ {m} [95% CI] | p" for m in METRICS) + " |",
+                  "|---|---|---|" + "---|---|" * len(METRICS)]
+        for loss, per_metric in paired.items():
+            for i, first in enumerate(per_metric[METRICS[0]]):
+                cells = [loss, str(first["seed"]), str(first["n_users"])]
+                for m in METRICS:
+                    t = per_metric[m][i]
+                    p = "–" if t["p_wilcoxon"] is None else f"{t['p_wilcoxon']:.2g}"
+                    cells += [f"{t['mean_diff']:+.4f} [{t['ci95'][0]:+.4f}, {t['ci95'][1]:+.4f}]", p]
+                lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

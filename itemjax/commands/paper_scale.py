@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import shlex
 import sys
 
 from itemjax.cli import ArgumentParser, run_main

@@ -1,0 +1,14 @@
+#!/usr/bin/env python
+"""The training methods side by side: each tuned with the same budget, then over several seeds.
+
+A thin script over :mod:`itemjax.commands.methods` (also ``itemjax methods`` once
+the package is installed); ``python experiments/methods.py --help`` lists the options.
+"""
+
+import sys
+
+from itemjax.cli import run_main
+from itemjax.commands.methods import main
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

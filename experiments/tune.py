@@ -1,0 +1,14 @@
+#!/usr/bin/env python
+"""Tune one loss's options with Optuna: TPE sampling, pruning on validation NDCG@20, resumable.
+
+A thin script over :mod:`itemjax.commands.tune` (also ``itemjax tune`` once
+the package is installed); ``python experiments/tune.py --help`` lists the options.
+"""
+
+import sys
+
+from itemjax.cli import run_main
+from itemjax.commands.tune import main
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,33 @@
+"""``itemjax methods``: equal tuning budget per method, selection on validation, seeds, popularity floor."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from itemjax.commands import methods
+from itemjax.runio import best_validation
+
+pytestmark = pytest.mark.integration  # trains runs
+
+
+def test_methods_table_selects_on_validation_and_reuses_the_tuning_run(tiny_csv, tmp_path):
+    out = tmp_path / "m"
+    assert methods.main(["--dataset", str(tiny_csv), "--methods", "bpr,bpr+mixgcf", "--seeds", "0,1",
+                         "--common-args", "--epochs 2 --eval-every 1 --dim 8 --layers 1", "--out", str(out)]) == 0
+    result = json.loads((out / "methods.json").read_text())
+    for name, row in result["methods"].items():
+        tuned = {t["variant"]: t["best_valid_ndcg@20"] for t in row["tuning"]}
+        assert len(tuned) == 3 and row["selected"] == max(tuned, key=tuned.get)
+        seed0, seed1 = row["runs"]
+        assert "tune-" in seed0["run"] and "final" in seed1["run"]  # seed 0 is the tuning run itself
+        assert best_validation(seed0["run"], "ndcg@20")["ndcg@20"] == row["best_valid_ndcg@20"]
+        config = json.loads(open(seed1["run"] + "/config.json").read())["config"]
+        assert config["seed"] == 1 and config["loss"] == "bpr"
+        assert (config["neg_sampler"] == "mixgcf") == (name == "bpr+mixgcf")
+    pop = result["popularity"]["ndcg@20"]
+    assert 0 < pop["mean"] < 1 and np.isfinite(pop["std"])
+    text = (out / "methods.md").read_text()
+    assert "| bpr+mixgcf |" in text and "| popularity |" in text
