@@ -204,7 +204,7 @@ def test_device_graph_is_a_pytree_with_static_metadata():
     host_graph = build_graph(hand_train())
     graph = to_device(host_graph, "segment")
     leaves, treedef = jax.tree_util.tree_flatten(graph)
-    assert len(leaves) == 6
+    assert len(leaves) == 11  # 6 adjacency arrays, edge_pairs, 4 (empty) side-feature arrays
     assert (graph.n_users, graph.n_items, graph.n_nodes, graph.backend) == (4, 4, 8, "segment")
     rebuilt = jax.tree_util.tree_unflatten(treedef, leaves)
     assert rebuilt.backend == "segment" and rebuilt.n_nodes == 8

@@ -48,6 +48,10 @@ CASES = {
 }
 
 
+#: cases that start slower: MixGCF's negative mixes the positive in, so its loss sits at log 2 for ~40 steps
+STEPS = {"bpr-mixgcf": 120}
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_each_objective_lowers_its_loss(case):
     train, hard = small_problem()
@@ -59,12 +63,13 @@ def test_each_objective_lowers_its_loss(case):
     state = create_state(config, model, batch.graph, data, jax.random.PRNGKey(0))
     key = jax.random.PRNGKey(1)
     losses = []
-    for _ in range(40):
+    n_steps = STEPS.get(case, 40)
+    for _ in range(n_steps):
         state, metrics = train_step(state, batch, key)
         losses.append(float(metrics["rank_loss"]))
     assert np.all(np.isfinite(losses))
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
-    assert int(state.step) == 40
+    assert int(state.step) == n_steps
 
 
 def ref_item_ndcg(pos_scores, pos_where, neg_scores, neg_where, tau, neg_weight=1.0):
