@@ -1,5 +1,6 @@
-"""Fixtures shared by the test modules: a tiny synthetic interaction file and the environment of
-subprocess runs (CPU, one persistent compilation cache)."""
+"""Fixtures shared by the test modules: a tiny synthetic interaction file, the environment of
+subprocess runs (CPU, one persistent compilation cache), float64 JAX (``x64``) and central
+finite differences for gradient references."""
 
 from __future__ import annotations
 
@@ -36,3 +37,23 @@ def cache_env(tmp_path_factory):
         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
     )
     return env
+
+
+@pytest.fixture
+def x64():
+    """JAX in float64 for the test's duration (float64 references compared at tight tolerances)."""
+    import jax
+
+    with jax.enable_x64(True):
+        yield
+
+
+def central_differences(fn, x, eps=1e-6):
+    """``d fn / d x`` of a scalar function of a numpy array, by central differences (float64)."""
+    grad = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        up, down = x.copy(), x.copy()
+        up[idx] += eps
+        down[idx] -= eps
+        grad[idx] = (float(fn(up)) - float(fn(down))) / (2 * eps)
+    return grad

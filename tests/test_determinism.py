@@ -10,24 +10,14 @@ import json
 import pathlib
 
 import jax
-import numpy as np
 import pytest
+from conftest import write_tiny_interactions
 
 from itemjax.config import LOSS_DEFAULTS, TrainConfig
 from itemjax.run import fit
 from itemjax.runio import read_jsonl
 
 pytestmark = pytest.mark.integration  # trains whole runs / starts subprocesses
-
-
-
-def write_interactions(path: pathlib.Path, *, n_users=50, n_items=70, n_rows=1200, seed=1) -> pathlib.Path:
-    rng = np.random.default_rng(seed)
-    pairs = set()
-    while len(pairs) < n_rows:
-        pairs.add((int(rng.integers(n_users)), int(min(n_items - 1, rng.geometric(0.05) - 1))))
-    path.write_text("user,item\n" + "".join(f"{u},{i}\n" for u, i in sorted(pairs)))
-    return path
 
 
 def small_config(csv, out, **overrides) -> TrainConfig:
@@ -46,7 +36,7 @@ def config_from_run_dir(run_dir: pathlib.Path, **overrides) -> TrainConfig:
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("determinism")
-    csv = write_interactions(root / "clicks.csv")
+    csv = write_tiny_interactions(root / "clicks.csv", n_users=50, n_items=70, n_rows=1200, seed=1)
     out = root / "a"
     summary = fit(small_config(csv, out))
     return csv, out, summary

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import central_differences
 
 from itemjax.errors import ConfigError
 from itemjax.listwise_losses import neural_ndcg, neural_ndcg_loss, neural_sort, sampled_softmax_loss, sinkhorn
@@ -117,22 +118,6 @@ def random_batch(seed, n_users=5, n_slots=8, p_valid=0.8, p_positive=0.4, scale=
     labels[2, :2], valid[2, :3] = 1, True  # positives and a negative, valid
     labels[2, 2] = 0
     return scores, labels, valid
-
-
-def central_differences(fn, x, eps=1e-6):
-    grad = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        up, down = x.copy(), x.copy()
-        up[idx] += eps
-        down[idx] -= eps
-        grad[idx] = (float(fn(up)) - float(fn(down))) / (2 * eps)
-    return grad
-
-
-@pytest.fixture
-def x64():
-    with jax.enable_x64(True):
-        yield
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import central_differences
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -122,12 +123,6 @@ def random_batch(seed, n_users=5, n_slots=9, p_valid=0.8, p_positive=0.35, scale
     labels[1] = 0  # a user without positives
     labels[2, 0], valid[2, 0] = 1, True  # a user with at least one valid positive
     return scores, labels, valid
-
-
-@pytest.fixture
-def x64():
-    with jax.enable_x64(True):
-        yield
 
 
 # ----------------------------------------------------------------------------------------------
@@ -371,16 +366,6 @@ def test_gradients_finite_for_all_masked_users_and_huge_gaps():
     assert loss == 0 and np.all(np.asarray(grad) == 0)
     grad = jax.grad(lambda s: smooth_ranks(s, where, tau=1e-3).sum())(scores)
     assert np.all(np.isfinite(np.asarray(grad)))
-
-
-def central_differences(fn, x, eps=1e-6):
-    grad = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        up, down = x.copy(), x.copy()
-        up[idx] += eps
-        down[idx] -= eps
-        grad[idx] = (float(fn(up)) - float(fn(down))) / (2 * eps)
-    return grad
 
 
 @pytest.mark.parametrize(
