@@ -52,8 +52,9 @@ def parser() -> ArgumentParser:
                    help="wall-time budget of each tuning variant (default 300)")
     p.add_argument("--budget", type=float, default=5400.0, metavar="SECONDS",
                    help="wall-time budget of each final run, before its refit (default 5400)")
-    p.add_argument("--common-args", default="--eval-every 1",
-                   help="train.py options for every run (default: evaluate every epoch)")
+    p.add_argument("--common-args", default="--eval-every 1 --patience 1000000",
+                   help="train.py options for every run (default: evaluate every epoch, no early stopping: the "
+                        "budget ends each run, so a loss that plateaus early is not cut off before its budget)")
     p.add_argument("--out", required=True, help="output folder")
     return p
 
