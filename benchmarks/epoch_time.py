@@ -7,18 +7,18 @@
 
 Each case (dataset, loss, backend) runs in its own subprocess, so that its peak RSS
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) is its own. A case does what
-``itemjax.run.fit`` does, timing each part:
+``itemjax.train.run.fit`` does, timing each part:
 
-* process set-up as in ``fit``: ``itemjax.distributed.initialize`` (glibc allocator tuning,
+* process set-up as in ``fit``: ``itemjax.parallel.distributed.initialize`` (glibc allocator tuning,
   ``--no-malloc-tuning`` to compare without);
 
 * load + split (the dataset's predefined train/test; ``--valid-frac`` carved from train,
   default 0 so that an epoch covers every training interaction), graph build, device copy;
-* ITEM only: the PPR hard-negative table (``itemjax.ppr.hard_negative_table``, window
+* ITEM only: the PPR hard-negative table (``itemjax.graph.ppr.hard_negative_table``, window
   (10, 100), not cached), and ITEM samples half of its negatives from it (``mixed``);
 * the epoch: ``steps = ceil(n_train / B)`` (BPR, B = 2048 triples) or ``ceil(n_active_users / B)``
   (ITEM, B = 256 users) calls of the real jitted ``train_step`` through
-  ``itemjax.placement.Placement.jit_step`` (the path ``fit`` uses), after ``--warmup`` steps
+  ``itemjax.train.placement.Placement.jit_step`` (the path ``fit`` uses), after ``--warmup`` steps
   (compilation included there), losses fetched once at the end as in ``fit``; wall-clock and
   CPU seconds of the process (``time.process_time``, all threads: much less sensitive to other jobs than wall-clock);
 * the full-ranking evaluation of every test user (``Placement.embed`` + ``evaluate``, training
@@ -53,19 +53,19 @@ def run_case(args) -> dict:
     import numpy as np
 
     from itemjax.config import TrainConfig
-    from itemjax.datasets import load_dataset
-    from itemjax.distributed import make_mesh
-    from itemjax.placement import Placement
-    from itemjax.graph import build_graph
-    from itemjax.propagation import to_device
-    from itemjax.sampling import make_train_data
-    from itemjax.split import split_of
-    from itemjax.objectives import Batch, steps_per_epoch
-    from itemjax.training import create_state, make_model, train_step
+    from itemjax.data.datasets import load_dataset
+    from itemjax.parallel.distributed import make_mesh
+    from itemjax.train.placement import Placement
+    from itemjax.graph.bipartite import build_graph
+    from itemjax.graph.propagation import to_device
+    from itemjax.objective.sampling import make_train_data
+    from itemjax.data.split import split_of
+    from itemjax.objective.objectives import Batch, steps_per_epoch
+    from itemjax.train.step import create_state, make_model, train_step
 
-    from itemjax.distributed import initialize
+    from itemjax.parallel.distributed import initialize
 
-    initialize(False, tune_allocator=not args.no_malloc_tuning)  # as itemjax.run.fit does, before JAX starts
+    initialize(False, tune_allocator=not args.no_malloc_tuning)  # as itemjax.train.run.fit does, before JAX starts
     record = {"dataset": args.dataset, "loss": args.loss, "backend": args.backend, "load_before": os.getloadavg(),
               "malloc_tuning": not args.no_malloc_tuning}
     item = args.loss == "item"
@@ -81,11 +81,11 @@ def run_case(args) -> dict:
     record["graph_seconds"] = time.perf_counter() - t0
     hard = None
     if item:
-        from itemjax.ppr import hard_negative_table
+        from itemjax.graph.ppr import hard_negative_table
 
         t0 = time.perf_counter()
         if args.ppr_cache:  # a table computed by an earlier case is not timed again
-            from itemjax.ppr import cached_hard_negative_table, table_cache_path
+            from itemjax.graph.ppr import cached_hard_negative_table, table_cache_path
 
             params = dict(window=tuple(config.ppr_window), alpha=config.ppr_alpha)
             key = f"{split.name}-bench"
@@ -194,7 +194,7 @@ def main() -> None:
     p.add_argument("--eval-chunk", type=int, default=1024)
     p.add_argument("--no-eval", action="store_true")
     p.add_argument("--no-malloc-tuning", action="store_true",
-                   help="leave glibc malloc as is (see itemjax.host_memory.tune_host_allocator)")
+                   help="leave glibc malloc as is (see itemjax.parallel.host_memory.tune_host_allocator)")
     p.add_argument("--ppr-cache", default="", help="cache PPR tables in this directory (a cached table is not timed)")
     p.add_argument("--out", default=str(OUT / "epoch_time.json"))
     p.add_argument("--case", nargs=3, metavar=("DATASET", "LOSS", "BACKEND"), help=argparse.SUPPRESS)

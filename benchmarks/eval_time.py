@@ -15,7 +15,7 @@ import time
 import numpy as np
 import scipy.sparse as sp
 
-from itemjax.evaluate import evaluate
+from itemjax.evaluation.evaluate import evaluate
 
 N_USERS, N_ITEMS, DIM = 29858, 40981, 64
 N_TRAIN, N_TEST = 810128, 217242

@@ -47,8 +47,8 @@ import scipy.sparse
 from jax.experimental import sparse
 
 from itemjax.errors import ConfigError, DataError, ItemjaxError
-from itemjax.graph import build_graph
-from itemjax.propagation import BACKENDS, DeviceGraph, propagate, propagate_weighted, to_device
+from itemjax.graph.bipartite import build_graph
+from itemjax.graph.propagation import BACKENDS, DeviceGraph, propagate, propagate_weighted, to_device
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 OUT_PATH = REPO / "benchmarks" / "out" / "propagation.json"

@@ -15,7 +15,7 @@ Each size runs in its own subprocess (its peak RSS is its own) and measures, on 
   ``Placement.jit_step``) after compilation;
 * full-ranking evaluation of a fixed sample of 2048 test users (``evaluate(users=...)``, after a
   warm-up call) and its extrapolation to every test user (x n_test_users / 2048);
-* PPR scores of a fixed block of 64 users (``itemjax.ppr.ppr_scores``, alpha 0.15, 50
+* PPR scores of a fixed block of 64 users (``itemjax.graph.ppr.ppr_scores``, alpha 0.15, 50
   iterations), and its extrapolation to the whole table (x n_users / 64);
 * the epoch estimates ``ceil(n_train / 2048) x BPR step``; and the peak RSS.
 
@@ -96,18 +96,18 @@ def run_size(n_edges: int, repeats: int) -> dict:
     import jax
 
     from itemjax.config import TrainConfig
-    from itemjax.distributed import make_mesh
-    from itemjax.placement import Placement
-    from itemjax.graph import build_graph
-    from itemjax.ppr import ppr_scores
-    from itemjax.propagation import to_device
-    from itemjax.sampling import make_train_data
-    from itemjax.objectives import Batch, steps_per_epoch
-    from itemjax.training import create_state, make_model, train_step
+    from itemjax.parallel.distributed import make_mesh
+    from itemjax.train.placement import Placement
+    from itemjax.graph.bipartite import build_graph
+    from itemjax.graph.ppr import ppr_scores
+    from itemjax.graph.propagation import to_device
+    from itemjax.objective.sampling import make_train_data
+    from itemjax.objective.objectives import Batch, steps_per_epoch
+    from itemjax.train.step import create_state, make_model, train_step
 
-    from itemjax.distributed import initialize
+    from itemjax.parallel.distributed import initialize
 
-    initialize(False)  # as itemjax.run.fit does (host allocator tuning), before JAX starts
+    initialize(False)  # as itemjax.train.run.fit does (host allocator tuning), before JAX starts
     record = {"edges": n_edges, "load_before": os.getloadavg()}
     t0 = time.perf_counter()
     train, test = synthetic_graph(n_edges)

@@ -9,10 +9,10 @@
 For each dataset, backend, loss and batch size B (users per step: BPR/BCE draw B training
 interactions, i.e. B users with one positive and one negative each; ITEM draws B users with up to
 ``--positives`` positives and ``--negatives`` negatives each) the real ``train_step`` of
-``itemjax.training``, jitted by ``Placement.jit_step`` as training does, is compiled, warmed up, then timed ``--repeats`` times with
+``itemjax.train.step``, jitted by ``Placement.jit_step`` as training does, is compiled, warmed up, then timed ``--repeats`` times with
 ``block_until_ready``; the median is reported. A method is a loss, optionally with ``+mixgcf``
 (BPR with MixGCF negatives, default candidates) or ``+sgl-ed`` (the SGL-ED auxiliary loss), see
-:data:`METHODS`. Also the PPR hard-negative precomputation time (``itemjax.ppr.hard_negative_table``,
+:data:`METHODS`. Also the PPR hard-negative precomputation time (``itemjax.graph.ppr.hard_negative_table``,
 default window; ``--no-ppr`` skips it). Prints a markdown table (each method's step over BPR's at the
 same dataset, backend and users per step) and writes ``benchmarks/out/step_time.json``.
 """
@@ -31,11 +31,11 @@ import time
 import jax
 
 from itemjax.config import TrainConfig
-from itemjax.distributed import make_mesh
-from itemjax.placement import Placement
-from itemjax.run import prepare
-from itemjax.objectives import Batch
-from itemjax.training import create_state, train_step
+from itemjax.parallel.distributed import make_mesh
+from itemjax.train.placement import Placement
+from itemjax.train.run import prepare
+from itemjax.objective.objectives import Batch
+from itemjax.train.step import create_state, train_step
 
 
 #: method name -> TrainConfig overrides
@@ -49,7 +49,7 @@ METHODS = {
 
 def time_steps(config: TrainConfig, prep, repeats: int) -> float:
     """Median seconds of the step training runs use: ``train_step`` through ``Placement.jit_step``
-    (the mesh over every device, state and batch placed as :func:`itemjax.run.fit` places them)."""
+    (the mesh over every device, state and batch placed as :func:`itemjax.train.run.fit` places them)."""
     placement = Placement(make_mesh())
     batch = placement.place_batch(Batch(graph=prep_graph(prep, config.backend), data=prep.batch.data))
     state = placement.place_state(create_state(config, prep.model, batch.graph, batch.data, jax.random.PRNGKey(0)))
@@ -72,8 +72,8 @@ _graphs = {}
 
 def prep_graph(prep, backend):
     """The device graph of ``prep`` on ``backend`` (built once per backend)."""
-    from itemjax.graph import build_graph
-    from itemjax.propagation import to_device
+    from itemjax.graph.bipartite import build_graph
+    from itemjax.graph.propagation import to_device
 
     k = (id(prep), backend)
     if k not in _graphs:
@@ -101,7 +101,7 @@ def main():
                            positives=args.positives, negatives=args.negatives)
         prep = prepare(base.resolve())
         if not args.no_ppr:
-            from itemjax.ppr import hard_negative_table
+            from itemjax.graph.ppr import hard_negative_table
 
             t0 = time.perf_counter()
             hard_negative_table(prep.split.train, window=tuple(base.ppr_window), alpha=base.ppr_alpha, progress=False)

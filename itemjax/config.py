@@ -13,14 +13,14 @@ BACKEND_NAMES = ("auto", "segment", "csr")
 NEG_SAMPLERS = ("uniform", "ppr", "mixed", "mixgcf")
 PPR_SAMPLERS = ("ppr", "mixed")  # the samplers that need the PPR candidate table
 SSL_METHODS = ("none", "sgl-ed")
-SPLIT_METHODS = ("random", "temporal", "time-cut")  # itemjax.split
+SPLIT_METHODS = ("random", "temporal", "time-cut")  # itemjax.data.split
 SSL_MODELS = ("lightgcn", "ngcf")  # models whose propagation reads the graph's (dropped) edge weights
 COMPUTE_DTYPES = ("float32", "bfloat16")
 ITEM_METRICS = ("ndcg", "recall", "ndcg+recall")
 POSITIVE_PAIRS = ("smooth", "detach", "exact")  # ITEM: positive-vs-positive terms of the smooth rank
 RANK_ESTIMATES = ("list", "catalogue")  # ITEM: rank within the sampled list, or scaled to all items
 USER_SAMPLINGS = ("uniform", "degree")  # users of a step uniformly, or by training degree (every interaction alike)
-PROTOCOLS = ("transductive", "inductive")  # itemjax.inductive: users held out of training
+PROTOCOLS = ("transductive", "inductive")  # itemjax.evaluation.inductive: users held out of training
 
 
 #: Per-loss defaults of the options left as None. For BPR/BCE ``batch_size`` counts
@@ -185,7 +185,7 @@ class TrainConfig:
                                  "items", group=_EVAL)
     reveal: float = option(0.5, "inductive: fraction of a held-out user's interactions revealed as graph edges "
                            "(rest: targets)", group=_EVAL)
-    # devices (itemjax.distributed): a 1-D mesh over every device, users split across it
+    # devices (itemjax.parallel.distributed): a 1-D mesh over every device, users split across it
     shard_embeddings: bool = option(False, "shard the ID embedding tables' rows across devices (default: "
                                     "replicated)", group=_DEVICES)
     distributed: bool = option(False, "call jax.distributed.initialize() first (multi-host GPU / Cloud TPU slice)",

@@ -13,15 +13,16 @@ import jax
 import numpy as np
 import pytest
 
-from itemjax.checkpoint import RunCheckpoints
+from itemjax.train.checkpoint import RunCheckpoints
 from itemjax.config import TrainConfig
 from itemjax.errors import ConfigError
-from itemjax.graph import build_graph
-from itemjax.propagation import to_device
-from itemjax.run import fit, prepare, refit_train
+from itemjax.graph.bipartite import build_graph
+from itemjax.graph.propagation import to_device
+from itemjax.train.run import fit, prepare, refit_train
 from itemjax.runio import best_validation, read_jsonl
-from itemjax.training import create_state, embed
-from itemjax.evaluate import evaluate
+from itemjax.model.models import embed
+from itemjax.train.step import create_state
+from itemjax.evaluation.evaluate import evaluate
 from test_resume import ROOT, TRAIN, run_train
 
 pytestmark = [pytest.mark.integration,
@@ -36,7 +37,7 @@ def tiny_config(csv, out, **kw) -> TrainConfig:
 
 
 class TickingClock:
-    """A fake ``itemjax.run._clock``: every reading is 0.25 s after the previous one, so each
+    """A fake ``itemjax.train.run._clock``: every reading is 0.25 s after the previous one, so each
     epoch (two readings) costs 0.25 s of training and each evaluation 0.25 s, whatever the load."""
 
     def __init__(self):
@@ -49,9 +50,9 @@ class TickingClock:
 
 def test_time_budget_stops_at_the_first_evaluation_past_it_and_tests_the_best_checkpoint(tiny_csv, tmp_path,
                                                                                         monkeypatch):
-    import itemjax.run
+    import itemjax.train.run
 
-    monkeypatch.setattr(itemjax.run, "_clock", TickingClock())
+    monkeypatch.setattr(itemjax.train.run, "_clock", TickingClock())
     budget = 12.1  # records at epochs 10, 20, 30, 40 (11.0 s); epoch 45 crosses it (12.25 s): evaluate there
     summary = fit(tiny_config(tiny_csv, tmp_path / "run", time_budget=budget, eval_every=10))
     records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
@@ -130,7 +131,7 @@ def test_refit_trains_on_train_plus_valid_for_the_selected_steps(tiny_csv, tmp_p
     # re-evaluate the saved refit model: its graph holds the validation edges
     cfg = config.resolve()
     graph_full = to_device(build_graph(full), cfg.backend)
-    from itemjax import sampling
+    from itemjax.objective import sampling
 
     state = create_state(cfg, prep.model, graph_full, sampling.make_train_data(full), jax.random.PRNGKey(0))
     ckpts = RunCheckpoints(out / "refit")

@@ -45,12 +45,12 @@ def error_line(stderr: str) -> str:
 @pytest.fixture
 def no_data_loading(monkeypatch):
     """Make any attempt to read data fail the test."""
-    import itemjax.datasets
+    import itemjax.data.datasets
 
     def forbidden(*args, **kwargs):
         raise AssertionError("data was loaded before the options were checked")
 
-    monkeypatch.setattr(itemjax.datasets, "load_dataset", forbidden)
+    monkeypatch.setattr(itemjax.data.datasets, "load_dataset", forbidden)
 
 
 # (case, argv, words the message must contain). A dataset path is never read for these.

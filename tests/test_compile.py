@@ -17,14 +17,14 @@ import pytest
 import scipy.sparse as sp
 
 from itemjax.config import TrainConfig
-from itemjax.distributed import make_mesh
-from itemjax.placement import Placement
-from itemjax.graph import build_graph
-from itemjax.models import id_embeddings
-from itemjax.ppr import hard_negative_table
-from itemjax.propagation import to_device
-from itemjax.sampling import make_train_data
-from itemjax.training import Batch, create_state, make_model, train_step
+from itemjax.parallel.distributed import make_mesh
+from itemjax.train.placement import Placement
+from itemjax.graph.bipartite import build_graph
+from itemjax.model.models import id_embeddings
+from itemjax.graph.ppr import hard_negative_table
+from itemjax.graph.propagation import to_device
+from itemjax.objective.sampling import make_train_data
+from itemjax.train.step import Batch, create_state, make_model, train_step
 
 COMPILED = "Finished XLA compilation of"
 
@@ -58,7 +58,7 @@ def compilations(caplog) -> list[str]:
 
 @pytest.mark.parametrize("loss, backend, neg_sampler", [("bpr", "csr", "uniform"), ("item", "segment", "mixed")])
 def test_no_recompilation_after_the_first_epoch(caplog, loss, backend, neg_sampler):
-    """The host loop of itemjax.run.fit (steps, loss stack, embed, evaluate) compiles during its
+    """The host loop of itemjax.train.run.fit (steps, loss stack, embed, evaluate) compiles during its
     first epoch only: two more epochs, each with an evaluation, compile nothing."""
     _, batch, state, train, test = setup(loss, backend, neg_sampler)
     placement = Placement(make_mesh())

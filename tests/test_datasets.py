@@ -1,4 +1,4 @@
-"""Tests for itemjax.datasets: registry formats, user files, options and every bad-input message.
+"""Tests for itemjax.data.datasets: registry formats, user files, options and every bad-input message.
 
 Tests on the real benchmark files locate them via $ITEMJAX_DATA and skip when it is unset.
 """
@@ -16,8 +16,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from itemjax import datasets, download
-from itemjax.datasets import DATASETS, RawDataset, data_root, item_titles, load_dataset
+from itemjax.data import datasets
+from itemjax.data import download
+from itemjax.data.datasets import DATASETS, RawDataset, data_root, item_titles, load_dataset
 from itemjax.errors import ConfigError, DataError
 
 

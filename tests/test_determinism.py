@@ -14,7 +14,7 @@ import pytest
 from conftest import write_tiny_interactions
 
 from itemjax.config import LOSS_DEFAULTS, TrainConfig
-from itemjax.run import fit
+from itemjax.train.run import fit
 from itemjax.runio import read_jsonl
 
 pytestmark = pytest.mark.integration  # trains whole runs / starts subprocesses
@@ -79,12 +79,12 @@ def test_train_config_file_reproduces_the_run_bit_for_bit(first_run, tmp_path):
 
 def test_another_seed_gives_other_metrics_and_a_plot_failure_is_only_a_warning(first_run, tmp_path, monkeypatch,
                                                                               capsys):
-    import itemjax.plots
+    import itemjax.evaluation.plots
 
     def broken_plot(run_dir, **kwargs):
         raise RuntimeError("no display")
 
-    monkeypatch.setattr(itemjax.plots, "plot_run", broken_plot)
+    monkeypatch.setattr(itemjax.evaluation.plots, "plot_run", broken_plot)
     csv, out_a, summary_a = first_run
     out_c = tmp_path / "c"
     summary_c = fit(small_config(csv, out_c, seed=1))

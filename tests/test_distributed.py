@@ -1,4 +1,4 @@
-"""Several devices give the same run as one (itemjax.distributed).
+"""Several devices give the same run as one (itemjax.parallel.distributed).
 
 The test runs this file as a subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=4``
 (the other tests keep one CPU device). In the subprocess, for BPR and ITEM (uniform and PPR
@@ -59,13 +59,13 @@ def _run_case(case, devices) -> dict:
     import jax
 
     from itemjax.config import TrainConfig
-    from itemjax.distributed import make_mesh
-    from itemjax.placement import Placement
-    from itemjax.graph import build_graph
-    from itemjax.ppr import hard_negative_table
-    from itemjax.propagation import to_device
-    from itemjax.sampling import make_train_data
-    from itemjax.training import Batch, create_state, make_model, train_step
+    from itemjax.parallel.distributed import make_mesh
+    from itemjax.train.placement import Placement
+    from itemjax.graph.bipartite import build_graph
+    from itemjax.graph.ppr import hard_negative_table
+    from itemjax.graph.propagation import to_device
+    from itemjax.objective.sampling import make_train_data
+    from itemjax.train.step import Batch, create_state, make_model, train_step
 
     name, loss, backend, shard, neg_sampler, batch_size = case
     train, test = _synthetic_split()
@@ -171,7 +171,7 @@ def test_placement_is_what_was_asked(runs, name):
 _FAULTS_SCRIPT = """
 import resource, sys
 import numpy as np
-from itemjax.host_memory import tune_host_allocator
+from itemjax.parallel.host_memory import tune_host_allocator
 
 applied = tune_host_allocator() if sys.argv[1] == "tuned" else False
 def faults_of_one_buffer():  # a fresh 64 MiB buffer, written once, freed
@@ -201,7 +201,7 @@ def test_tuned_allocator_reuses_freed_buffers():
 
 
 def test_allocator_tuning_can_be_switched_off(monkeypatch):
-    from itemjax.host_memory import tune_host_allocator
+    from itemjax.parallel.host_memory import tune_host_allocator
 
     monkeypatch.setenv("ITEMJAX_MALLOC_TUNING", "0")
     assert tune_host_allocator() is False

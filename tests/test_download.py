@@ -1,4 +1,4 @@
-"""Tests for itemjax.download: hashing and atomic, checksummed fetch() (local file:// URLs only)."""
+"""Tests for itemjax.data.download: hashing and atomic, checksummed fetch() (local file:// URLs only)."""
 
 import hashlib
 import io
@@ -6,8 +6,8 @@ import urllib.error
 
 import pytest
 
-from itemjax import download
-from itemjax.download import DownloadFailed, fetch, md5_file, sha256_file
+from itemjax.data import download
+from itemjax.data.download import DownloadFailed, fetch, md5_file, sha256_file
 from itemjax.errors import DataError
 
 PAYLOAD = b"user item\n" + bytes(range(256)) * 40  # binary-safe, > one tqdm tick

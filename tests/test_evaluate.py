@@ -1,4 +1,4 @@
-"""Tests of itemjax.evaluate against a float64 numpy plain-loop full-ranking reference."""
+"""Tests of itemjax.evaluation.evaluate against a float64 numpy plain-loop full-ranking reference."""
 
 import math
 
@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 from itemjax.errors import ConfigError, DataError
-from itemjax.evaluate import evaluate, popularity_embeddings, popularity_scores
+from itemjax.evaluation.evaluate import evaluate, popularity_embeddings, popularity_scores
 
 METRICS = ("recall", "ndcg", "precision", "hitrate")
 

@@ -10,8 +10,8 @@ import pytest
 from itemjax.commands import export as export_command
 from itemjax.config import TrainConfig
 from itemjax.errors import ConfigError
-from itemjax.recommend import ExportedRecommender, load_run
-from itemjax.run import fit
+from itemjax.serve.recommend import ExportedRecommender, load_run
+from itemjax.train.run import fit
 from itemjax.runio import read_table
 
 pytestmark = pytest.mark.integration  # trains a run
@@ -48,9 +48,9 @@ def test_export_matches_the_run_and_a_float64_top_k(exported):
 
 
 def test_load_run_answers_from_the_export_alone(exported, monkeypatch):
-    import itemjax.datasets
+    import itemjax.data.datasets
 
-    monkeypatch.setattr(itemjax.datasets, "load_dataset", lambda *a, **k: pytest.fail("re-read the raw data"))
+    monkeypatch.setattr(itemjax.data.datasets, "load_dataset", lambda *a, **k: pytest.fail("re-read the raw data"))
     rec = load_run(exported / "out")
     assert isinstance(rec, ExportedRecommender)
     table = read_table(exported / "out" / "top_k")

@@ -11,12 +11,12 @@ import pytest
 import scipy.sparse as sp
 
 from itemjax.config import TrainConfig
-from itemjax.datasets import load_dataset
+from itemjax.data.datasets import load_dataset
 from itemjax.errors import ConfigError, DataError
-from itemjax.features import NodeFeatures, load_features
-from itemjax.graph import build_graph
-from itemjax.propagation import to_device
-from itemjax.training import make_model
+from itemjax.data.features import NodeFeatures, load_features
+from itemjax.graph.bipartite import build_graph
+from itemjax.graph.propagation import to_device
+from itemjax.train.step import make_model
 
 
 def test_node_features_pad_and_normalise():
@@ -95,8 +95,8 @@ def test_movielens_built_in_features():
 
 @pytest.mark.integration
 def test_run_with_features_trains_and_reloads(tiny_csv, tmp_path):
-    from itemjax.recommend import load_run
-    from itemjax.run import fit
+    from itemjax.serve.recommend import load_run
+    from itemjax.train.run import fit
 
     lines = [f"i{i},kind{i % 3}\n" for i in range(80)]
     (tmp_path / "items.csv").write_text("".join(lines))

@@ -1,4 +1,4 @@
-"""Tests for itemjax.graph: A_hat against float64 loop references, padding, jraph view."""
+"""Tests for itemjax.graph.bipartite: A_hat against float64 loop references, padding, jraph view."""
 
 import math
 
@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse
 
 from itemjax.errors import ConfigError, DataError
-from itemjax.graph import Graph, bucket_size, build_graph
+from itemjax.graph.bipartite import Graph, bucket_size, build_graph
 
 # Hand-made graph: 4 users, 4 items. User 3 has no interactions; item 2 has none.
 # (2, 3) is listed twice and (0, 1) carries a rating of 5: values and duplicates are ignored.

@@ -1,4 +1,4 @@
-"""Tests for itemjax.inductive: the held-out-user split, the augmented graph, zero-ego embeddings
+"""Tests for itemjax.evaluation.inductive: the held-out-user split, the augmented graph, zero-ego embeddings
 against a float64 LightGCN loop, metrics against plain-loop references, config validation."""
 
 import dataclasses
@@ -9,11 +9,11 @@ import pytest
 import scipy.sparse
 
 from itemjax.config import TrainConfig
-from itemjax.datasets import RawDataset
+from itemjax.data.datasets import RawDataset
 from itemjax.errors import ConfigError, DataError
-from itemjax.evaluate import evaluate
-from itemjax.graph import build_graph
-from itemjax.inductive import (
+from itemjax.evaluation.evaluate import evaluate
+from itemjax.graph.bipartite import build_graph
+from itemjax.evaluation.inductive import (
     augmented_graph,
     evaluate_inductive,
     evaluate_popularity,
@@ -21,9 +21,9 @@ from itemjax.inductive import (
     make_inductive_split,
     zero_user_embeddings,
 )
-from itemjax.models import LightGCN
-from itemjax.propagation import to_device
-from itemjax.split import make_split
+from itemjax.model.models import LightGCN
+from itemjax.graph.propagation import to_device
+from itemjax.data.split import make_split
 
 N_USERS, N_ITEMS = 52, 40
 SINGLE_USER, EMPTY_USER = 50, 51  # one interaction / none: never held out

@@ -25,7 +25,7 @@ def import_graph() -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                # "from itemjax import sampling" imports the submodule itemjax.sampling
+                # "from itemjax import sampling" imports the submodule itemjax.objective.sampling
                 targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
                            for a in node.names]
             else:
@@ -63,7 +63,7 @@ def find_cycle(graph: dict[str, set[str]]):
 
 def test_the_package_has_no_import_cycle():
     graph = import_graph()
-    assert {"itemjax.training", "itemjax.evaluate", "itemjax.placement"} <= set(graph)
+    assert {"itemjax.train.step", "itemjax.evaluation.evaluate", "itemjax.train.placement"} <= set(graph)
     cycle = find_cycle(graph)
     assert cycle is None, " -> ".join(cycle)
 
@@ -75,6 +75,35 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_low_layers_do_not_import_high_ones():
     graph = import_graph()
-    assert "itemjax.training" not in graph["itemjax.distributed"]
-    assert "itemjax.evaluate" not in graph["itemjax.distributed"]
-    assert not {m for m in graph["itemjax.cli"] if m.startswith(("itemjax.training", "itemjax.run"))}
+    assert "itemjax.train.step" not in graph["itemjax.parallel.distributed"]
+    assert "itemjax.evaluation.evaluate" not in graph["itemjax.parallel.distributed"]
+    assert not {m for m in graph["itemjax.cli"] if m.startswith(("itemjax.train.step", "itemjax.train.run"))}
+
+
+# Subpackages in the order the data flows through them; the package's top-level modules (errors,
+# reductions, runio, config, cli) are the base every layer may use.
+LAYERS = ("base", "parallel", "data", "graph", "model", "objective", "evaluation", "train", "serve", "commands")
+
+
+def layer_of(module: str) -> str:
+    parts = module.split(".")
+    if len(parts) > 2 or (len(parts) == 2 and parts[1] in LAYERS):
+        return parts[1]
+    return "commands" if module == "itemjax.__main__" else "base"
+
+
+def test_every_module_lives_in_a_known_layer():
+    assert {layer_of(m) for m in import_graph()} <= set(LAYERS)
+
+
+def test_subpackages_import_only_lower_layers():
+    """data -> graph -> model -> objective -> evaluation -> train -> serve -> commands: no import goes up."""
+    rank = {name: n for n, name in enumerate(LAYERS)}
+    upward = sorted(f"{a} -> {b}" for a, targets in import_graph().items() for b in targets
+                    if rank[layer_of(b)] > rank[layer_of(a)])
+    assert not upward, upward
+
+
+def test_layer_of_names_the_subpackage():
+    assert layer_of("itemjax.graph.propagation") == "graph" and layer_of("itemjax.errors") == "base"
+    assert layer_of("itemjax.commands") == "commands" and layer_of("itemjax.model.models") == "model"

@@ -1,4 +1,4 @@
-"""Tests of itemjax.listwise_losses (NeuralSort, Sinkhorn, NeuralNDCG, sampled softmax) against
+"""Tests of itemjax.objective.listwise_losses (NeuralSort, Sinkhorn, NeuralNDCG, sampled softmax) against
 float64 numpy loops, limits and invariances."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from conftest import central_differences
 
 from itemjax.errors import ConfigError
-from itemjax.listwise_losses import neural_ndcg, neural_ndcg_loss, neural_sort, sampled_softmax_loss, sinkhorn
+from itemjax.objective.listwise_losses import neural_ndcg, neural_ndcg_loss, neural_sort, sampled_softmax_loss, sinkhorn
 
 # ----------------------------------------------------------------------------------------------
 # float64 references written as plain loops (one list at a time)

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from itemjax.losses import bpr_loss, l2_penalty
+from itemjax.objective.losses import bpr_loss, l2_penalty
 
 
 def ref_bpr(pos, neg, where=None):

@@ -1,4 +1,4 @@
-"""Tests of itemjax.metrics against float64 plain-loop references and hand-computed values."""
+"""Tests of itemjax.evaluation.metrics against float64 plain-loop references and hand-computed values."""
 
 import math
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from itemjax.errors import ConfigError
-from itemjax.metrics import mean_over_users, topk_metrics
+from itemjax.evaluation.metrics import mean_over_users, topk_metrics
 
 
 def reference_metrics(hits_row, n_rel, k):

@@ -12,15 +12,15 @@ import pytest
 from conftest import central_differences
 import scipy.sparse as sp
 
-from itemjax import sampling
+from itemjax.objective import sampling
 from itemjax.config import TrainConfig
 from itemjax.errors import ConfigError
-from itemjax.graph import build_graph
-from itemjax.losses import info_nce
-from itemjax.models import pool_layers
-from itemjax.propagation import edge_dropout, propagate, to_device
-from itemjax.objectives import Batch, mix_hard_negatives, mixgcf_objective, sgl_loss
-from itemjax.training import make_model
+from itemjax.graph.bipartite import build_graph
+from itemjax.objective.losses import info_nce
+from itemjax.model.models import pool_layers
+from itemjax.graph.propagation import edge_dropout, propagate, to_device
+from itemjax.objective.objectives import Batch, mix_hard_negatives, mixgcf_objective, sgl_loss
+from itemjax.train.step import make_model
 
 
 def small_train(n_users=30, n_items=40, seed=0):

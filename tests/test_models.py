@@ -1,4 +1,4 @@
-"""Tests for itemjax.models: every architecture against a float64 numpy loop reference.
+"""Tests for itemjax.model.models: every architecture against a float64 numpy loop reference.
 
 The tiny graph has 4 users and 5 items; user 3 and item 2 have no interactions. The
 references read the parameters out of the initialised variables (re-drawn with a larger
@@ -14,10 +14,10 @@ import pytest
 import scipy.sparse
 
 from itemjax.config import MODEL_NAMES, TrainConfig
-from itemjax.graph import build_graph
-from itemjax.models import GAT, MODELS, NGCF, SAGE, LightGCN, edge_softmax, neighbour_mean
-from itemjax.propagation import to_device
-from itemjax.training import make_model
+from itemjax.graph.bipartite import build_graph
+from itemjax.model.models import GAT, MODELS, NGCF, SAGE, LightGCN, edge_softmax, neighbour_mean
+from itemjax.graph.propagation import to_device
+from itemjax.train.step import make_model
 
 N_USERS, N_ITEMS, DIM, N_LAYERS = 4, 5, 4, 2
 ISOLATED_USER, ISOLATED_ITEM = 3, 2

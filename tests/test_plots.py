@@ -1,7 +1,7 @@
-"""Learning-curve PNGs (itemjax.plots) and the markdown report (experiments/report.py).
+"""Learning-curve PNGs (itemjax.evaluation.plots) and the markdown report (experiments/report.py).
 
 Run directories are written by hand here (config.json, metrics.jsonl, summary.json as
-``itemjax.run.fit`` writes them), so no training is needed.
+``itemjax.train.run.fit`` writes them), so no training is needed.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from matplotlib.image import imread
 
 from itemjax.cli import run_main
 from itemjax.errors import DataError
-from itemjax.plots import plot_comparison, plot_run
+from itemjax.evaluation.plots import plot_comparison, plot_run
 from itemjax.runio import append_jsonl, write_json_atomic
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

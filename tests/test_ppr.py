@@ -1,4 +1,4 @@
-"""Tests of itemjax.ppr against dense float64 numpy references on small graphs."""
+"""Tests of itemjax.graph.ppr against dense float64 numpy references on small graphs."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-import itemjax.ppr as ppr
+import itemjax.graph.ppr as ppr
 from itemjax.errors import ConfigError
-from itemjax.ppr import PAD, cached_hard_negative_table, hard_negative_table, ppr_scores
+from itemjax.graph.ppr import PAD, cached_hard_negative_table, hard_negative_table, ppr_scores
 
 # ----------------------------------------------------------------------------------------------
 # graphs and float64 references

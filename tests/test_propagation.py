@@ -1,4 +1,4 @@
-"""Tests for itemjax.propagation: both backends against float64 numpy references."""
+"""Tests for itemjax.graph.propagation: both backends against float64 numpy references."""
 
 import math
 
@@ -9,8 +9,8 @@ import pytest
 import scipy.sparse
 
 from itemjax.errors import ConfigError
-from itemjax.graph import build_graph
-from itemjax.propagation import (
+from itemjax.graph.bipartite import build_graph
+from itemjax.graph.propagation import (
     BACKENDS,
     default_backend,
     propagate,

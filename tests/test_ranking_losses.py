@@ -1,4 +1,4 @@
-"""Tests of itemjax.ranking_losses against float64 numpy loops, limits and invariances."""
+"""Tests of itemjax.objective.ranking_losses against float64 numpy loops, limits and invariances."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from itemjax.errors import ConfigError
-from itemjax.ranking_losses import bce_loss, item_loss, smooth_ndcg, smooth_ranks, smooth_recall
+from itemjax.objective.ranking_losses import bce_loss, item_loss, smooth_ndcg, smooth_ranks, smooth_recall
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Tests for itemjax.recommend and experiments/recommend.py on a short inductive run of a tiny
+"""Tests for itemjax.serve.recommend and experiments/recommend.py on a short inductive run of a tiny
 synthetic data file: summary.json of the inductive protocol, load_run reproducing it, exclusions,
 the new-user path against a float64 LightGCN loop, unknown ids."""
 
@@ -11,9 +11,9 @@ import pytest
 from itemjax.cli import run_main
 from itemjax.config import TrainConfig
 from itemjax.errors import ConfigError, DataError
-from itemjax.evaluate import evaluate
-from itemjax.inductive import evaluate_inductive, inductive_embeddings
-from itemjax.recommend import load_run, top_k_items
+from itemjax.evaluation.evaluate import evaluate
+from itemjax.evaluation.inductive import evaluate_inductive, inductive_embeddings
+from itemjax.serve.recommend import load_run, top_k_items
 
 pytestmark = pytest.mark.integration  # trains whole runs / starts subprocesses
 
@@ -30,7 +30,7 @@ def _cli():
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """4 epochs of LightGCN (dim 8) + BPR, inductive protocol, on 60 users x 45 items."""
-    from itemjax.run import fit
+    from itemjax.train.run import fit
 
     root = tmp_path_factory.mktemp("recommend")
     rng = np.random.default_rng(0)

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from itemjax.checkpoint import RunCheckpoints
+from itemjax.train.checkpoint import RunCheckpoints
 from itemjax.cli import run_main
 from itemjax.errors import CheckpointError
 from itemjax.runio import read_jsonl
@@ -186,9 +186,9 @@ def _run_cli(argv, capsys):
 
 
 def test_resume_with_another_dim_names_the_option(reference_run, tiny_csv, tmp_path, capsys, monkeypatch):
-    import itemjax.datasets
+    import itemjax.data.datasets
 
-    monkeypatch.setattr(itemjax.datasets, "load_dataset", lambda *a, **k: pytest.fail("data loaded"))
+    monkeypatch.setattr(itemjax.data.datasets, "load_dataset", lambda *a, **k: pytest.fail("data loaded"))
     out = tmp_path / "run"
     shutil.copytree(reference_run, out)
     argv = train_argv(tiny_csv, out, "--resume")
@@ -279,8 +279,8 @@ def test_damaged_checkpoint_raises_checkpoint_error(tmp_path, damage):
 def test_nan_loss_exits_3_naming_the_step_and_keeps_the_last_good_checkpoint(tiny_csv, cache_env, tmp_path):
     """``--lr 1e30``: step 0 blows the embeddings up to ~1e30, the loss of step 1 is NaN."""
     from itemjax.config import TrainConfig
-    from itemjax.run import _checkpointable, prepare
-    from itemjax.training import create_state
+    from itemjax.train.run import _checkpointable, prepare
+    from itemjax.train.step import create_state
 
     out = tmp_path / "run"
     # batch 2048 covers the tiny data set in one step per epoch, so step 1 is epoch 2's

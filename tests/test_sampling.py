@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from itemjax import sampling
+from itemjax.objective import sampling
 
 
 def random_train(n_users=30, n_items=50, density=0.2, seed=0):

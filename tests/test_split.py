@@ -1,4 +1,4 @@
-"""Tests for itemjax.split: per-user holdout against a loop reference, invariants, predefined splits."""
+"""Tests for itemjax.data.split: per-user holdout against a loop reference, invariants, predefined splits."""
 
 import os
 import pathlib
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import scipy.sparse
 
-from itemjax.datasets import RawDataset, load_dataset
+from itemjax.data.datasets import RawDataset, load_dataset
 from itemjax.errors import ConfigError, DataError
-from itemjax.split import Split, make_split
+from itemjax.data.split import Split, make_split
 
 
 def _raw(users, items, n_users=None, n_items=None, test=None, n_duplicates=0, name="toy"):
@@ -259,7 +259,7 @@ def test_time_splits_name_their_problems():
 
 
 def test_loader_keeps_timestamps_numbers_and_iso_dates(tmp_path):
-    from itemjax.split import parse_time
+    from itemjax.data.split import parse_time
 
     (tmp_path / "a.csv").write_text("user,item,timestamp\nx,p,2020-01-02\ny,q,2020-01-01T12:00:00\nx,p,2021-01-01\n")
     raw = load_dataset(tmp_path / "a.csv")

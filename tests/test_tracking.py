@@ -15,7 +15,7 @@ import pytest
 from itemjax.commands.compare import paired_test
 from itemjax.config import TrainConfig
 from itemjax.errors import ConfigError, require_extra
-from itemjax.run import fit
+from itemjax.train.run import fit
 from itemjax.runio import read_jsonl, read_table, write_table
 
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from itemjax import sampling
+from itemjax.objective import sampling
 from itemjax.config import TrainConfig
-from itemjax.graph import build_graph
-from itemjax.propagation import to_device
-from itemjax.training import Batch, create_state, make_model, train_step
+from itemjax.graph.bipartite import build_graph
+from itemjax.graph.propagation import to_device
+from itemjax.train.step import Batch, create_state, make_model, train_step
 
 
 def small_problem(n_users=40, n_items=60, seed=0):
@@ -92,7 +92,7 @@ def test_item_objective_matches_reference(shared, catalogue):
     """Re-draw the step's users/positives/negatives with the same keys and recompute the loss.
 
     ``catalogue``: each negative counts ``(|I| - deg_u) / (valid negatives of u)`` times."""
-    from itemjax.objectives import item_objective
+    from itemjax.objective.objectives import item_objective
 
     train, _ = small_problem()
     data = sampling.make_train_data(train)
@@ -131,7 +131,7 @@ def test_item_objective_matches_reference(shared, catalogue):
 @pytest.mark.parametrize("rate", [0.0, 0.5])
 def test_user_dropout_zeroes_whole_id_rows(rate):
     """MF's output is its ID tables: dropped users' rows are exactly 0, the rest unchanged and unscaled."""
-    from itemjax.objectives import _forward
+    from itemjax.objective.objectives import _forward
 
     train, _ = small_problem(n_users=400)
     graph = to_device(build_graph(train), "segment")
@@ -169,7 +169,7 @@ def ref_sampler_probabilities(dense, hard, users, share):
 @pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
 def test_negative_log_counts_match_the_sampler(share):
     """log(N Q(n)) against a loop reference, and Q against the frequencies of 40,000 draws."""
-    from itemjax.objectives import negative_log_counts
+    from itemjax.objective.objectives import negative_log_counts
 
     train, hard = small_problem()
     hard[3] = -1  # a user without PPR candidates: its hard slots are uniform
@@ -202,8 +202,8 @@ def test_negative_log_counts_match_the_sampler(share):
 def test_listwise_objectives_score_the_item_lists(shared):
     """The NeuralNDCG and softmax objectives apply their loss to the lists ITEM draws with the same
     key (user_lists), plus the same L2; softmax's logQ term against a float64 reference."""
-    from itemjax.listwise_losses import neural_ndcg_loss
-    from itemjax.objectives import item_objective, neuralndcg_objective, softmax_objective, user_lists
+    from itemjax.objective.listwise_losses import neural_ndcg_loss
+    from itemjax.objective.objectives import item_objective, neuralndcg_objective, softmax_objective, user_lists
 
     train, hard = small_problem()
     data = sampling.make_train_data(train, hard)
@@ -248,7 +248,7 @@ def test_listwise_objectives_score_the_item_lists(shared):
 
 def test_listwise_losses_count_users_per_step_and_check_their_options():
     from itemjax.errors import ConfigError
-    from itemjax.objectives import steps_per_epoch
+    from itemjax.objective.objectives import steps_per_epoch
 
     train, _ = small_problem()
     data = sampling.make_train_data(train)

@@ -8,7 +8,7 @@ import pytest
 
 from itemjax.commands import tune
 from itemjax.config import TrainConfig
-from itemjax.run import fit
+from itemjax.train.run import fit
 from itemjax.runio import best_validation, read_jsonl
 
 pytestmark = pytest.mark.integration  # trains runs

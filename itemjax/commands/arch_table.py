@@ -265,7 +265,7 @@ def header_text(args) -> str:
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     cells = cell_configs(args)
-    from itemjax.run import fit
+    from itemjax.train.run import fit
 
     runs = [(cell, options, config) for cell, configs in cells
             for (options, _), config in zip(cell.candidates(), configs)]

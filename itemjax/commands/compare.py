@@ -274,7 +274,7 @@ def plot(result: dict, configs: list, path: pathlib.Path, title: str, budget=Non
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     out, configs = run_configs(args)
-    from itemjax.run import fit
+    from itemjax.train.run import fit
 
     for c in configs:
         if (pathlib.Path(c.out) / "summary.json").exists():

@@ -4,7 +4,7 @@
 
 Writes ``user_embeddings.npy``, ``item_embeddings.npy``, ``users.parquet``, ``items.parquet``,
 ``seen.npz``, ``top_k.parquet`` (``user_id, rank, item_id, score``: each user's top-K items it
-has not interacted with), optionally ``items.faiss``, and ``export.json`` (:mod:`itemjax.export`).
+has not interacted with), optionally ``items.faiss``, and ``export.json`` (:mod:`itemjax.serve.export`).
 ``itemjax recommend DIR --user ID`` then answers from the folder without the raw data.
 """
 
@@ -30,7 +30,7 @@ def parser() -> ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    from itemjax.export import export_run
+    from itemjax.serve.export import export_run
 
     manifest = export_run(args.run, args.out, k=args.k, faiss=args.faiss, data_dir=args.data_dir,
                           chunk_size=args.chunk, progress=not args.no_progress)

@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     from itemjax.commands import sweep
     from itemjax.commands.train import parser as train_parser
     from itemjax.cli import config_from_args
-    from itemjax.run import fit
+    from itemjax.train.run import fit
 
     args = parser().parse_args(argv)
     methods = args.methods.split(",")
@@ -106,9 +106,9 @@ def popularity(dataset: str, seeds, common_args: str) -> dict:
     """Test Recall@20 / NDCG@20 of the popularity ranking on each seed's split (mean, std)."""
     from itemjax.cli import config_from_args
     from itemjax.commands.train import parser as train_parser
-    from itemjax.datasets import load_dataset
-    from itemjax.evaluate import evaluate, popularity_embeddings
-    from itemjax.split import split_of
+    from itemjax.data.datasets import load_dataset
+    from itemjax.evaluation.evaluate import evaluate, popularity_embeddings
+    from itemjax.data.split import split_of
 
     values = {m: [] for m in METRICS}
     for seed in seeds:

@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     args = cli.parse_args(argv)
     if args.k < 1:
         cli.error(f"-k must be >= 1 (got {args.k})")
-    from itemjax.recommend import load_run
+    from itemjax.serve.recommend import load_run
 
     recommender = load_run(args.run_dir, data_dir=args.data_dir, checkpoint=args.checkpoint)
     if args.list_users:

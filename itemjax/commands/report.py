@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     if args.out:
         pathlib.Path(args.out).write_text(table)
     if args.plot:
-        from itemjax.plots import plot_comparison
+        from itemjax.evaluation.plots import plot_comparison
 
         plot_comparison(args.run_dirs, args.plot, metric=f"ndcg@{args.k}")
         print(f"comparison plot: {args.plot}", file=sys.stderr)

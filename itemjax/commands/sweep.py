@@ -41,7 +41,7 @@ def main(argv=None) -> int:
             configs.append((v, config_from_args(train_parser().parse_args(argv_v))))
         except SystemExit:
             raise ConfigError(f"bad train.py options in variant {v!r}") from None
-    from itemjax.run import fit
+    from itemjax.train.run import fit
 
     rows = []
     for v, c in configs:

@@ -26,7 +26,7 @@ def parser() -> ArgumentParser:
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     config = config_from_args(args)  # every option checked before any data is read
-    from itemjax.run import fit
+    from itemjax.train.run import fit
 
     fit(config)
     return 0

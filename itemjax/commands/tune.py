@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     optuna = require_extra("optuna", extra="tune", feature="itemjax tune")
     from itemjax.commands.train import parser as train_parser
-    from itemjax.run import fit
+    from itemjax.train.run import fit
 
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """List-wise baselines over the same per-user candidate lists as ITEM: NeuralNDCG and sampled softmax.
 
-Same conventions as :mod:`itemjax.ranking_losses` (and rax): ``scores`` ``[..., L]`` with users
+Same conventions as :mod:`itemjax.objective.ranking_losses` (and rax): ``scores`` ``[..., L]`` with users
 on the leading axes, ``labels`` binary relevance (``> 0`` = positive), ``where`` (bool,
 ``True`` = valid) marks padding, and a masked entry behaves as if it had been dropped from the
 list. Users without a valid positive contribute exactly 0 with zero, finite gradients: masked
@@ -44,7 +44,7 @@ valid negatives has ``l_up = 0``). The other positives of ``u`` are not in the d
 the positive gets no correction. ``log_q`` (default 0) is the logQ correction; with
 ``log_q_n = log(N_u Q(n))``, ``Q(n)`` the probability that one draw of the sampler returns
 ``n``, ``sum_n e^{s_n/T} / (N_u Q(n))`` is an unbiased estimate of the full-catalogue sum
-``sum_{i not trained} e^{s_i/T}`` (:func:`itemjax.objectives.negative_log_counts`).
+``sum_{i not trained} e^{s_i/T}`` (:func:`itemjax.objective.objectives.negative_log_counts`).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ import jax.numpy as jnp
 
 from itemjax.errors import ConfigError
 from itemjax.reductions import masked_mean
-from itemjax.ranking_losses import _REDUCTIONS, _as_float, _check_positive, _reduce_over_users, _valid_mask
+from itemjax.objective.ranking_losses import _REDUCTIONS, _as_float, _check_positive, _reduce_over_users, _valid_mask
 
 Array = jax.Array
 

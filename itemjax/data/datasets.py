@@ -15,7 +15,7 @@ Two kinds of input end up in one :class:`RawDataset`:
   Each file may also be stored gzipped (``<file>.gz``). Its *content* is checked
   against the published SHA-256 (or MD5) before use; a missing file is downloaded
   from the official source (GroupLens zips, the ``kuandeng/LightGCN`` repository)
-  with :func:`itemjax.download.fetch`.
+  with :func:`itemjax.data.download.fetch`.
 
 * **User data**: any existing file (``.gz`` accepted) with one interaction per line,
   ``user,item[,rating[,timestamp]]``. The separator (``::``, tab, comma, semicolon,
@@ -51,7 +51,7 @@ import zlib
 
 import numpy as np
 
-from itemjax.download import DownloadFailed, fetch
+from itemjax.data.download import DownloadFailed, fetch
 from itemjax.errors import ConfigError, DataError
 from itemjax.runio import atomic_file
 

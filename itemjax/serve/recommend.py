@@ -15,13 +15,13 @@ inductive hold-out, graph, model) and restores the ``best`` checkpoint's paramet
   the evaluation graph (training edges + every held-out user's revealed edges) with the
   held-out users' ID embeddings zero, its revealed items excluded.
 * **new user** (:meth:`Recommender.for_new_user`): the inductive path of
-  :mod:`itemjax.inductive` with no gradient step. One user node is appended (id ``n_users``)
+  :mod:`itemjax.evaluation.inductive` with no gradient step. One user node is appended (id ``n_users``)
   whose own ID embedding is zero and whose edges go to the given items; the model propagates
   over the training graph plus these edges (degrees, so ``A_hat``, renormalised), the new
   node's final embedding is scored against every item, and the given items are excluded.
 
 Scores are ``<e_u, e_i>``; ties go to the lower dense item id (as in
-:func:`itemjax.evaluate.evaluate`). Titles come from :func:`itemjax.datasets.item_titles`
+:func:`itemjax.evaluation.evaluate.evaluate`). Titles come from :func:`itemjax.data.datasets.item_titles`
 (MovieLens), else None.
 """
 
@@ -73,7 +73,7 @@ class Recommender:
       model: the Flax module (``n_users``, ``n_items`` of the split).
       params: restored parameters.
       split: the training split (for an inductive run: the held-out users' rows empty).
-      inductive: the :class:`~itemjax.inductive.InductiveSplit` of an inductive run, else None.
+      inductive: the :class:`~itemjax.evaluation.inductive.InductiveSplit` of an inductive run, else None.
       titles: dense item id -> title, or None.
       checkpoint: ``"best"`` or ``"latest"``: the slot the parameters came from.
       run_dir: the run directory.
@@ -87,7 +87,7 @@ class Recommender:
     titles: dict | None
     checkpoint: str
     run_dir: pathlib.Path
-    features: tuple = (None, None)  # (user, item) side features of the run (itemjax.features)
+    features: tuple = (None, None)  # (user, item) side features of the run (itemjax.data.features)
     _cache: dict = dataclasses.field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ ids
@@ -138,7 +138,7 @@ class Recommender:
     def _embeddings(self, which: str):
         """Cached ``(user_emb, item_emb)`` numpy arrays: ``"train"`` graph or ``"inductive"`` graph."""
         if which not in self._cache:
-            from itemjax.inductive import inductive_embeddings
+            from itemjax.evaluation.inductive import inductive_embeddings
 
             if which == "train":
                 interactions, unseen = self.split.train, np.zeros(0, np.int64)
@@ -157,7 +157,7 @@ class Recommender:
         """
         import jax.numpy as jnp
 
-        from itemjax.inductive import inductive_embeddings
+        from itemjax.evaluation.inductive import inductive_embeddings
 
         n_users, n_items = self.split.n_users, self.split.n_items
         row = scipy.sparse.csr_matrix(
@@ -237,14 +237,14 @@ def load_run(run_dir, *, data_dir=None, checkpoint: str | None = None) -> Recomm
     """
     import jax
 
-    from itemjax.checkpoint import RunCheckpoints
-    from itemjax.datasets import item_titles, load_dataset
-    from itemjax.sampling import make_train_data
-    from itemjax.split import split_of
-    from itemjax.run import node_features
-    from itemjax.training import create_state, make_model
-    from itemjax.propagation import to_device
-    from itemjax.graph import build_graph
+    from itemjax.train.checkpoint import RunCheckpoints
+    from itemjax.data.datasets import item_titles, load_dataset
+    from itemjax.objective.sampling import make_train_data
+    from itemjax.data.split import split_of
+    from itemjax.train.run import node_features
+    from itemjax.train.step import create_state, make_model
+    from itemjax.graph.propagation import to_device
+    from itemjax.graph.bipartite import build_graph
 
     run_dir = pathlib.Path(run_dir)
     if (run_dir / EXPORT_MANIFEST).is_file():  # an `itemjax export` folder: no data, no model needed
@@ -270,7 +270,7 @@ def load_run(run_dir, *, data_dir=None, checkpoint: str | None = None) -> Recomm
     split = split_of(raw, config)
     inductive = None
     if config.protocol == "inductive":
-        from itemjax.inductive import make_inductive_split
+        from itemjax.evaluation.inductive import make_inductive_split
 
         inductive = make_inductive_split(split, holdout=config.holdout_users, reveal=config.reveal, seed=config.seed)
         split = inductive.train_split
@@ -336,7 +336,7 @@ class ExportedRecommender:
 
 
 def load_export(path) -> ExportedRecommender:
-    """Read an export folder written by :func:`itemjax.export.export_run` (no raw data, no model)."""
+    """Read an export folder written by :func:`itemjax.serve.export.export_run` (no raw data, no model)."""
     root = pathlib.Path(path)
     if not (root / EXPORT_MANIFEST).is_file():
         raise DataError(f"{root} has no {EXPORT_MANIFEST}; pass a folder written by `itemjax export`")

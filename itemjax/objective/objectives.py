@@ -1,9 +1,9 @@
 """The training objectives: what one step minimises, sampled on the device.
 
 Every objective has the signature ``objective(params, apply_fn, batch, key, step) -> (loss,
-aux)`` once :func:`make_objective` has bound its options; :func:`itemjax.training.train_step`
+aux)`` once :func:`make_objective` has bound its options; :func:`itemjax.train.step.train_step`
 differentiates it. All sampling happens inside it, from ``key`` (the step's key): pairs or
-user lists (:mod:`itemjax.sampling`), negatives (uniform, PPR, MixGCF's synthesised ones), the
+user lists (:mod:`itemjax.objective.sampling`), negatives (uniform, PPR, MixGCF's synthesised ones), the
 SGL-ED views. ``aux`` holds ``rank_loss`` (the loss without L2) and, with ``--ssl``, ``ssl_loss``.
 The maths of each is in docs/design.md.
 """
@@ -18,15 +18,15 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from itemjax import sampling
+from itemjax.objective import sampling
 from itemjax.config import TrainConfig
-from itemjax.distributed import shard_rows
+from itemjax.parallel.distributed import shard_rows
 from itemjax.errors import ConfigError
-from itemjax.listwise_losses import neural_ndcg_loss, sampled_softmax_loss
-from itemjax.losses import bpr_loss, info_nce, l2_penalty
-from itemjax.models import MODELS, id_embeddings, pool_layers
-from itemjax.propagation import DeviceGraph, edge_dropout
-from itemjax.ranking_losses import bce_loss, item_loss
+from itemjax.objective.listwise_losses import neural_ndcg_loss, sampled_softmax_loss
+from itemjax.objective.losses import bpr_loss, info_nce, l2_penalty
+from itemjax.model.models import MODELS, id_embeddings, pool_layers
+from itemjax.graph.propagation import DeviceGraph, edge_dropout
+from itemjax.objective.ranking_losses import bce_loss, item_loss
 
 
 @flax.struct.dataclass
@@ -43,7 +43,7 @@ def _forward(params, apply_fn, batch, key, user_dropout: float = 0.0, layers: bo
 
     ``user_dropout`` (ID dropout, for the inductive protocol): each user's ID embedding row is
     zeroed with this probability for the whole step (no rescaling), the convention an unseen
-    user gets at inference (:func:`itemjax.inductive.zero_user_embeddings`), so the layers learn
+    user gets at inference (:func:`itemjax.evaluation.inductive.zero_user_embeddings`), so the layers learn
     to represent a user from its neighbours alone. Mask stream: ``fold_in(key, 1)``; with 0 the
     forward pass and its randomness are unchanged.
     """
@@ -85,10 +85,10 @@ def sgl_loss(params, apply_fn, batch: Batch, key, step, users, items, item_where
     """SGL-ED's auxiliary loss (Wu et al., SIGIR 2021), ``weight * (InfoNCE_users + InfoNCE_items)``.
 
     Two views of the training graph, each dropping every interaction with probability ``drop``
-    (:func:`itemjax.propagation.edge_dropout`), drawn once per epoch: their key is
+    (:func:`itemjax.graph.propagation.edge_dropout`), drawn once per epoch: their key is
     ``fold_in(fold_in(PRNGKey(seed), SGL_VIEW_STREAM), step // steps_per_epoch)``, so every step
     of an epoch (and a resumed run) sees the same views. Both views go through the model
-    (train mode); :func:`itemjax.losses.info_nce` at ``temperature`` compares their final
+    (train mode); :func:`itemjax.objective.losses.info_nce` at ``temperature`` compares their final
     embeddings of the step's distinct users and of its distinct (valid) items, each against the
     other nodes of its kind in the batch. Cost: two more forward and backward passes per step.
     """
@@ -108,7 +108,7 @@ def bpr_objective(params, apply_fn, batch: Batch, key, step, *, batch_size: int,
                   user_dropout: float = 0.0, user_sampling: str = "degree", ssl=None):
     """BPR over ``batch_size`` training pairs, one negative each.
 
-    Pairs from :func:`itemjax.sampling.sample_pairs`: interaction-uniform (``"degree"``) or a
+    Pairs from :func:`itemjax.objective.sampling.sample_pairs`: interaction-uniform (``"degree"``) or a
     user uniformly, then one of its positives (``"uniform"``, LightGCN's sampler).
 
     ``L = mean softplus(s_un - s_up) + l2 * 0.5 * (||e_u||^2 + ||e_p||^2 + ||e_n||^2) / B``
@@ -206,7 +206,7 @@ def item_objective(params, apply_fn, batch: Batch, key, step, *, n_users: int, n
 
     Each step draws ``n_users`` users; for each, up to ``n_pos`` of its training items (masked
     padding when fewer) and ``n_neg`` negatives (PPR hard / uniform mix, see
-    :func:`itemjax.sampling.negatives`), all scored against ONE propagation of the GNN. The list
+    :func:`itemjax.objective.sampling.negatives`), all scored against ONE propagation of the GNN. The list
     of a user is ``[positives | negatives]``, ``scores [B, P + N]``.
 
     ``shared_negatives`` (PinSAGE): one set of ``n_neg`` items for the whole batch, scored by a
@@ -214,7 +214,7 @@ def item_objective(params, apply_fn, batch: Batch, key, step, *, n_users: int, n
     ``hard_share`` may be a callable of the step (curriculum).
 
     ``k``: the smooth recall's cut-off, or a tuple of them (their mean); ``slope``, ``margin``,
-    ``positive_pairs``, ``calibration``: see :func:`itemjax.ranking_losses.item_loss`.
+    ``positive_pairs``, ``calibration``: see :func:`itemjax.objective.ranking_losses.item_loss`.
 
     ``catalogue_rank``: each negative's sigmoid term counts ``(|I| - |P_u|) / N_u`` times
     (``|P_u|`` = the user's training degree, ``N_u`` = its valid negatives), so a positive's
@@ -256,7 +256,7 @@ def user_lists(params, apply_fn, batch: Batch, key, share, *, n_users: int, n_po
 
     Draws ``n_users`` users (uniformly, or by training degree with ``users_by_degree``); for each,
     up to ``n_pos`` of its training items (masked padding when fewer) and ``n_neg`` negatives
-    (:func:`itemjax.sampling.negatives` with PPR share ``share``). ``shared_negatives``
+    (:func:`itemjax.objective.sampling.negatives` with PPR share ``share``). ``shared_negatives``
     (PinSAGE): one set of ``n_neg`` items for the whole batch (the negatives of uniformly drawn
     batch users, ``owners``), scored by a single ``[B, d] x [d, N]`` matmul; entries that are a
     user's own training items are masked. Keys: ``split(key, 5)`` = forward, users, positives,
@@ -306,7 +306,7 @@ def negative_log_counts(data: sampling.TrainData, users: jax.Array, neg_ids: jax
     """``[B, N]`` ``log(N Q(n))``: log of the expected number of times the step's negative sampler
     draws each negative in ``N`` draws, the logQ correction of the sampled softmax.
 
-    One draw of :func:`itemjax.sampling.negatives` for user ``b`` (``F_b = |I| - deg_b`` items it
+    One draw of :func:`itemjax.objective.sampling.negatives` for user ``b`` (``F_b = |I| - deg_b`` items it
     has not trained on, ``W_b`` valid PPR candidates, hard share ``h``) returns ``n`` with
     probability::
 
@@ -346,7 +346,7 @@ def neuralndcg_objective(params, apply_fn, batch: Batch, key, step, *, n_users: 
 
     The whole list ``[positives | negatives]`` (``L = P + N``, padding masked) is softly sorted:
     one ``L x L`` NeuralSort matrix per user, ``sinkhorn_iters`` Sinkhorn iterations
-    (:func:`itemjax.listwise_losses.neural_ndcg_loss`). ``k = None`` is the whole list.
+    (:func:`itemjax.objective.listwise_losses.neural_ndcg_loss`). ``k = None`` is the whole list.
     """
     share = hard_share(step) if callable(hard_share) else hard_share
     lists = user_lists(params, apply_fn, batch, key, share, n_users=n_users, n_pos=n_pos, n_neg=n_neg,
@@ -364,7 +364,7 @@ def softmax_objective(params, apply_fn, batch: Batch, key, step, *, n_users: int
 
     For each valid positive ``p``: ``softplus(logsumexp_n(s_n/T - c_n) - s_p/T)`` over the user's
     valid negatives, mean over its positives, then over users
-    (:func:`itemjax.listwise_losses.sampled_softmax_loss`). ``logq_correction``: ``c_n =
+    (:func:`itemjax.objective.listwise_losses.sampled_softmax_loss`). ``logq_correction``: ``c_n =
     log(N Q(n))`` (:func:`negative_log_counts`; the positive is not corrected), else ``c_n = 0``.
     """
     share = hard_share(step) if callable(hard_share) else hard_share

@@ -1,7 +1,7 @@
 """The inductive, user-centric protocol: users never seen in training (host side + one forward).
 
 Split (:func:`make_inductive_split`, numpy only). From a transductive
-:class:`~itemjax.split.Split`, a seeded fraction ``holdout`` of the users is held out of
+:class:`~itemjax.data.split.Split`, a seeded fraction ``holdout`` of the users is held out of
 training entirely: every one of their train / valid / test interactions leaves the training
 split. Ids are KEPT, not re-indexed: a held-out user is still node ``u`` of the graph, with no
 edge, so every shape (``n_users``, the ID tables, the padded graph's node count) is the same as
@@ -13,11 +13,11 @@ test of the original split)::
     n_target(n)   = min(max(round((1 - reveal) * n), 1), n - 1)      (round half to even)
     n_revealed(n) = n - n_target(n)                                  (so 1 <= n_revealed <= n - 1)
 
-interactions, drawn uniformly (:func:`itemjax.split.holdout_mask`), are the targets and the
+interactions, drawn uniformly (:func:`itemjax.data.split.holdout_mask`), are the targets and the
 others are revealed. Only users with ``n >= 2`` can be held out (the others stay in training);
 ``n_holdout = min(max(round(holdout * n_users), 1), n_eligible)`` users are drawn uniformly
 among those that can. Randomness: ``np.random.default_rng([seed, 4])`` (a stream of its own,
-independent of :func:`~itemjax.split.make_split`'s ``default_rng(seed)``): first the held-out
+independent of :func:`~itemjax.data.split.make_split`'s ``default_rng(seed)``): first the held-out
 users, then the reveal keys.
 
 Evaluation (:func:`evaluate_inductive`). The augmented graph is the training graph plus the
@@ -27,12 +27,12 @@ as they are, with NO gradient step; **an unseen user's own ID embedding is zero*
 ``x^0_u = 0``, so the held-out user's embedding comes only from the item embeddings propagated
 from its revealed items (``K >= 1`` needed; ``K = 0`` gives zero scores). Full ranking over
 every item, the revealed items excluded, metrics averaged over the held-out users
-(:func:`itemjax.evaluate.evaluate`). The popularity baseline (:func:`evaluate_popularity`)
+(:func:`itemjax.evaluation.evaluate.evaluate`). The popularity baseline (:func:`evaluate_popularity`)
 ranks items by their training degree through the same evaluator, revealed items excluded.
 
 Models that concatenate their ego layer (NGCF, GAT, SAGE: ``e = [e^0 || ...]``) learn to lean
 on the ID block, which is zero for an unseen user; training with ``--user-dropout p`` (each step
-zeroes each training user's ID row with probability ``p``, :func:`itemjax.objectives._forward`)
+zeroes each training user's ID row with probability ``p``, :func:`itemjax.objective.objectives._forward`)
 teaches the layers to score users from their items alone. On ml-100k NGCF + BPR went from
 NDCG@20 0.2623 on the held-out users (below popularity, 0.3318) to 0.3835 with ``p = 0.2``.
 """
@@ -45,7 +45,7 @@ import numpy as np
 import scipy.sparse
 
 from itemjax.errors import ConfigError, DataError
-from itemjax.split import Split, holdout_mask
+from itemjax.data.split import Split, holdout_mask
 
 __all__ = [
     "InductiveSplit",
@@ -68,7 +68,7 @@ class InductiveSplit:
     """Training split without the held-out users, and their revealed / target interactions.
 
     Attributes:
-      train_split: the original :class:`~itemjax.split.Split` with the held-out users' rows of
+      train_split: the original :class:`~itemjax.data.split.Split` with the held-out users' rows of
         ``train``, ``valid`` and ``test`` emptied (same ``n_users``, ``n_items``, ids).
       holdout_users: int64 ``[H]`` dense ids of the held-out users, ascending.
       revealed: ``[n_users, n_items]`` float32 canonical CSR of ones; only the rows of
@@ -191,8 +191,8 @@ def make_inductive_split(split: Split, *, holdout: float = 0.2, reveal: float = 
 
 
 def augmented_graph(inductive: InductiveSplit):
-    """Host :class:`~itemjax.graph.Graph` of the training edges plus the revealed edges."""
-    from itemjax.graph import build_graph
+    """Host :class:`~itemjax.graph.bipartite.Graph` of the training edges plus the revealed edges."""
+    from itemjax.graph.bipartite import build_graph
 
     return build_graph(inductive.graph_interactions())
 
@@ -217,14 +217,14 @@ def inductive_embeddings(model, params, interactions, unseen_users, *, backend: 
 
     No gradient step: ``model`` (``model.n_users`` = rows of ``interactions``) is applied in
     inference mode with ``params`` whose ``unseen_users`` rows of the user ID table are zero
-    (:func:`zero_user_embeddings`). The graph is :func:`~itemjax.graph.build_graph` of
+    (:func:`zero_user_embeddings`). The graph is :func:`~itemjax.graph.bipartite.build_graph` of
     ``interactions`` ``[n_users, n_items]`` on the ``backend`` of
-    :func:`~itemjax.propagation.to_device`, with the nodes' side ``features`` (user, item
-    :class:`~itemjax.features.NodeFeatures` or None; rows beyond theirs have none).
+    :func:`~itemjax.graph.propagation.to_device`, with the nodes' side ``features`` (user, item
+    :class:`~itemjax.data.features.NodeFeatures` or None; rows beyond theirs have none).
     """
-    from itemjax.graph import build_graph
-    from itemjax.propagation import to_device
-    from itemjax.training import embed
+    from itemjax.graph.bipartite import build_graph
+    from itemjax.graph.propagation import to_device
+    from itemjax.model.models import embed
 
     if interactions.shape != (model.n_users, model.n_items):
         raise DataError(
@@ -241,9 +241,9 @@ def evaluate_inductive(model, params, inductive: InductiveSplit, *, backend: str
 
     Embeddings from :func:`inductive_embeddings` over the augmented graph
     (:meth:`InductiveSplit.graph_interactions`) with the held-out users' ID embeddings zero.
-    Returns :func:`itemjax.evaluate.evaluate`'s dict (``"recall@k"``, ..., ``"n_users"``).
+    Returns :func:`itemjax.evaluation.evaluate.evaluate`'s dict (``"recall@k"``, ..., ``"n_users"``).
     """
-    from itemjax.evaluate import evaluate
+    from itemjax.evaluation.evaluate import evaluate
 
     user_emb, item_emb = inductive_embeddings(
         model, params, inductive.graph_interactions(), inductive.holdout_users, backend=backend, features=features)
@@ -257,7 +257,7 @@ def evaluate_popularity(inductive: InductiveSplit, *, ks=(20,), chunk_size: int 
     Items are ranked by their degree in the training split (``train_split.train``; ties to the
     lower item id), each held-out user's revealed items excluded.
     """
-    from itemjax.evaluate import evaluate, popularity_embeddings
+    from itemjax.evaluation.evaluate import evaluate, popularity_embeddings
 
     user_emb, item_emb = popularity_embeddings(inductive.train_split.train)
     return evaluate(user_emb, item_emb, inductive.revealed, inductive.targets, ks=ks,

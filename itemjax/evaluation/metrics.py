@@ -2,7 +2,7 @@
 
 Pure ``jax.numpy``; every function is jit-friendly (``ks`` is a static tuple of ints).
 The input is the *hit pattern* of a top-``Kmax`` list, not the scores: the full-ranking
-evaluator (:mod:`itemjax.evaluate`) computes it with ``lax.top_k`` over the whole catalogue.
+evaluator (:mod:`itemjax.evaluation.evaluate`) computes it with ``lax.top_k`` over the whole catalogue.
 
 Conventions (those of LightGCN / NGCF evaluation code), for a user with ``n_rel`` relevant
 (held-out) items and ``hit_r = 1`` when the item ranked ``r`` (0-based) is relevant::

@@ -6,7 +6,7 @@
 
 A node's features become a row of a ``[n_nodes, n_features]`` matrix normalised to sum to 1
 (so the model adds the weighted *mean* of its features' embeddings to the node's ID embedding,
-:class:`itemjax.models.IdEmbeddings`); a node without features has an empty row. On the device
+:class:`itemjax.model.models.IdEmbeddings`); a node without features has an empty row. On the device
 each side is a pair of padded arrays (:class:`NodeFeatures`): feature ids and weights
 ``[n_nodes, F]``, ``F`` the most features of any node, padding with weight 0.
 
@@ -77,7 +77,7 @@ class NodeFeatures:
 
 
 def _movielens_file(raw, data_dir, filenames) -> pathlib.Path:
-    from itemjax.datasets import data_root
+    from itemjax.data.datasets import data_root
 
     folders = [data_root(data_dir) / raw.name] + [pathlib.Path(p).parent for p in raw.files]
     for folder in folders:

@@ -1,6 +1,6 @@
 """Pairwise losses over (user, positive, negative) triples, and InfoNCE between two views.
 
-The list-wise smooth-rank losses (ITEM) live in :mod:`itemjax.ranking_losses`.
+The list-wise smooth-rank losses (ITEM) live in :mod:`itemjax.objective.ranking_losses`.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from itemjax.models import l2_normalize
+from itemjax.model.models import l2_normalize
 from itemjax.reductions import masked_mean
 
 

@@ -3,7 +3,7 @@
 For user ``u`` the score of item ``i`` is ``s(u, i) = <user_emb[u], item_emb[i]>``. Items in
 the user's ``exclude`` rows (its training items, and e.g. validation items at test time) are
 set to ``-inf`` and never ranked; the top ``Kmax = max(ks)`` remaining items are compared with
-the user's ``targets`` (held-out items), and :func:`itemjax.metrics.topk_metrics` turns the hit
+the user's ``targets`` (held-out items), and :func:`itemjax.evaluation.metrics.topk_metrics` turns the hit
 pattern into Recall / NDCG / Precision / HitRate at every ``k`` in ``ks``. Means are taken over
 the users with at least one target.
 
@@ -44,9 +44,9 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from itemjax.distributed import replicate_value, shard_rows
+from itemjax.parallel.distributed import replicate_value, shard_rows
 from itemjax.errors import ConfigError, DataError
-from itemjax.metrics import METRIC_NAMES, check_ks, topk_metrics
+from itemjax.evaluation.metrics import METRIC_NAMES, check_ks, topk_metrics
 
 __all__ = ["evaluate", "popularity_scores", "popularity_embeddings"]
 
@@ -136,7 +136,7 @@ def _as_float_embeddings(emb, what: str) -> jax.Array:
 def _chunk_top_k(user_emb, item_emb, user_ids, exclude_rows, exclude_cols, k: int):
     """``(scores [C, k], items [C, k])``: each chunk user's ``k`` best items, excluded pairs
     (``-inf``) last; ties go to the lower item id (``lax.top_k``)."""
-    # Under a mesh (itemjax.distributed) the chunk's user rows, so its scores and top-k, are split across devices.
+    # Under a mesh (itemjax.parallel.distributed) the chunk's user rows, so its scores and top-k, are split across devices.
     scores = jnp.matmul(user_emb[shard_rows(user_ids)], item_emb.T, precision=jax.lax.Precision.HIGHEST)
     scores = scores.at[exclude_rows, exclude_cols].set(-jnp.inf, mode="drop")
     return jax.lax.top_k(scores, k)

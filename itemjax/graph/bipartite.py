@@ -12,7 +12,7 @@ nobody interacted with) has degree 0 and an empty row and column, so propagation
 gives it a zero row, never NaN.
 
 :class:`Graph` holds ``A_hat`` twice, for the two propagation backends of
-:mod:`itemjax.propagation`:
+:mod:`itemjax.graph.propagation`:
 
 * padded edge arrays ``senders``, ``receivers``, ``weights`` of static length
   ``E_pad = bucket_size(n_edges)`` (or ``pad_to``). The real edges come first, in
@@ -20,7 +20,7 @@ gives it a zero row, never NaN.
   node ``n_nodes`` to itself with weight 0, so ``receivers`` stays sorted;
 * CSR arrays ``indptr``, ``indices``, ``data`` of ``A_hat`` (sorted column indices).
 
-Everything here is numpy / scipy; device code lives in :mod:`itemjax.propagation`.
+Everything here is numpy / scipy; device code lives in :mod:`itemjax.graph.propagation`.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class Graph:
       edge_pairs: int32 ``[n_edges]``: the interaction each CSR entry (= real edge) belongs
         to, in ``[0, n_edges / 2)``: the CSR position of its user-row entry (user rows come
         first), so both directions of an interaction share one id (edge dropout keeps or
-        drops them together, :func:`itemjax.propagation.edge_dropout`).
+        drops them together, :func:`itemjax.graph.propagation.edge_dropout`).
 
     Propagation ``A_hat @ x`` reads either ``out[r] = sum_e [receivers_e == r]
     weights_e x[senders_e]`` or the CSR arrays; both give the same result.

@@ -1,6 +1,6 @@
 """Learning-curve plots of run directories (host side, matplotlib's Agg canvas).
 
-A run directory's ``metrics.jsonl`` holds one record per evaluation (see :mod:`itemjax.run`):
+A run directory's ``metrics.jsonl`` holds one record per evaluation (see :mod:`itemjax.train.run`):
 ``epoch``, ``loss`` (mean training loss of that epoch), ``elapsed`` (training + evaluation
 seconds so far, summed over resumed sessions), ``split`` (``valid``, or ``test`` when the run
 has no validation split) and every metric (``ndcg@20``, ``recall@20``, ...).

@@ -2,14 +2,13 @@
 
 Functional core: :func:`train_step` is a module-level pure function
 ``train_step(state, batch, key) -> (state, metrics)``, jitted once per run. All sampling
-happens inside it on the device (the objective, :mod:`itemjax.objectives`); per-step
+happens inside it on the device (the objective, :mod:`itemjax.objective.objectives`); per-step
 randomness is ``fold_in(key, state.step)``, so a run resumed from a checkpoint draws exactly
-the batches the uninterrupted run would have. The loop around it is :func:`itemjax.run.fit`.
+the batches the uninterrupted run would have. The loop around it is :func:`itemjax.train.run.fit`.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
 import flax.struct
@@ -18,14 +17,14 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from itemjax import sampling
+from itemjax.objective import sampling
 from itemjax.config import TrainConfig
 from itemjax.errors import ConfigError
-from itemjax.models import MODELS
-from itemjax.objectives import Batch, make_objective, steps_per_epoch
-from itemjax.propagation import DeviceGraph
+from itemjax.model.models import MODELS
+from itemjax.objective.objectives import Batch, make_objective, steps_per_epoch
+from itemjax.graph.propagation import DeviceGraph
 
-__all__ = ["Batch", "TrainState", "create_state", "embed", "make_model", "train_step"]
+__all__ = ["Batch", "TrainState", "create_state", "make_model", "train_step"]
 
 
 class TrainState(train_state.TrainState):
@@ -51,7 +50,7 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array):
 
 
 def make_model(config: TrainConfig, n_users: int, n_items: int, n_user_features: int = 0, n_item_features: int = 0):
-    """The ``config.model`` module for the given sizes (side features: :mod:`itemjax.features`)."""
+    """The ``config.model`` module for the given sizes (side features: :mod:`itemjax.data.features`)."""
     cls = MODELS[config.model]
     kwargs = dict(n_users=n_users, n_items=n_items, dim=config.dim, n_user_features=n_user_features,
                   n_item_features=n_item_features)
@@ -71,9 +70,3 @@ def create_state(config: TrainConfig, model, graph: DeviceGraph, data: sampling.
         apply_fn=model.apply, params=params, tx=optax.adam(config.lr),
         objective=make_objective(config, steps_per_epoch(config, data)),
     )
-
-
-@functools.partial(jax.jit, static_argnames=("apply_fn",))
-def embed(apply_fn, params, graph):
-    """Final ``(user_emb, item_emb)`` in inference mode."""
-    return apply_fn({"params": params}, graph, train=False)

@@ -1,6 +1,6 @@
 """Recommender models as Flax linen modules.
 
-Every model maps a :class:`~itemjax.propagation.DeviceGraph` to final embeddings::
+Every model maps a :class:`~itemjax.graph.propagation.DeviceGraph` to final embeddings::
 
     user_emb, item_emb = model.apply({"params": params}, graph, train=False)
     # user_emb [n_users, dim_out], item_emb [n_items, dim_out]; score s(u, i) = <e_u, e_i>
@@ -16,7 +16,7 @@ Layers: every model also returns its per-layer embeddings with ``layers=True``::
     # [n_users, K + 1, dim], [n_items, K + 1, dim]; pool_layers(x, model.LAYER_POOL) is the
     # final embedding (LightGCN: mean of the layers; NGCF, GAT, SAGE: their concatenation)
 
-which is what MixGCF's hop mixing reads (:func:`itemjax.objectives.mixgcf_objective`).
+which is what MixGCF's hop mixing reads (:func:`itemjax.objective.objectives.mixgcf_objective`).
 
 Compute dtype (flax convention): a model's ``dtype`` field (default float32) is the dtype of
 propagation and of the returned embeddings (so of the objectives' score products);
@@ -28,13 +28,14 @@ New models cast with :func:`compute_cast`.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from itemjax.propagation import DeviceGraph, inverse_sqrt_degree, propagate, propagate_weighted
+from itemjax.graph.propagation import DeviceGraph, inverse_sqrt_degree, propagate, propagate_weighted
 
 #: Standard deviation of the normal initialiser of the ID embeddings (LightGCN uses 0.1).
 EMBEDDING_INIT_STD = 0.1
@@ -43,7 +44,7 @@ EMBEDDING_INIT_STD = 0.1
 class IdEmbeddings(nn.Module):
     """The two ID embedding tables, ``user_embedding`` and ``item_embedding``, and the nodes' ego
     embeddings: with side features (``n_user_features`` / ``n_item_features`` > 0, read from the
-    graph's padded feature arrays, :mod:`itemjax.features`) a node's ego embedding is
+    graph's padded feature arrays, :mod:`itemjax.data.features`) a node's ego embedding is
 
         x_v = e_v + sum_f w_vf t_f        (w_v: the node's feature weights, summing to 1 or 0)
 
@@ -114,7 +115,7 @@ class MF(nn.Module):
     n_users: int
     n_items: int
     dim: int = 64
-    n_user_features: int = 0  # side features (itemjax.features): 0 = none
+    n_user_features: int = 0  # side features (itemjax.data.features): 0 = none
     n_item_features: int = 0
     dtype: Any = jnp.float32  # compute dtype of the returned embeddings
     LAYER_POOL: ClassVar[str] = "mean"  # one layer, the ego one
@@ -137,7 +138,7 @@ class LightGCN(nn.Module):
     n_users: int
     n_items: int
     dim: int = 64
-    n_user_features: int = 0  # side features (itemjax.features): 0 = none
+    n_user_features: int = 0  # side features (itemjax.data.features): 0 = none
     n_item_features: int = 0
     n_layers: int = 3
     dtype: Any = jnp.float32  # compute dtype of propagation and of the returned embeddings
@@ -179,7 +180,7 @@ def neighbour_mean(graph: DeviceGraph, x: jax.Array) -> jax.Array:
     """``mean_{c in N(r)} x_c = (D^-1 A x)[r]`` ([n_nodes, d]); 0 for a node without edges.
 
     Written as ``D^-1/2 A_hat D^1/2 x`` with ``A_hat = D^-1/2 A D^-1/2``, so it is one
-    :func:`~itemjax.propagation.propagate` call and uses the graph's backend.
+    :func:`~itemjax.graph.propagation.propagate` call and uses the graph's backend.
     """
     degree = node_degrees(graph)[:, None]
     inv_sqrt = inverse_sqrt_degree(degree)
@@ -232,7 +233,7 @@ class NGCF(nn.Module):
     n_users: int
     n_items: int
     dim: int = 64
-    n_user_features: int = 0  # side features (itemjax.features): 0 = none
+    n_user_features: int = 0  # side features (itemjax.data.features): 0 = none
     n_item_features: int = 0
     n_layers: int = 3
     dropout: float = 0.1
@@ -273,7 +274,7 @@ class GAT(nn.Module):
 
     (On ml-100k a LightGCN-style layer mean of the un-normalised layers trained far worse
     with the ITEM loss, NDCG@20 ~0.20 against ~0.38 after 20 epochs.) Always runs over the
-    padded edge arrays (:func:`edge_softmax`, :func:`~itemjax.propagation.propagate_weighted`),
+    padded edge arrays (:func:`edge_softmax`, :func:`~itemjax.graph.propagation.propagate_weighted`),
     so ``graph.backend`` is ignored: on CPU this is far slower than the csr propagation
     of the other models. A node without edges gets ``h^{k+1} = 0``.
 
@@ -283,7 +284,7 @@ class GAT(nn.Module):
     n_users: int
     n_items: int
     dim: int = 64
-    n_user_features: int = 0  # side features (itemjax.features): 0 = none
+    n_user_features: int = 0  # side features (itemjax.data.features): 0 = none
     n_item_features: int = 0
     n_layers: int = 3
     heads: int = 1
@@ -341,7 +342,7 @@ class SAGE(nn.Module):
     n_users: int
     n_items: int
     dim: int = 64
-    n_user_features: int = 0  # side features (itemjax.features): 0 = none
+    n_user_features: int = 0  # side features (itemjax.data.features): 0 = none
     n_item_features: int = 0
     n_layers: int = 3
     LAYER_POOL: ClassVar[str] = "concat"
@@ -371,3 +372,9 @@ def id_embeddings(params) -> tuple:
     """The ego tables ``(user_embedding [n_users, d], item_embedding [n_items, d])`` of any model."""
     ids = params["ids"]
     return ids["user_embedding"], ids["item_embedding"]
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn",))
+def embed(apply_fn, params, graph):
+    """A model's final ``(user_emb, item_emb)`` in inference mode (``train=False``: no dropout); jitted once per model."""
+    return apply_fn({"params": params}, graph, train=False)

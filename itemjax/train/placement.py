@@ -1,4 +1,4 @@
-"""Where a run's arrays live on the device mesh: :class:`Placement` (see :mod:`itemjax.distributed`
+"""Where a run's arrays live on the device mesh: :class:`Placement` (see :mod:`itemjax.parallel.distributed`
 for the mesh, the ``data`` axis and what is split across it).
 
     placement = Placement(make_mesh(), shard_embeddings=False)
@@ -8,8 +8,8 @@ for the mesh, the ``data`` axis and what is split across it).
     user_emb, item_emb = placement.embed(state, batch.graph)
     metrics = placement.evaluate(user_emb, item_emb, exclude, targets, ks=(20,))
 
-It sits above the step (:mod:`itemjax.training`) and the evaluator (:mod:`itemjax.evaluate`),
-which themselves only use :mod:`itemjax.distributed`'s low-level pieces.
+It sits above the step (:mod:`itemjax.train.step`) and the evaluator (:mod:`itemjax.evaluation.evaluate`),
+which themselves only use :mod:`itemjax.parallel.distributed`'s low-level pieces.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from itemjax.distributed import DATA_AXIS, ID_TABLES
-from itemjax.evaluate import evaluate
-from itemjax.training import embed
+from itemjax.parallel.distributed import DATA_AXIS, ID_TABLES
+from itemjax.evaluation.evaluate import evaluate
+from itemjax.model.models import embed
 
 __all__ = ["Placement", "unpad_params"]
 
@@ -109,7 +109,7 @@ class Placement:
         return jax.tree.map(self.put, tree)
 
     def place_batch(self, batch):
-        """The :class:`~itemjax.objectives.Batch` (graph, training data, PPR table), replicated."""
+        """The :class:`~itemjax.objective.objectives.Batch` (graph, training data, PPR table), replicated."""
         return self.replicate(batch)
 
     def state_shardings(self, state):
@@ -179,12 +179,12 @@ class Placement:
         return step
 
     def embed(self, state, graph) -> tuple[jax.Array, jax.Array]:
-        """Final ``(user_emb, item_emb)`` in inference mode (:func:`itemjax.training.embed`), under the mesh."""
+        """Final ``(user_emb, item_emb)`` in inference mode (:func:`itemjax.model.models.embed`), under the mesh."""
         with jax.set_mesh(self.mesh):
             return embed(state.apply_fn, state.params, graph)
 
     def evaluate(self, user_emb, item_emb, exclude, targets, **kwargs) -> dict:
-        """:func:`itemjax.evaluate.evaluate` under the mesh: each chunk's users split across ``data``."""
+        """:func:`itemjax.evaluation.evaluate.evaluate` under the mesh: each chunk's users split across ``data``."""
         with jax.set_mesh(self.mesh):
             return evaluate(user_emb, item_emb, exclude, targets, **kwargs)
 

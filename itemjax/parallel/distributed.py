@@ -1,8 +1,8 @@
 """Several devices (and hosts) through JAX's own SPMD machinery: one mesh axis, ``data``.
 
 This module holds the low-level pieces (the mesh, :func:`shard_rows`, :func:`replicate_value`,
-:func:`initialize`) that the step and the evaluator use; :class:`itemjax.placement.Placement`
-builds on them and on both. One code path for every device count: a single CPU is the 1-device mesh. :class:`~itemjax.placement.Placement`
+:func:`initialize`) that the step and the evaluator use; :class:`itemjax.train.placement.Placement`
+builds on them and on both. One code path for every device count: a single CPU is the 1-device mesh. :class:`~itemjax.train.placement.Placement`
 holds a :class:`jax.sharding.Mesh` over ``jax.devices()`` with one axis named ``data`` and
 says where every array lives::
 
@@ -26,7 +26,7 @@ What is split across ``data``:
   count (JAX's random bits do not depend on sharding), so the same seed gives the same run on
   1, 4 or 256 devices, up to float summation order. ``B`` need not divide by the device count
   (XLA pads inside the step).
-* **evaluation's users.** :func:`itemjax.evaluate.evaluate` scores chunks of users; each
+* **evaluation's users.** :func:`itemjax.evaluation.evaluate.evaluate` scores chunks of users; each
   chunk's user rows (and so its ``[C, n_items]`` score matrix and top-k) are split across
   ``data`` by the same :func:`shard_rows`, and the per-user results are gathered with
   :func:`replicate_value`.
@@ -68,7 +68,7 @@ ID_TABLES = ("user_embedding", "item_embedding")
 
 
 def initialize(distributed: bool, *, tune_allocator: bool = True) -> None:
-    """Set the process up for a run: :func:`itemjax.host_memory.tune_host_allocator`, then, when ``distributed``
+    """Set the process up for a run: :func:`itemjax.parallel.host_memory.tune_host_allocator`, then, when ``distributed``
     (multi-host), ``jax.distributed.initialize()`` once.
 
     Must run before any JAX computation in the process. On Cloud TPU and SLURM/Open MPI
@@ -76,7 +76,7 @@ def initialize(distributed: bool, *, tune_allocator: bool = True) -> None:
     ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``.
     """
     if tune_allocator:
-        from itemjax.host_memory import tune_host_allocator
+        from itemjax.parallel.host_memory import tune_host_allocator
 
         tune_host_allocator()
     if distributed and not jax.distributed.is_initialized():

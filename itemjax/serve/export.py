@@ -14,9 +14,9 @@ writes into ``DIR``::
     items.faiss                                with ``--faiss``: an exact inner-product index of the items
     export.json                                the run, its checkpoint, K, dims, the run's options
 
-(``.csv`` instead of ``.parquet`` without pyarrow.) :func:`itemjax.recommend.load_run` on such a
+(``.csv`` instead of ``.parquet`` without pyarrow.) :func:`itemjax.serve.recommend.load_run` on such a
 folder answers top-K requests for known users from these files alone, without the raw data or
-the model (:class:`itemjax.recommend.ExportedRecommender`).
+the model (:class:`itemjax.serve.recommend.ExportedRecommender`).
 """
 
 from __future__ import annotations
@@ -27,14 +27,14 @@ import numpy as np
 import scipy.sparse
 
 from itemjax.errors import ConfigError, require_extra
-from itemjax.recommend import EXPORT_MANIFEST, load_run
+from itemjax.serve.recommend import EXPORT_MANIFEST, load_run
 from itemjax.runio import atomic_file, write_json_atomic, write_table
 
 
 def export_run(run_dir, out, *, k: int = 20, faiss: bool = False, data_dir=None, chunk_size: int = 1024,
                progress: bool = False) -> dict:
     """Write the export folder ``out`` of the run in ``run_dir`` (module docstring); return the manifest."""
-    from itemjax.evaluate import top_k
+    from itemjax.evaluation.evaluate import top_k
 
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ConfigError(f"-k must be a positive integer, got {k!r}")

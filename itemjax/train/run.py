@@ -8,7 +8,7 @@
     summary.json    test metrics of the selected (best validation) checkpoint
     per_user_test.parquet   the same test metrics per user (``.csv`` without pyarrow)
     checkpoints/    orbax ``latest`` and ``best``; ``--resume`` continues from ``latest``
-    tensorboard/    with ``--tensorboard``: scalars (:mod:`itemjax.tracking`)
+    tensorboard/    with ``--tensorboard``: scalars (:mod:`itemjax.train.tracking`)
 
 The test split is evaluated once, at the end, on the checkpoint selected on validation; it
 never chooses an epoch. Without a validation split (``valid_frac=0``) the last epoch is used.
@@ -28,20 +28,20 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from itemjax import sampling
-from itemjax.distributed import initialize, make_mesh
-from itemjax.placement import Placement
-from itemjax.checkpoint import RunCheckpoints
+from itemjax.objective import sampling
+from itemjax.parallel.distributed import initialize, make_mesh
+from itemjax.train.placement import Placement
+from itemjax.train.checkpoint import RunCheckpoints
 from itemjax.config import BOOKKEEPING, PPR_SAMPLERS, TrainConfig, config_diff
 from itemjax.errors import ConfigError, NumericalError
-from itemjax.graph import build_graph
-from itemjax.propagation import to_device
-from itemjax.evaluate import mean_metrics
-from itemjax.objectives import Batch, steps_per_epoch
+from itemjax.graph.bipartite import build_graph
+from itemjax.graph.propagation import to_device
+from itemjax.evaluation.evaluate import mean_metrics
+from itemjax.objective.objectives import Batch, steps_per_epoch
 from itemjax.runio import (append_jsonl, default_out, environment, log, read_jsonl, rewrite_jsonl, write_json_atomic,
                            write_table)
-from itemjax.tracking import Tracker
-from itemjax.training import (
+from itemjax.train.tracking import Tracker
+from itemjax.train.step import (
     create_state,
     make_model,
     train_step,
@@ -73,14 +73,14 @@ class Prepared:
     batch: Batch
     model: object
     hard_negatives_seconds: float = 0.0
-    inductive: object = None  # itemjax.inductive.InductiveSplit with --protocol inductive; split = its training part
-    features: tuple = (None, None)  # (user, item) itemjax.features.NodeFeatures, or None each
+    inductive: object = None  # itemjax.evaluation.inductive.InductiveSplit with --protocol inductive; split = its training part
+    features: tuple = (None, None)  # (user, item) itemjax.data.features.NodeFeatures, or None each
 
 
 def prepare(config: TrainConfig, *, out: pathlib.Path | None = None) -> Prepared:
     """Load and split the data, build the graph and the device-side training data."""
-    from itemjax.datasets import load_dataset
-    from itemjax.split import split_of
+    from itemjax.data.datasets import load_dataset
+    from itemjax.data.split import split_of
 
     raw = load_dataset(
         config.dataset,
@@ -94,7 +94,7 @@ def prepare(config: TrainConfig, *, out: pathlib.Path | None = None) -> Prepared
     log(split.describe())
     inductive = None
     if config.protocol == "inductive":  # train without the held-out users (their nodes keep ids, no edges)
-        from itemjax.inductive import make_inductive_split
+        from itemjax.evaluation.inductive import make_inductive_split
 
         inductive = make_inductive_split(split, holdout=config.holdout_users, reveal=config.reveal, seed=config.seed)
         split = inductive.train_split
@@ -103,7 +103,7 @@ def prepare(config: TrainConfig, *, out: pathlib.Path | None = None) -> Prepared
     graph = to_device(build_graph(split.train), config.backend, *features)
     hard, hard_seconds = None, 0.0
     if config.neg_sampler in PPR_SAMPLERS:
-        from itemjax.ppr import cached_hard_negative_table
+        from itemjax.graph.ppr import cached_hard_negative_table
 
         t0 = time.perf_counter()
         cache_dir = pathlib.Path(config.data_dir or _data_root()) / ".itemjax-cache"
@@ -124,14 +124,14 @@ def prepare(config: TrainConfig, *, out: pathlib.Path | None = None) -> Prepared
 
 def node_features(config: TrainConfig, raw) -> tuple:
     """``(user, item)`` side features of the run (``--user-features``, ``--item-features``), None each if off."""
-    from itemjax.features import load_features
+    from itemjax.data.features import load_features
 
     return (load_features(config.user_features, "user", raw, config.data_dir),
             load_features(config.item_features, "item", raw, config.data_dir))
 
 
 def _data_root():
-    from itemjax.datasets import data_root
+    from itemjax.data.datasets import data_root
 
     return data_root(None)
 
@@ -311,8 +311,8 @@ def fit(config: TrainConfig, *, on_evaluation: Callable[[dict], None] | None = N
     test = mean_metrics(per_user)
     write_per_user(out / "per_user_test", per_user, split.user_ids)
     metrics = test
-    if prep.inductive is not None:  # held-out users, popularity/..., transductive/... (itemjax.inductive)
-        from itemjax.inductive import inductive_report, report_line
+    if prep.inductive is not None:  # held-out users, popularity/..., transductive/... (itemjax.evaluation.inductive)
+        from itemjax.evaluation.inductive import inductive_report, report_line
 
         metrics = inductive_report(model, placement.model_params(final), prep.inductive, test, backend=config.backend,
                                    ks=config.ks, chunk_size=config.eval_chunk, features=prep.features)
@@ -343,7 +343,7 @@ def fit(config: TrainConfig, *, on_evaluation: Callable[[dict], None] | None = N
     tracker.scalars(int(state.step), {k: v for k, v in test.items() if "@" in k}, "test")
     ckpts.close()
     try:
-        from itemjax.plots import plot_run
+        from itemjax.evaluation.plots import plot_run
 
         plot_run(out)
     except Exception as e:  # a plot is a convenience: never fail a finished run over it
@@ -394,7 +394,7 @@ def refit(config: TrainConfig, prep: Prepared, placement, n_steps: int, out: pat
     full = refit_train(split)
     hard = None
     if config.neg_sampler in PPR_SAMPLERS:
-        from itemjax.ppr import cached_hard_negative_table
+        from itemjax.graph.ppr import cached_hard_negative_table
 
         hard = cached_hard_negative_table(
             full, cache_dir=_writable_cache(pathlib.Path(config.data_dir or _data_root()) / ".itemjax-cache"),

@@ -1,7 +1,7 @@
 """Graph propagation ``y = A_hat @ x`` on device, with two interchangeable backends.
 
 ``A_hat = D^-1/2 A D^-1/2`` is the symmetric normalised adjacency of the user-item
-graph built by :func:`itemjax.graph.build_graph`; ``x`` is ``[n_nodes, d]`` (users
+graph built by :func:`itemjax.graph.bipartite.build_graph`; ``x`` is ``[n_nodes, d]`` (users
 first, then items) and so is ``y``::
 
     y[r] = sum_{c in N(r)} x[c] / sqrt(deg_r * deg_c)
@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from jax.experimental import sparse
 
 from itemjax.errors import ConfigError
-from itemjax.graph import Graph
+from itemjax.graph.bipartite import Graph
 
 BACKENDS = ("segment", "csr")
 
@@ -46,15 +46,15 @@ def default_backend() -> str:
 
 @flax.struct.dataclass
 class DeviceGraph:
-    """Device copy of a :class:`~itemjax.graph.Graph`: a pytree that jit can take as input.
+    """Device copy of a :class:`~itemjax.graph.bipartite.Graph`: a pytree that jit can take as input.
 
     Array fields (traced): ``senders``, ``receivers`` int32 ``[E_pad]``, ``weights``
     float32 ``[E_pad]`` (padding edges ``n_nodes -> n_nodes`` with weight 0);
     ``indptr`` int32 ``[n_nodes + 1]``, ``indices`` int32 ``[n_edges]``, ``data``
     float32 ``[n_edges]`` (``A_hat`` in CSR), ``edge_pairs`` int32 ``[n_edges]`` (the
-    interaction of each entry, :attr:`itemjax.graph.Graph.edge_pairs`); the nodes' side features
+    interaction of each entry, :attr:`itemjax.graph.bipartite.Graph.edge_pairs`); the nodes' side features
     ``user_feature_ids`` / ``user_feature_weights`` ``[n_users, F_u]`` and ``item_feature_ids`` /
-    ``item_feature_weights`` ``[n_items, F_i]`` (:class:`itemjax.features.NodeFeatures`; ``F = 0``
+    ``item_feature_weights`` ``[n_items, F_i]`` (:class:`itemjax.data.features.NodeFeatures`; ``F = 0``
     without features). Static fields (part of the jit cache key):
     ``n_users``, ``n_items`` and ``backend`` (one of :data:`BACKENDS`).
     """
@@ -97,7 +97,7 @@ def to_device(graph: Graph, backend: str = "auto", user_features=None, item_feat
 
     Both the edge arrays and the CSR arrays are copied whatever the backend, so
     :func:`propagate_weighted` works with either. ``user_features`` / ``item_features``: optional
-    :class:`itemjax.features.NodeFeatures` of the graph's users / items (padded to the graph's
+    :class:`itemjax.data.features.NodeFeatures` of the graph's users / items (padded to the graph's
     node counts when shorter). Raises ConfigError for an unknown backend name.
     """
     backend = _check_backend(backend)

@@ -179,7 +179,7 @@ def _timed_pairs(raw, n_items: int):
 
 
 def make_split(raw, *, test_frac=0.2, valid_frac=0.1, seed=0, method: str = "random", cut_time=None) -> Split:
-    """Split a :class:`itemjax.datasets.RawDataset` into train / valid / test.
+    """Split a :class:`itemjax.data.datasets.RawDataset` into train / valid / test.
 
     Uses the predefined test part when ``raw.test_users`` is set (``test_frac`` unused;
     test pairs also present in training are dropped),

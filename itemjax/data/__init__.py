@@ -1,0 +1,1 @@
+"""Interactions in, splits out: loaders, downloads, train/valid/test splits, side features."""

@@ -1,0 +1,1 @@
+"""Full-ranking metrics, the chunked evaluator, the inductive protocol, learning-curve plots."""

@@ -1,0 +1,1 @@
+"""The user-item graph: CSR structure, normalised propagation kernels, personalised PageRank."""

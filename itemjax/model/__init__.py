@@ -1,0 +1,1 @@
+"""Embedding models (MF, LightGCN, NGCF, SAGE, GAT) over the propagated graph."""

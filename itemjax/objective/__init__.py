@@ -1,0 +1,1 @@
+"""What a step minimises: negative samplers, BPR/BCE/softmax, ITEM and NeuralNDCG, the objective factory."""

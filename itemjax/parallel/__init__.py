@@ -1,0 +1,1 @@
+"""Devices and processes: the mesh, sharding helpers, host memory settings."""

@@ -1,0 +1,1 @@
+"""Trained runs as recommenders: loading, top-K for users, export of embeddings and lists."""
