@@ -20,7 +20,7 @@ ITEM_METRICS = ("ndcg", "recall", "ndcg+recall")
 POSITIVE_PAIRS = ("smooth", "detach", "exact")  # ITEM: positive-vs-positive terms of the smooth rank
 RANK_ESTIMATES = ("list", "catalogue")  # ITEM: rank within the sampled list, or scaled to all items
 USER_SAMPLINGS = ("uniform", "degree")  # users of a step uniformly, or by training degree (every interaction alike)
-PROTOCOLS = ("transductive", "inductive")  # itemjax.evaluation.inductive: users held out of training
+PROTOCOLS = ("transductive", "inductive", "inductive-items")  # itemjax.evaluation.inductive: users / items held out
 
 
 #: Per-loss defaults of the options left as None. For BPR/BCE ``batch_size`` counts
@@ -177,12 +177,18 @@ class TrainConfig:
     patience: int = option(10, "evaluations without gain before stopping", group=_EVAL)
     eval_chunk: int = option(1024, "users scored per evaluation chunk", group=_EVAL)
     protocol: str = option("transductive", "inductive: hold --holdout-users of the users out of training and report "
-                           "on them (embedded from --reveal of their items, no gradient step); selection stays on "
-                           "validation", group=_EVAL, choices=PROTOCOLS)
+                           "on them (embedded from --reveal of their items, no gradient step); inductive-items: hold "
+                           "--holdout-items of the items out and rank them for their users from --item-features "
+                           "alone; selection stays on validation", group=_EVAL, choices=PROTOCOLS)
     holdout_users: float = option(0.2, "inductive: fraction of users held out of training", group=_EVAL)
     user_dropout: float = option(0.0, "ID dropout: each step zeroes each user's ID embedding with this probability, "
                                  "as an unseen user's is at inference, so the layers learn to embed users from their "
                                  "items", group=_EVAL)
+    holdout_items: float = option(0.1, "inductive-items: fraction of items held out of training (cold-start "
+                                  "items)", group=_EVAL)
+    item_dropout: float = option(0.0, "ID dropout: each step zeroes each item's ID embedding with this probability, "
+                                 "as a cold-start item's is at inference, so the model learns to embed items from "
+                                 "their features", group=_EVAL)
     reveal: float = option(0.5, "inductive: fraction of a held-out user's interactions revealed as graph edges "
                            "(rest: targets)", group=_EVAL)
     # devices (itemjax.parallel.distributed): a 1-D mesh over every device, users split across it
@@ -284,6 +290,11 @@ class TrainConfig:
         need(self.protocol in PROTOCOLS, f"unknown --protocol {self.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
         need(0 < self.holdout_users < 1, f"--holdout-users must be in (0, 1) (got {self.holdout_users})")
         need(0 <= self.user_dropout < 1, f"--user-dropout must be in [0, 1) (got {self.user_dropout})")
+        need(0 < self.holdout_items < 1, f"--holdout-items must be in (0, 1) (got {self.holdout_items})")
+        need(0 <= self.item_dropout < 1, f"--item-dropout must be in [0, 1) (got {self.item_dropout})")
+        need(not (self.protocol == "inductive-items" and not self.item_features),
+             "--protocol inductive-items ranks cold-start items by their side features: pass --item-features "
+             "genres (MovieLens) or --item-features FILE")
         need(0 < self.reveal < 1, f"--reveal must be in (0, 1) (got {self.reveal})")
         need(not (self.protocol == "inductive" and (self.model == "mf" or self.layers == 0)),
              "--protocol inductive embeds unseen users by message passing: use a graph --model with --layers >= 1")

@@ -129,20 +129,25 @@ def test_item_objective_matches_reference(shared, catalogue):
 
 
 @pytest.mark.parametrize("rate", [0.0, 0.5])
-def test_user_dropout_zeroes_whole_id_rows(rate):
-    """MF's output is its ID tables: dropped users' rows are exactly 0, the rest unchanged and unscaled."""
+@pytest.mark.parametrize("side", ["user", "item"])
+def test_id_dropout_zeroes_whole_id_rows(rate, side):
+    """MF's output is its ID tables: dropped users' (items') rows are exactly 0, the rest unchanged
+    and unscaled, the other side untouched."""
     from itemjax.objective.objectives import _forward
 
-    train, _ = small_problem(n_users=400)
+    train, _ = small_problem(n_users=400, n_items=400)
     graph = to_device(build_graph(train), "segment")
     model = make_model(TrainConfig(model="mf", dim=8).resolve(), *train.shape)
     params = model.init(jax.random.PRNGKey(0), graph)["params"]
     batch = Batch(graph=graph, data=sampling.make_train_data(train))
-    users, items = map(np.asarray, _forward(params, model.apply, batch, jax.random.PRNGKey(3), rate))
-    table = np.asarray(params["ids"]["user_embedding"])
-    dropped = np.all(users == 0, axis=1)
-    np.testing.assert_array_equal(users[~dropped], table[~dropped])
-    np.testing.assert_array_equal(items, np.asarray(params["ids"]["item_embedding"]))
+    rates = (rate, 0.0) if side == "user" else (0.0, rate)
+    users, items = map(np.asarray, _forward(params, model.apply, batch, jax.random.PRNGKey(3), rates))
+    dropped_side, other_side = (users, items) if side == "user" else (items, users)
+    other = "item" if side == "user" else "user"
+    table = np.asarray(params["ids"][f"{side}_embedding"])
+    dropped = np.all(dropped_side == 0, axis=1)
+    np.testing.assert_array_equal(dropped_side[~dropped], table[~dropped])
+    np.testing.assert_array_equal(other_side, np.asarray(params["ids"][f"{other}_embedding"]))
     assert abs(dropped.mean() - rate) < 0.08  # 400 Bernoulli draws: std 0.025
 
 

@@ -10,6 +10,7 @@
     itemjax tune --loss item --trials 20 --out runs/tune-item   # Optuna search, resumable
     itemjax methods --out runs/methods-ml100k      # every loss / sampler / SSL method, equal tuning budget
     itemjax paper-scale --dataset yelp2018 --out runs/paper-yelp2018   # tune, then equal budgets
+    itemjax beyond --out runs/beyond-ml100k        # side features, cold-start items, temporal splits
 
 Each command's logic is the module of the same name in this package (``main(argv)`` and
 ``parser()``); ``experiments/<command>.py`` are thin scripts that call the same ``main``.
@@ -23,7 +24,7 @@ import sys
 #: command name -> module of itemjax.commands
 COMMANDS = {"train": "train", "compare": "compare", "sweep": "sweep", "arch-table": "arch_table",
             "recommend": "recommend", "report": "report", "export": "export", "tune": "tune", "methods": "methods",
-            "paper-scale": "paper_scale"}
+            "paper-scale": "paper_scale", "beyond": "beyond"}
 
 
 def main(argv=None) -> int:

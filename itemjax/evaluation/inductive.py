@@ -1,4 +1,7 @@
-"""The inductive, user-centric protocol: users never seen in training (host side + one forward).
+"""The inductive protocols: users never seen in training, and cold-start items (host side + one forward).
+
+Cold-start items (``--protocol inductive-items``) are at :class:`ColdItemSplit`; what follows is
+the user-centric protocol (``--protocol inductive``).
 
 Split (:func:`make_inductive_split`, numpy only). From a transductive
 :class:`~itemjax.data.split.Split`, a seeded fraction ``holdout`` of the users is held out of
@@ -51,12 +54,20 @@ __all__ = [
     "InductiveSplit",
     "make_inductive_split",
     "augmented_graph",
+    "zero_id_rows",
     "zero_user_embeddings",
+    "ColdItemSplit",
+    "make_cold_item_split",
+    "evaluate_cold_items",
     "inductive_embeddings",
     "evaluate_inductive",
     "evaluate_popularity",
     "inductive_report",
     "report_line",
+    "protocol_split",
+    "cold_item_report",
+    "feature_popularity_scores",
+    "content_embeddings",
 ]
 
 #: Second entropy word of the protocol's generator, ``default_rng([seed, _STREAM])``.
@@ -85,6 +96,8 @@ class InductiveSplit:
     holdout: float
     reveal: float
     seed: int
+
+    target_name = "held-out users' targets"
 
     def graph_interactions(self) -> scipy.sparse.csr_matrix:
         """``[n_users, n_items]`` interactions of the augmented graph: training edges + revealed."""
@@ -197,27 +210,36 @@ def augmented_graph(inductive: InductiveSplit):
     return build_graph(inductive.graph_interactions())
 
 
-def zero_user_embeddings(params, users):
-    """``params`` with the rows ``users`` of ``params["ids"]["user_embedding"]`` set to 0.
+def zero_id_rows(params, users=(), items=()):
+    """``params`` with the rows ``users`` of ``params["ids"]["user_embedding"]`` and ``items`` of
+    ``params["ids"]["item_embedding"]`` set to 0.
 
-    The convention for users unseen in training: their own ID embedding is zero, so every
-    representation they get comes from message passing. Returns a new tree (``params`` is
-    not modified); other leaves are shared.
+    The convention for nodes unseen in training (new users, cold-start items): their own ID
+    embedding is zero, so every representation they get comes from message passing and side
+    features. Returns a new tree (``params`` is not modified); other leaves are shared.
     """
     import jax.numpy as jnp
 
-    ids = params["ids"]
-    table = jnp.asarray(ids["user_embedding"])
-    users = np.asarray(users, dtype=np.int64)
-    return {**params, "ids": {**ids, "user_embedding": table.at[users].set(0.0)}}
+    ids = dict(params["ids"])
+    for name, rows in (("user_embedding", users), ("item_embedding", items)):
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size:
+            ids[name] = jnp.asarray(ids[name]).at[rows].set(0.0)
+    return {**params, "ids": ids}
 
 
-def inductive_embeddings(model, params, interactions, unseen_users, *, backend: str = "auto", features=(None, None)):
+def zero_user_embeddings(params, users):
+    """:func:`zero_id_rows` of the users only (new users of the inductive protocol)."""
+    return zero_id_rows(params, users=users)
+
+
+def inductive_embeddings(model, params, interactions, unseen_users, *, backend: str = "auto", features=(None, None),
+                         unseen_items=()):
     """Final ``(user_emb [n_users, d], item_emb [n_items, d])`` over the graph of ``interactions``.
 
     No gradient step: ``model`` (``model.n_users`` = rows of ``interactions``) is applied in
     inference mode with ``params`` whose ``unseen_users`` rows of the user ID table are zero
-    (:func:`zero_user_embeddings`). The graph is :func:`~itemjax.graph.bipartite.build_graph` of
+    (and ``unseen_items`` rows of the item ID table, :func:`zero_id_rows`). The graph is :func:`~itemjax.graph.bipartite.build_graph` of
     ``interactions`` ``[n_users, n_items]`` on the ``backend`` of
     :func:`~itemjax.graph.propagation.to_device`, with the nodes' side ``features`` (user, item
     :class:`~itemjax.data.features.NodeFeatures` or None; rows beyond theirs have none).
@@ -232,7 +254,7 @@ def inductive_embeddings(model, params, interactions, unseen_users, *, backend: 
             f"(n_users, n_items) = ({model.n_users}, {model.n_items}); build both from the same split"
         )
     graph = to_device(build_graph(interactions), backend, *features)
-    return embed(model.apply, zero_user_embeddings(params, unseen_users), graph)
+    return embed(model.apply, zero_id_rows(params, unseen_users, unseen_items), graph)
 
 
 def evaluate_inductive(model, params, inductive: InductiveSplit, *, backend: str = "auto", ks=(20,),
@@ -274,6 +296,9 @@ def inductive_report(model, params, inductive: InductiveSplit, transductive_test
     test metrics of the training users; ``"inductive/holdout_users"``, ``"inductive/revealed"``,
     ``"inductive/targets"``, ``"inductive/holdout"``, ``"inductive/reveal"``: the split.
     """
+    if isinstance(inductive, ColdItemSplit):
+        return cold_item_report(model, params, inductive, transductive_test, backend=backend, ks=ks,
+                                chunk_size=chunk_size, features=features)
     held_out = evaluate_inductive(model, params, inductive, backend=backend, ks=ks, chunk_size=chunk_size,
                                   features=features)
     popular = evaluate_popularity(inductive, ks=ks, chunk_size=chunk_size)
@@ -286,8 +311,212 @@ def inductive_report(model, params, inductive: InductiveSplit, transductive_test
 
 
 def report_line(report: dict) -> str:
-    """One printable line of :func:`inductive_report`: held-out users' and popularity's metrics."""
+    """One printable line of :func:`inductive_report`: held-out nodes' and the baselines' metrics."""
     cutoffs = [name for name in report if "@" in name and "/" not in name and name.split("@")[0] in ("recall", "ndcg")]
-    held_out = ", ".join(f"{name}={report[name]:.4f}" for name in cutoffs)
-    popular = ", ".join(f"{name}={report['popularity/' + name]:.4f}" for name in cutoffs)
-    return f"inductive ({report['n_users']} held-out users): {held_out}; popularity baseline: {popular}"
+
+    def line(prefix):
+        return ", ".join(f"{name}={report[prefix + name]:.4f}" for name in cutoffs)
+
+    if "cold/holdout_items" in report:
+        return (f"cold-start items ({int(report['cold/holdout_items'])} items, {report['n_users']} users): "
+                f"{line('')}; feature popularity: {line('popularity/')}; features only: {line('features_only/')}")
+    return f"inductive ({report['n_users']} held-out users): {line('')}; popularity baseline: {line('popularity/')}"
+
+
+# ----------------------------------------------------------------------------- cold-start items
+
+#: Second entropy word of the cold-start items' generator, ``default_rng([seed, _ITEM_STREAM])``.
+_ITEM_STREAM = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class ColdItemSplit:
+    """Training split without the held-out (cold-start) items, and their interactions.
+
+    ``n_holdout = min(max(round(holdout * n_items), 1), n_eligible)`` items are drawn uniformly
+    (``default_rng([seed, 5])``) among the items with at least one interaction. Every interaction
+    with them (train, valid and test of the original split) leaves the split and becomes a target;
+    ids are kept, so a held-out item is an isolated node of the training graph.
+
+    Evaluation (:func:`evaluate_cold_items`) ranks, for each user with at least one target, the
+    held-out items only (the usual cold-start protocol: new items are recommended among new
+    items), each embedded by the trained model from its side features with its ID embedding
+    zero (:func:`zero_id_rows`; ``--item-dropout`` trains for this).
+
+    Attributes:
+      train_split: the original split with the held-out items' columns emptied.
+      holdout_items: int64 ``[H]`` dense ids of the held-out items, ascending.
+      targets: ``[n_users, n_items]`` float32 canonical CSR of ones: every interaction with a
+        held-out item.
+      holdout, seed: the options that produced the split.
+    """
+
+    train_split: Split
+    holdout_items: np.ndarray
+    targets: scipy.sparse.csr_matrix
+    holdout: float
+    seed: int
+
+    target_name = "cold-start items' interactions"
+
+    @property
+    def users(self) -> np.ndarray:
+        """int64 ``[U]``: the users with at least one interaction with a held-out item."""
+        return np.flatnonzero(np.diff(self.targets.indptr) > 0).astype(np.int64)
+
+    def candidate_targets(self) -> scipy.sparse.csr_matrix:
+        """``[n_users, H]``: the targets over the held-out items only (column h is ``holdout_items[h]``)."""
+        return _canonical(self.targets[:, self.holdout_items])
+
+    def stats(self) -> dict:
+        return {"holdout_items": int(self.holdout_items.size), "targets": int(self.targets.nnz),
+                "users": int(self.users.size), "holdout": float(self.holdout)}
+
+    def describe(self) -> str:
+        s = self.stats()
+        return (f"cold-start items: {s['holdout_items']} items held out of training, ranked for {s['users']} users "
+                f"against their {s['targets']} interactions")
+
+
+def make_cold_item_split(split: Split, *, holdout: float = 0.1, seed: int = 0) -> ColdItemSplit:
+    """Hold a seeded fraction of the items out of ``split`` (see :class:`ColdItemSplit`).
+
+    Raises:
+      ConfigError: ``holdout`` outside (0, 1).
+      DataError: no item has an interaction, or no training interaction would be left.
+    """
+    if not 0.0 < float(holdout) < 1.0:
+        raise ConfigError(f"--holdout-items must be in (0, 1), got {holdout!r}")
+    n_users, n_items = int(split.n_users), int(split.n_items)
+    everything = _canonical(split.train + split.valid + split.test)
+    eligible = np.flatnonzero(np.diff(everything.tocsc().indptr) > 0)
+    if eligible.size == 0:
+        raise DataError(f"{split.name}: no item has an interaction, so none can be held out as a cold-start item")
+    n_holdout = min(max(int(round(holdout * n_items)), 1), eligible.size)
+    rng = np.random.default_rng([int(seed), _ITEM_STREAM])
+    holdout_items = np.sort(rng.choice(eligible, size=n_holdout, replace=False)).astype(np.int64)
+    is_holdout = np.zeros(n_items, dtype=bool)
+    is_holdout[holdout_items] = True
+
+    def without_holdout(matrix):
+        coo = matrix.tocoo()
+        keep = ~is_holdout[coo.col]
+        return _pairs_csr(coo.row[keep], coo.col[keep], (n_users, n_items))
+
+    train = without_holdout(split.train)
+    if train.nnz == 0:
+        raise DataError(f"{split.name}: holding out {n_holdout} of {n_items} items leaves no training interaction; "
+                        "lower --holdout-items")
+    coo = everything.tocoo()
+    mine = is_holdout[coo.col]
+    return ColdItemSplit(
+        train_split=dataclasses.replace(split, train=train, valid=without_holdout(split.valid),
+                                        test=without_holdout(split.test)),
+        holdout_items=holdout_items,
+        targets=_pairs_csr(coo.row[mine], coo.col[mine], (n_users, n_items)),
+        holdout=float(holdout),
+        seed=int(seed),
+    )
+
+
+def feature_matrix(features, n_nodes: int) -> scipy.sparse.csr_matrix:
+    """``[n_nodes, n_features]`` float64 CSR of a :class:`~itemjax.data.features.NodeFeatures`'
+    weights (rows sum to 1; nodes beyond its rows, and nodes without features, are empty)."""
+    ids, weights = np.asarray(features.ids), np.asarray(features.weights, dtype=np.float64)
+    rows = np.repeat(np.arange(ids.shape[0]), ids.shape[1])
+    matrix = scipy.sparse.csr_matrix((weights.ravel(), (rows, ids.ravel())),
+                                     shape=(ids.shape[0], features.n_features))
+    matrix.eliminate_zeros()
+    matrix.resize((n_nodes, features.n_features))
+    return matrix
+
+
+def feature_popularity_scores(train, items_features: scipy.sparse.csr_matrix) -> np.ndarray:
+    """float64 ``[n_items]``: each item's weighted mean over its features of the features' popularity.
+
+    A cold-start item has no training degree, so the popularity baseline ranks it by its
+    features instead: ``pop(f) = sum_j w_jf deg(j) / sum_j w_jf`` over the items ``j`` with
+    training interactions (``deg`` = training degree, ``w`` = feature weights), and
+    ``score(i) = sum_f w_if pop(f)``.
+    """
+    degree = np.asarray(train.sum(axis=0)).ravel().astype(np.float64)
+    warm = (degree > 0).astype(np.float64)
+    mass = items_features.T @ warm
+    pop = np.divide(items_features.T @ degree, mass, out=np.zeros_like(mass), where=mass > 0)
+    return items_features @ pop
+
+
+def content_embeddings(train, items_features: scipy.sparse.csr_matrix):
+    """The features-only baseline: ``(user_emb [n_users, F], item_emb [n_items, F])`` float32.
+
+    ``s(u, i) = cos(p_u, f_i)``: ``p_u = sum_{j in train(u)} f_j`` is the user's profile, the
+    sum of its training items' feature rows; ``f_i`` the item's feature row. No training, no
+    interaction of a held-out item used.
+    """
+    def unit_rows(matrix):
+        norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1)).ravel())
+        inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+        return (scipy.sparse.diags(inv) @ matrix).toarray().astype(np.float32)
+
+    profiles = scipy.sparse.csr_matrix(train, dtype=np.float64) @ items_features
+    return unit_rows(profiles), unit_rows(items_features)
+
+
+def evaluate_cold_items(user_emb, item_emb, cold: ColdItemSplit, *, ks=(20,), chunk_size: int = 1024) -> dict:
+    """Metrics of ranking the held-out items for :attr:`ColdItemSplit.users` (candidates: the
+    held-out items only; nothing excluded, none of them was seen in training), through
+    :func:`itemjax.evaluation.evaluate.evaluate` with ``item_emb`` restricted to their rows."""
+    from itemjax.evaluation.evaluate import evaluate
+
+    item_emb = np.asarray(item_emb)[cold.holdout_items]
+    targets = cold.candidate_targets()
+    nothing = scipy.sparse.csr_matrix(targets.shape, dtype=np.float32)
+    if max(ks) > cold.holdout_items.size:
+        raise ConfigError(f"the cold-start items are ranked among themselves, but only {cold.holdout_items.size} "
+                          f"items are held out, fewer than the cut-off {max(ks)}; raise --holdout-items or lower --ks")
+    return evaluate(user_emb, item_emb, nothing, targets, ks=ks, users=cold.users, chunk_size=chunk_size)
+
+
+def cold_item_report(model, params, cold: ColdItemSplit, transductive_test: dict, *, backend: str = "auto",
+                     ks=(20,), chunk_size: int = 1024, features=(None, None)) -> dict:
+    """The metric part of a ``--protocol inductive-items`` run's summary.json.
+
+    ``"recall@k"``, ``"ndcg@k"``, ...: the trained model on the cold-start items (ID embeddings
+    of the held-out items zero, graph of the training interactions); ``"popularity/<metric>"``:
+    :func:`feature_popularity_scores`; ``"features_only/<metric>"``: :func:`content_embeddings`;
+    ``"transductive/<metric>"``: the usual test metrics over the remaining items;
+    ``"cold/holdout_items"``, ``"cold/targets"``, ``"cold/users"``, ``"cold/holdout"``: the split.
+    """
+    if features[1] is None:
+        raise ConfigError("--protocol inductive-items needs --item-features: a cold-start item has nothing else")
+    train = cold.train_split.train
+    user_emb, item_emb = inductive_embeddings(model, params, train, (), backend=backend, features=features,
+                                              unseen_items=cold.holdout_items)
+    items_features = feature_matrix(features[1], train.shape[1])
+    popular = feature_popularity_scores(train, items_features)
+    baselines = {
+        "popularity": (np.ones((train.shape[0], 1), np.float32), popular.astype(np.float32)[:, None]),
+        "features_only": content_embeddings(train, items_features),
+    }
+    report = evaluate_cold_items(user_emb, item_emb, cold, ks=ks, chunk_size=chunk_size)
+    for name, (users, items) in baselines.items():
+        report.update({f"{name}/{m}": v for m, v in
+                       evaluate_cold_items(users, items, cold, ks=ks, chunk_size=chunk_size).items()})
+    return {
+        **report,
+        **{f"transductive/{name}": value for name, value in transductive_test.items()},
+        **{f"cold/{name}": value for name, value in cold.stats().items()},
+    }
+
+
+def protocol_split(split: Split, config):
+    """``(held_out, train_split)`` of ``config.protocol``: ``(None, split)`` for transductive, else
+    the :class:`InductiveSplit` (``--protocol inductive``) or :class:`ColdItemSplit`
+    (``inductive-items``) made from ``split`` with the run's options and seed, and its training part."""
+    if config.protocol == "inductive":
+        held_out = make_inductive_split(split, holdout=config.holdout_users, reveal=config.reveal, seed=config.seed)
+    elif config.protocol == "inductive-items":
+        held_out = make_cold_item_split(split, holdout=config.holdout_items, seed=config.seed)
+    else:
+        return None, split
+    return held_out, held_out.train_split

@@ -37,21 +37,23 @@ class Batch:
     data: sampling.TrainData
 
 
-def _forward(params, apply_fn, batch, key, user_dropout: float = 0.0, layers: bool = False, graph=None):
+def _forward(params, apply_fn, batch, key, id_dropout=(0.0, 0.0), layers: bool = False, graph=None):
     """Final ``(user_emb, item_emb)`` of the training forward pass (per-layer ``[n, K + 1, d]``
     stacks with ``layers``), over ``batch.graph`` or the given ``graph`` (an SGL view).
 
-    ``user_dropout`` (ID dropout, for the inductive protocol): each user's ID embedding row is
-    zeroed with this probability for the whole step (no rescaling), the convention an unseen
-    user gets at inference (:func:`itemjax.evaluation.inductive.zero_user_embeddings`), so the layers learn
-    to represent a user from its neighbours alone. Mask stream: ``fold_in(key, 1)``; with 0 the
-    forward pass and its randomness are unchanged.
+    ``id_dropout = (p_user, p_item)`` (ID dropout, for the inductive protocols): each user's
+    (item's) ID embedding row is zeroed with probability ``p_user`` (``p_item``) for the whole
+    step (no rescaling), the convention an unseen user (a cold-start item) gets at inference
+    (:func:`itemjax.evaluation.inductive.zero_id_rows`), so the model learns to represent a node
+    from its neighbours (and side features) alone. Mask streams: ``fold_in(key, 1)`` for users,
+    ``fold_in(key, 2)`` for items; with 0 the forward pass and its randomness are unchanged.
     """
-    if user_dropout > 0:
-        ids = params["ids"]
-        table = ids["user_embedding"]
-        keep = jax.random.bernoulli(jax.random.fold_in(key, 1), 1.0 - user_dropout, (table.shape[0], 1))
-        params = {**params, "ids": {**ids, "user_embedding": table * keep.astype(table.dtype)}}
+    for p_drop, table_name, stream in ((id_dropout[0], "user_embedding", 1), (id_dropout[1], "item_embedding", 2)):
+        if p_drop > 0:
+            ids = params["ids"]
+            table = ids[table_name]
+            keep = jax.random.bernoulli(jax.random.fold_in(key, stream), 1.0 - p_drop, (table.shape[0], 1))
+            params = {**params, "ids": {**ids, table_name: table * keep.astype(table.dtype)}}
     graph = batch.graph if graph is None else graph
     return apply_fn({"params": params}, graph, train=True, layers=layers, rngs={"dropout": key})
 
@@ -81,7 +83,7 @@ SGL_VIEW_STREAM = 0x5617
 
 
 def sgl_loss(params, apply_fn, batch: Batch, key, step, users, items, item_where=None, *, seed: int,
-             steps_per_epoch: int, drop: float, temperature: float, weight: float, user_dropout: float = 0.0):
+             steps_per_epoch: int, drop: float, temperature: float, weight: float, id_dropout=(0.0, 0.0)):
     """SGL-ED's auxiliary loss (Wu et al., SIGIR 2021), ``weight * (InfoNCE_users + InfoNCE_items)``.
 
     Two views of the training graph, each dropping every interaction with probability ``drop``
@@ -96,8 +98,8 @@ def sgl_loss(params, apply_fn, batch: Batch, key, step, users, items, item_where
     view_key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), SGL_VIEW_STREAM), epoch)
     k_view1, k_view2 = jax.random.split(view_key)
     k_fwd1, k_fwd2 = jax.random.split(key)
-    user1, item1 = _forward(params, apply_fn, batch, k_fwd1, user_dropout, graph=edge_dropout(batch.graph, k_view1, drop))
-    user2, item2 = _forward(params, apply_fn, batch, k_fwd2, user_dropout, graph=edge_dropout(batch.graph, k_view2, drop))
+    user1, item1 = _forward(params, apply_fn, batch, k_fwd1, id_dropout, graph=edge_dropout(batch.graph, k_view1, drop))
+    user2, item2 = _forward(params, apply_fn, batch, k_fwd2, id_dropout, graph=edge_dropout(batch.graph, k_view2, drop))
     u, u_valid = _unique(users)
     i, i_valid = _unique(items, item_where)
     return weight * (info_nce(user1[u], user2[u], u_valid, temperature=temperature)
@@ -105,7 +107,7 @@ def sgl_loss(params, apply_fn, batch: Batch, key, step, users, items, item_where
 
 
 def bpr_objective(params, apply_fn, batch: Batch, key, step, *, batch_size: int, l2: float, hard_share: float,
-                  user_dropout: float = 0.0, user_sampling: str = "degree", ssl=None):
+                  id_dropout=(0.0, 0.0), user_sampling: str = "degree", ssl=None):
     """BPR over ``batch_size`` training pairs, one negative each.
 
     Pairs from :func:`itemjax.objective.sampling.sample_pairs`: interaction-uniform (``"degree"``) or a
@@ -118,7 +120,7 @@ def bpr_objective(params, apply_fn, batch: Batch, key, step, *, batch_size: int,
     users, pos = sampling.sample_pairs(k_edge, batch.data, batch_size, user_sampling)
     users, pos = shard_rows(users), shard_rows(pos)  # triples split across the mesh's data axis
     neg = sampling.negatives(k_neg, batch.data, users, 1, hard_share)[:, 0]
-    user_emb, item_emb = _forward(params, apply_fn, batch, k_fwd, user_dropout)
+    user_emb, item_emb = _forward(params, apply_fn, batch, k_fwd, id_dropout)
     u = user_emb[users]
     pos_scores = jnp.sum(u * item_emb[pos], axis=-1, dtype=jnp.float32)  # loss in float32 whatever the compute dtype
     neg_scores = jnp.sum(u * item_emb[neg], axis=-1, dtype=jnp.float32)
@@ -154,7 +156,7 @@ def mix_hard_negatives(user: jax.Array, pos_layers: jax.Array, cand_layers: jax.
 
 
 def mixgcf_objective(params, apply_fn, batch: Batch, key, step, *, batch_size: int, l2: float, n_candidates: int,
-                     pool: str, user_dropout: float = 0.0, user_sampling: str = "degree", hard_share=0.0, ssl=None):
+                     pool: str, id_dropout=(0.0, 0.0), user_sampling: str = "degree", hard_share=0.0, ssl=None):
     """BPR with MixGCF negatives: for each pair, ``n_candidates`` uniform negatives are mixed
     into one hard negative (:func:`mix_hard_negatives`, ``alpha ~ U(0, 1)`` per pair and layer),
     pooled like the model's layers (``pool``, the model's ``LAYER_POOL``).
@@ -166,7 +168,7 @@ def mixgcf_objective(params, apply_fn, batch: Batch, key, step, *, batch_size: i
     users, pos = sampling.sample_pairs(k_edge, batch.data, batch_size, user_sampling)
     users, pos = shard_rows(users), shard_rows(pos)
     candidates = sampling.negatives(k_neg, batch.data, users, n_candidates, 0.0)  # [B, M]
-    user_layers, item_layers = _forward(params, apply_fn, batch, k_fwd, user_dropout, layers=True)
+    user_layers, item_layers = _forward(params, apply_fn, batch, k_fwd, id_dropout, layers=True)
     u_layers, p_layers = user_layers[users], item_layers[pos]  # [B, L, d]
     u = pool_layers(u_layers, pool)
     alpha = jax.random.uniform(k_mix, (users.shape[0], u_layers.shape[1]))
@@ -180,7 +182,7 @@ def mixgcf_objective(params, apply_fn, batch: Batch, key, step, *, batch_size: i
 
 
 def bce_objective(params, apply_fn, batch: Batch, key, step, *, batch_size: int, l2: float, hard_share,
-                  user_dropout: float = 0.0, user_sampling: str = "degree", ssl=None):
+                  id_dropout=(0.0, 0.0), user_sampling: str = "degree", ssl=None):
     """Binary cross-entropy over ``batch_size`` training pairs (as BPR's) and as many sampled non-edges.
 
     ``L = mean softplus(-s_up) + mean softplus(s_un)`` plus the same L2 term as BPR.
@@ -189,7 +191,7 @@ def bce_objective(params, apply_fn, batch: Batch, key, step, *, batch_size: int,
     users, pos = sampling.sample_pairs(k_edge, batch.data, batch_size, user_sampling)
     users, pos = shard_rows(users), shard_rows(pos)
     neg = sampling.negatives(k_neg, batch.data, users, 1, hard_share)[:, 0]
-    user_emb, item_emb = _forward(params, apply_fn, batch, k_fwd, user_dropout)
+    user_emb, item_emb = _forward(params, apply_fn, batch, k_fwd, id_dropout)
     u = user_emb[users]
     loss = bce_loss(jnp.sum(u * item_emb[pos], -1, dtype=jnp.float32), jnp.sum(u * item_emb[neg], -1, dtype=jnp.float32))
     ego_u, ego_i = id_embeddings(params)
@@ -200,7 +202,7 @@ def bce_objective(params, apply_fn, batch: Batch, key, step, *, batch_size: int,
 def item_objective(params, apply_fn, batch: Batch, key, step, *, n_users: int, n_pos: int, n_neg: int,
                    metric: str, tau: float, k: int, l2: float, hard_share, shared_negatives: bool,
                    slope: float = 0.0, positive_pairs: str = "smooth", users_by_degree: bool = False,
-                   tau_k: float = 1.0, catalogue_rank: bool = False, user_dropout: float = 0.0, margin: float = 0.0,
+                   tau_k: float = 1.0, catalogue_rank: bool = False, id_dropout=(0.0, 0.0), margin: float = 0.0,
                    calibration: float = 0.0, ssl=None):
     """ITEM: ``mean_u (1 - smooth_metric_u)`` over user-centric lists (docs/design.md).
 
@@ -223,7 +225,7 @@ def item_objective(params, apply_fn, batch: Batch, key, step, *, n_users: int, n
     """
     share = hard_share(step) if callable(hard_share) else hard_share
     lists = user_lists(params, apply_fn, batch, key, share, n_users=n_users, n_pos=n_pos, n_neg=n_neg,
-                       shared_negatives=shared_negatives, users_by_degree=users_by_degree, user_dropout=user_dropout)
+                       shared_negatives=shared_negatives, users_by_degree=users_by_degree, id_dropout=id_dropout)
     data, users = batch.data, lists.users
     negative_weight = 1.0
     if catalogue_rank:
@@ -251,7 +253,7 @@ class UserLists(NamedTuple):
 
 
 def user_lists(params, apply_fn, batch: Batch, key, share, *, n_users: int, n_pos: int, n_neg: int,
-               shared_negatives: bool, users_by_degree: bool = False, user_dropout: float = 0.0) -> UserLists:
+               shared_negatives: bool, users_by_degree: bool = False, id_dropout=(0.0, 0.0)) -> UserLists:
     """The lists every list-wise objective (ITEM, NeuralNDCG, softmax) scores, from one forward pass.
 
     Draws ``n_users`` users (uniformly, or by training degree with ``users_by_degree``); for each,
@@ -267,7 +269,7 @@ def user_lists(params, apply_fn, batch: Batch, key, share, *, n_users: int, n_po
     users = sampling.sample_users(k_users, data, n_users, by_degree=users_by_degree)
     users = shard_rows(users)  # lists split across the data axis
     pos, pos_where = sampling.sample_positives(k_pos, data, users, n_pos)
-    user_emb, item_emb = _forward(params, apply_fn, batch, k_fwd, user_dropout)
+    user_emb, item_emb = _forward(params, apply_fn, batch, k_fwd, id_dropout)
     u = user_emb[users]  # [B, d]
     pos_scores = jnp.einsum("bd,bpd->bp", u, item_emb[pos], preferred_element_type=jnp.float32)
     if shared_negatives:
@@ -340,7 +342,7 @@ def negative_log_counts(data: sampling.TrainData, users: jax.Array, neg_ids: jax
 def neuralndcg_objective(params, apply_fn, batch: Batch, key, step, *, n_users: int, n_pos: int, n_neg: int,
                          l2: float, hard_share, shared_negatives: bool, temperature: float = 1.0,
                          sinkhorn_iters: int = 50, k=None, users_by_degree: bool = False,
-                         user_dropout: float = 0.0, ssl=None):
+                         id_dropout=(0.0, 0.0), ssl=None):
     """NeuralNDCG (Pobrotyn & Białobrzeski 2021): ``mean_u (1 - NeuralNDCG_u@k)`` over the
     lists ITEM uses (:func:`user_lists`), plus the same L2 on the ego embeddings.
 
@@ -350,7 +352,7 @@ def neuralndcg_objective(params, apply_fn, batch: Batch, key, step, *, n_users: 
     """
     share = hard_share(step) if callable(hard_share) else hard_share
     lists = user_lists(params, apply_fn, batch, key, share, n_users=n_users, n_pos=n_pos, n_neg=n_neg,
-                       shared_negatives=shared_negatives, users_by_degree=users_by_degree, user_dropout=user_dropout)
+                       shared_negatives=shared_negatives, users_by_degree=users_by_degree, id_dropout=id_dropout)
     loss = neural_ndcg_loss(lists.scores, lists.labels, where=lists.where, temperature=temperature,
                             sinkhorn_iters=sinkhorn_iters, k=k)
     return _with_list_l2(loss, params, lists, l2, n_users, ssl, apply_fn, batch, key, step)
@@ -358,7 +360,7 @@ def neuralndcg_objective(params, apply_fn, batch: Batch, key, step, *, n_users: 
 
 def softmax_objective(params, apply_fn, batch: Batch, key, step, *, n_users: int, n_pos: int, n_neg: int,
                       l2: float, hard_share, shared_negatives: bool, temperature: float = 1.0,
-                      logq_correction: bool = False, users_by_degree: bool = False, user_dropout: float = 0.0,
+                      logq_correction: bool = False, users_by_degree: bool = False, id_dropout=(0.0, 0.0),
                       ssl=None):
     """Sampled softmax / InfoNCE over the lists ITEM uses (:func:`user_lists`), plus the same L2.
 
@@ -369,7 +371,7 @@ def softmax_objective(params, apply_fn, batch: Batch, key, step, *, n_users: int
     """
     share = hard_share(step) if callable(hard_share) else hard_share
     lists = user_lists(params, apply_fn, batch, key, share, n_users=n_users, n_pos=n_pos, n_neg=n_neg,
-                       shared_negatives=shared_negatives, users_by_degree=users_by_degree, user_dropout=user_dropout)
+                       shared_negatives=shared_negatives, users_by_degree=users_by_degree, id_dropout=id_dropout)
     log_q = 0.0
     if logq_correction:
         counts = negative_log_counts(batch.data, lists.users, lists.neg_ids, share, shared_negatives=shared_negatives)
@@ -389,11 +391,11 @@ def make_objective(config: TrainConfig, steps_per_epoch: int = 1) -> Callable:
         ramp = config.curriculum_epochs * steps_per_epoch
         target = hard_share
         hard_share = functools.partial(_curriculum, target=target, ramp=ramp)
-    common = dict(l2=config.l2, hard_share=hard_share, user_dropout=config.user_dropout)
+    common = dict(l2=config.l2, hard_share=hard_share, id_dropout=(config.user_dropout, config.item_dropout))
     if config.ssl == "sgl-ed":
         common["ssl"] = functools.partial(sgl_loss, seed=config.seed, steps_per_epoch=steps_per_epoch,
                                           drop=config.ssl_drop, temperature=config.ssl_temperature,
-                                          weight=config.ssl_weight, user_dropout=config.user_dropout)
+                                          weight=config.ssl_weight, id_dropout=(config.user_dropout, config.item_dropout))
     if config.loss == "bpr" and config.neg_sampler == "mixgcf":
         return functools.partial(mixgcf_objective, batch_size=config.batch_size, user_sampling=config.user_sampling,
                                  n_candidates=config.mixgcf_candidates, pool=MODELS[config.model].LAYER_POOL,

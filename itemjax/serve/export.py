@@ -39,7 +39,7 @@ def export_run(run_dir, out, *, k: int = 20, faiss: bool = False, data_dir=None,
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ConfigError(f"-k must be a positive integer, got {k!r}")
     rec = load_run(run_dir, data_dir=data_dir)
-    if rec.inductive is not None:
+    if getattr(rec.inductive, "holdout_users", None) is not None:
         raise ConfigError("export serves the users a model was trained on; this run is --protocol inductive, whose "
                           "held-out users have no training edges: export a transductive run")
     out = pathlib.Path(out)

@@ -73,7 +73,7 @@ class Recommender:
       model: the Flax module (``n_users``, ``n_items`` of the split).
       params: restored parameters.
       split: the training split (for an inductive run: the held-out users' rows empty).
-      inductive: the :class:`~itemjax.evaluation.inductive.InductiveSplit` of an inductive run, else None.
+      inductive: the :class:`~itemjax.evaluation.inductive.InductiveSplit` (or :class:`~itemjax.evaluation.inductive.ColdItemSplit`) of an inductive run, else None.
       titles: dense item id -> title, or None.
       checkpoint: ``"best"`` or ``"latest"``: the slot the parameters came from.
       run_dir: the run directory.
@@ -144,8 +144,10 @@ class Recommender:
                 interactions, unseen = self.split.train, np.zeros(0, np.int64)
             else:
                 interactions, unseen = self.inductive.graph_interactions(), self.inductive.holdout_users
+            cold_items = getattr(self.inductive, "holdout_items", ())  # cold-start items: features only
             users, items = inductive_embeddings(self.model, self.params, interactions, unseen,
-                                                backend=self.config.backend, features=self.features)
+                                                backend=self.config.backend, features=self.features,
+                                                unseen_items=cold_items)
             self._cache[which] = (np.asarray(users, np.float64), np.asarray(items, np.float64))
         return self._cache[which]
 
@@ -190,7 +192,8 @@ class Recommender:
         revealed items (which are excluded). Raises DataError for an unknown id.
         """
         user = self.dense_user(user_id)
-        if self.inductive is not None and user in set(self.inductive.holdout_users.tolist()):
+        held_out_users = getattr(self.inductive, "holdout_users", np.zeros(0, np.int64))
+        if user in set(held_out_users.tolist()):
             user_emb, item_emb = self._embeddings("inductive")
             known = self.inductive.revealed
         else:
@@ -241,6 +244,7 @@ def load_run(run_dir, *, data_dir=None, checkpoint: str | None = None) -> Recomm
     from itemjax.data.datasets import item_titles, load_dataset
     from itemjax.objective.sampling import make_train_data
     from itemjax.data.split import split_of
+    from itemjax.evaluation.inductive import protocol_split
     from itemjax.train.run import node_features
     from itemjax.train.step import create_state, make_model
     from itemjax.graph.propagation import to_device
@@ -268,12 +272,7 @@ def load_run(run_dir, *, data_dir=None, checkpoint: str | None = None) -> Recomm
     raw = load_dataset(config.dataset, data_dir=config.data_dir, min_rating=config.min_rating, kcore=config.kcore,
                        sep=config.sep, progress=False)
     split = split_of(raw, config)
-    inductive = None
-    if config.protocol == "inductive":
-        from itemjax.evaluation.inductive import make_inductive_split
-
-        inductive = make_inductive_split(split, holdout=config.holdout_users, reveal=config.reveal, seed=config.seed)
-        split = inductive.train_split
+    inductive, split = protocol_split(split, config)
     recorded = saved.get("dataset", {}).get("stats")
     if recorded is not None and json.loads(json.dumps(split.stats())) != recorded:
         raise DataError(

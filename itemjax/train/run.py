@@ -73,7 +73,7 @@ class Prepared:
     batch: Batch
     model: object
     hard_negatives_seconds: float = 0.0
-    inductive: object = None  # itemjax.evaluation.inductive.InductiveSplit with --protocol inductive; split = its training part
+    inductive: object = None  # InductiveSplit / ColdItemSplit (itemjax.evaluation.inductive); split = its training part
     features: tuple = (None, None)  # (user, item) itemjax.data.features.NodeFeatures, or None each
 
 
@@ -81,6 +81,7 @@ def prepare(config: TrainConfig, *, out: pathlib.Path | None = None) -> Prepared
     """Load and split the data, build the graph and the device-side training data."""
     from itemjax.data.datasets import load_dataset
     from itemjax.data.split import split_of
+    from itemjax.evaluation.inductive import protocol_split
 
     raw = load_dataset(
         config.dataset,
@@ -92,12 +93,8 @@ def prepare(config: TrainConfig, *, out: pathlib.Path | None = None) -> Prepared
     )
     split = split_of(raw, config)
     log(split.describe())
-    inductive = None
-    if config.protocol == "inductive":  # train without the held-out users (their nodes keep ids, no edges)
-        from itemjax.evaluation.inductive import make_inductive_split
-
-        inductive = make_inductive_split(split, holdout=config.holdout_users, reveal=config.reveal, seed=config.seed)
-        split = inductive.train_split
+    inductive, split = protocol_split(split, config)  # held-out users / items leave training, ids kept
+    if inductive is not None:
         log(inductive.describe())
     features = node_features(config, raw)
     graph = to_device(build_graph(split.train), config.backend, *features)
@@ -320,7 +317,7 @@ def fit(config: TrainConfig, *, on_evaluation: Callable[[dict], None] | None = N
     loads.append(_load1())
     summary = {
         **{k: float(v) for k, v in metrics.items()},
-        "split": "test" if prep.inductive is None else "held-out users' targets",
+        "split": "test" if prep.inductive is None else prep.inductive.target_name,
         "protocol": config.protocol,
         "selected_epoch": selected_epoch,
         "selected_step": selected_step,

@@ -1,0 +1,14 @@
+#!/usr/bin/env python
+"""Beyond the paper: ITEM vs BPR with side features, on cold-start items and under temporal splits.
+
+A thin script over :mod:`itemjax.commands.beyond` (also ``itemjax beyond`` once
+the package is installed); ``python experiments/beyond.py --help`` lists the options.
+"""
+
+import sys
+
+from itemjax.cli import run_main
+from itemjax.commands.beyond import main
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
