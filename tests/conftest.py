@@ -1,6 +1,6 @@
 """Fixtures shared by the test modules: a tiny synthetic interaction file, the environment of
 subprocess runs (CPU, one persistent compilation cache), float64 JAX (``x64``) and central
-finite differences for gradient references."""
+finite differences for gradient references; and JAX's compilation cache for the session."""
 
 from __future__ import annotations
 
@@ -9,6 +9,15 @@ import pathlib
 
 import numpy as np
 import pytest
+
+# JAX's persistent compilation cache for the test session (set before any test module imports
+# jax): compiling dominates the unit tests, and a rerun finds every executable already built.
+# The key covers the jax version, the backend and the flags, so a stale entry is never used;
+# JAX_COMPILATION_CACHE_DIR set by the caller wins, and subprocess tests use their own cache.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      str(pathlib.Path(__file__).resolve().parent.parent / ".pytest_cache" / "jax-compilation"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.05")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
 def write_tiny_interactions(path: pathlib.Path, *, n_users=60, n_items=80, n_rows=1500, seed=0) -> pathlib.Path:
