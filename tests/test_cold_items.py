@@ -21,6 +21,7 @@ from itemjax.evaluation.inductive import (
     feature_popularity_scores,
     inductive_embeddings,
     make_cold_item_split,
+    protocol_split,
 )
 from itemjax.graph.bipartite import build_graph
 from itemjax.graph.propagation import to_device
@@ -141,6 +142,10 @@ def test_the_protocol_needs_item_features():
         TrainConfig(protocol="inductive-items").resolve()
     with pytest.raises(ConfigError, match="--item-dropout"):
         TrainConfig(item_dropout=1.0).resolve()
+    split, _ = random_split()  # 30 items: 10% held out = 3, fewer than the cut-off 20, refused before training
+    config = TrainConfig(protocol="inductive-items", item_features="genres", ks=(20,)).resolve()
+    with pytest.raises(ConfigError, match="raise --holdout-items or lower --ks"):
+        protocol_split(split, config)
 
 
 @pytest.mark.integration

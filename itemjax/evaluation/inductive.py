@@ -517,6 +517,10 @@ def protocol_split(split: Split, config):
         held_out = make_inductive_split(split, holdout=config.holdout_users, reveal=config.reveal, seed=config.seed)
     elif config.protocol == "inductive-items":
         held_out = make_cold_item_split(split, holdout=config.holdout_items, seed=config.seed)
+        if max(config.ks) > held_out.holdout_items.size:  # say so before training, not after it
+            raise ConfigError(f"the cold-start items are ranked among themselves, but only "
+                              f"{held_out.holdout_items.size} items are held out, fewer than the cut-off "
+                              f"{max(config.ks)}; raise --holdout-items or lower --ks")
     else:
         return None, split
     return held_out, held_out.train_split
