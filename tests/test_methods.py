@@ -14,8 +14,9 @@ pytestmark = pytest.mark.integration  # trains runs
 
 
 def test_methods_table_selects_on_validation_and_reuses_the_tuning_run(tiny_csv, tmp_path):
+    # softmax: a variant that is a single flag (--logq-correction) must reach sweep as one variant
     out = tmp_path / "m"
-    assert methods.main(["--dataset", str(tiny_csv), "--methods", "bpr,bpr+mixgcf", "--seeds", "0,1",
+    assert methods.main(["--dataset", str(tiny_csv), "--methods", "bpr,softmax,bpr+mixgcf", "--seeds", "0,1",
                          "--common-args", "--epochs 2 --eval-every 1 --dim 8 --layers 1", "--out", str(out)]) == 0
     result = json.loads((out / "methods.json").read_text())
     for name, row in result["methods"].items():

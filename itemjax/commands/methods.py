@@ -75,7 +75,7 @@ def main(argv=None) -> int:
         options, _ = METHODS[method]
         base = f"--dataset {args.dataset} --model {args.model} --seed {first} {options} {args.common_args}"
         tune_dir = out / f"tune-{method.replace('+', '_')}"
-        sweep.main(["--base", base, "--out", str(tune_dir)] + [a for v in variants(method) for a in ("--variant", v)])
+        sweep.main(["--base", base, "--out", str(tune_dir)] + [f"--variant={v}" for v in variants(method)])  # "=": a variant may be one flag
         scored = [(best_validation(tune_dir / f"{n:02d}-{options_slug(v)}", "ndcg@20").get("ndcg@20", -1.0), n, v)
                   for n, v in enumerate(variants(method))]
         best_value, best_n, chosen = max(scored)

@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     for loss in losses:
         variants = VARIANTS[loss]
         sweep.main(["--base", f"{base} --loss {loss}", "--out", str(out / f"tune-{loss}")]
-                   + [a for v in variants for a in ("--variant", v)])
+                   + [f"--variant={v}" for v in variants])
         chosen[loss], tuning[loss] = select(out / f"tune-{loss}", variants)
         print(f"[paper-scale] {loss}: selected {chosen[loss] or '(defaults)'} on validation", file=sys.stderr)
     final = out / "final"

@@ -11,6 +11,7 @@ reused, so an interrupted sweep continues where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import shlex
@@ -48,7 +49,7 @@ def main(argv=None) -> int:
         run = pathlib.Path(c.out)
         if not (run / "summary.json").exists():
             print(f"[sweep] {v or '(base)'} -> {run}", file=sys.stderr)
-            fit(c)
+            fit(dataclasses.replace(c, resume=(run / "config.json").exists()))  # an interrupted run continues
         s = json.loads((run / "summary.json").read_text())
         best = best_validation(run, "ndcg@20")
         rows.append((best.get("ndcg@20", float("nan")), v, best.get("epoch"), s))
