@@ -26,10 +26,15 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def run_main(main, argv=None) -> int:
+#: how a command that trains a table of runs continues after an interruption (its ``RESUME``)
+RERUN = "the same command: finished runs are reused, an interrupted one resumes"
+
+
+def run_main(main, argv=None, *, resume: str | None = None) -> int:
     """Call ``main(argv)``; turn :class:`ItemjaxError` into one line on stderr and exit 2.
 
-    A NaN loss (``NumericalError``) exits 3; Ctrl-C exits 130 after saying where the run is.
+    A NaN loss (``NumericalError``) exits 3; Ctrl-C exits 130 after saying how to continue
+    (``resume``, a command module's ``RESUME``; default: the same command plus ``--resume``).
     """
     try:
         return main(argv) or 0
@@ -40,7 +45,7 @@ def run_main(main, argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; continue with the same command plus --resume", file=sys.stderr)
+        print(f"interrupted; continue with {resume or 'the same command plus --resume'}", file=sys.stderr)
         return 130
 
 

@@ -174,3 +174,19 @@ def test_itemjax_command_dispatches_to_each_command(capsys):
         assert exit_.value.code == 0
         assert capsys.readouterr().out.startswith(f"usage: itemjax {name}")
     assert main(["fit"]) == 2 and "unknown command 'fit'" in capsys.readouterr().err
+
+
+def test_ctrl_c_says_how_to_continue(monkeypatch, capsys):
+    """A single run continues with --resume; a table command (sweep, tune, ...) with the same command."""
+    import itemjax.commands as commands
+    from itemjax.cli import RERUN
+    from itemjax.commands import sweep
+
+    def interrupted(argv=None):
+        raise KeyboardInterrupt
+
+    assert run_main(interrupted) == 130
+    assert capsys.readouterr().err.strip() == "interrupted; continue with the same command plus --resume"
+    monkeypatch.setattr(sweep, "main", interrupted)
+    assert commands.main(["sweep", "--out", "x"]) == 130
+    assert capsys.readouterr().err.strip() == f"interrupted; continue with {RERUN}"

@@ -302,3 +302,22 @@ def test_nan_loss_exits_3_naming_the_step_and_keeps_the_last_good_checkpoint(tin
     assert int(state["step"]) == 1 and meta["epoch"] == 1
     params = jax.tree.leaves(state["params"])
     assert params and all(bool(np.all(np.isfinite(x))) for x in params)
+
+
+def test_fit_or_resume_continues_a_started_run(tiny_csv, tmp_path):
+    """A table command's runs: a folder holding a started run is resumed (plain fit refuses it)."""
+    from itemjax.cli import config_from_args
+    from itemjax.commands.train import parser
+    from itemjax.errors import ConfigError
+    from itemjax.train.run import fit, fit_or_resume
+
+    out = tmp_path / "run"
+    config = config_from_args(parser().parse_args(
+        ["--dataset", str(tiny_csv), "--epochs", "2", "--eval-every", "1", "--dim", "8", "--layers", "1",
+         "--out", str(out), "--no-progress"]))
+    first = fit_or_resume(config)  # nothing there yet: a fresh run
+    (out / "summary.json").unlink()  # as if killed after its last checkpoint
+    with pytest.raises(ConfigError, match="pass --resume"):
+        fit(config)
+    again = fit_or_resume(config)
+    assert again["ndcg@20"] == first["ndcg@20"] and again["recall@20"] == first["recall@20"]

@@ -13,7 +13,8 @@
     itemjax beyond --out runs/beyond-ml100k        # side features, cold-start items, temporal splits
 
 Each command's logic is the module of the same name in this package (``main(argv)`` and
-``parser()``); ``experiments/<command>.py`` are thin scripts that call the same ``main``.
+``parser()``, and ``RESUME`` if an interrupted run continues otherwise than with
+``--resume``); ``experiments/<command>.py`` are thin scripts that call the same ``main``.
 """
 
 from __future__ import annotations
@@ -41,4 +42,4 @@ def main(argv=None) -> int:
         print(f"itemjax: error: unknown command {name!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     module = importlib.import_module(f"itemjax.commands.{COMMANDS[name]}")
-    return run_main(module.main, argv[1:])
+    return run_main(module.main, argv[1:], resume=getattr(module, "RESUME", None))

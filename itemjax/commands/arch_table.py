@@ -36,10 +36,13 @@ import shlex
 import sys
 
 from itemjax.commands.train import parser as train_parser
-from itemjax.cli import ArgumentParser, config_from_args, run_main
+from itemjax.cli import RERUN, ArgumentParser, config_from_args, run_main
 from itemjax.config import LOSS_DEFAULTS, LOSS_NAMES, MODEL_NAMES, PROTOCOLS, config_diff
 from itemjax.errors import ConfigError
 from itemjax.runio import best_validation, options_slug
+
+#: how an interrupted command continues (printed on Ctrl-C)
+RESUME = RERUN
 
 #: Models without message passing: an unseen user cannot be embedded, so no inductive cell.
 NON_GRAPH_MODELS = ("mf",)
@@ -265,7 +268,7 @@ def header_text(args) -> str:
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     cells = cell_configs(args)
-    from itemjax.train.run import fit
+    from itemjax.train.run import fit_or_resume
 
     runs = [(cell, options, config) for cell, configs in cells
             for (options, _), config in zip(cell.candidates(), configs)]
@@ -281,7 +284,7 @@ def main(argv=None) -> int:
             continue
         resume = (run / "config.json").exists()
         print(f"{tag}: {'resuming' if resume else 'training'} -> {run}", file=sys.stderr)
-        fit(dataclasses.replace(config, resume=resume))
+        fit_or_resume(config)
     text = markdown(read_rows([c for c, _ in cells]), header_text(args))
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -292,4 +295,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(run_main(main, resume=RESUME))

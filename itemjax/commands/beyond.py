@@ -23,9 +23,12 @@ import sys
 
 import numpy as np
 
-from itemjax.cli import ArgumentParser, int_list, run_main
+from itemjax.cli import RERUN, ArgumentParser, int_list, run_main
 from itemjax.errors import ConfigError
 from itemjax.runio import write_json_atomic
+
+#: how an interrupted command continues (printed on Ctrl-C)
+RESUME = RERUN
 
 _FEATURES = "--item-features genres --user-features demographics"
 #: setting -> train options (MovieLens side features: genres; age group, gender, occupation)
@@ -55,7 +58,7 @@ def main(argv=None) -> int:
     from itemjax.cli import config_from_args
     from itemjax.commands.compare import paired_tests
     from itemjax.commands.train import parser as train_parser
-    from itemjax.train.run import fit
+    from itemjax.train.run import fit_or_resume
 
     args = parser().parse_args(argv)
     settings, losses = args.settings.split(","), args.losses.split(",")
@@ -73,8 +76,8 @@ def main(argv=None) -> int:
                 if not (run / "summary.json").exists():
                     argv_s = shlex.split(f"--dataset {args.dataset} --model {args.model} --loss {loss} --seed {seed} "
                                          f"{SETTINGS[setting]} {args.common_args}") \
-                        + ["--out", str(run), "--no-progress"] + (["--resume"] if run.exists() else [])
-                    fit(config_from_args(train_parser().parse_args(argv_s)))
+                        + ["--out", str(run), "--no-progress"]
+                    fit_or_resume(config_from_args(train_parser().parse_args(argv_s)))
                 summary = json.loads((run / "summary.json").read_text())
                 runs[loss].append({"seed": seed, "out": str(run), **summary})
         paired = {} if setting == "cold-items" else paired_tests(runs, losses[0])
@@ -120,4 +123,4 @@ def markdown(result: dict) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(run_main(main, resume=RESUME))

@@ -33,10 +33,13 @@ import sys
 import numpy as np
 
 from itemjax.commands.train import parser as train_parser
-from itemjax.cli import ArgumentParser, config_from_args, int_list, run_main
+from itemjax.cli import RERUN, ArgumentParser, config_from_args, int_list, run_main
 from itemjax.config import LOSS_NAMES
 from itemjax.errors import ConfigError
 from itemjax.runio import best_validation, read_jsonl, read_table, write_json_atomic
+
+#: how an interrupted command continues (printed on Ctrl-C)
+RESUME = RERUN
 
 METRICS = ("recall@20", "ndcg@20")
 
@@ -274,14 +277,14 @@ def plot(result: dict, configs: list, path: pathlib.Path, title: str, budget=Non
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     out, configs = run_configs(args)
-    from itemjax.train.run import fit
+    from itemjax.train.run import fit_or_resume
 
     for c in configs:
         if (pathlib.Path(c.out) / "summary.json").exists():
             print(f"[compare] {c.out} already finished; reusing it", file=sys.stderr)
             continue
         print(f"[compare] training {c.loss} seed {c.seed} -> {c.out}", file=sys.stderr)
-        fit(c)
+        fit_or_resume(c)  # an interrupted run continues
     result = summarise(out, configs)
     title = f"{args.dataset}, {args.model}, seeds {','.join(map(str, args.seeds))}"
     if args.time_budget:
@@ -296,4 +299,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(run_main(main, resume=RESUME))

@@ -24,9 +24,12 @@ import sys
 
 import numpy as np
 
-from itemjax.cli import ArgumentParser, int_list, run_main
+from itemjax.cli import RERUN, ArgumentParser, int_list, run_main
 from itemjax.errors import ConfigError
 from itemjax.runio import best_validation, options_slug, write_json_atomic
+
+#: how an interrupted command continues (printed on Ctrl-C)
+RESUME = RERUN
 
 #: method -> (train options, the two variants tuned besides the defaults)
 METHODS = {
@@ -62,7 +65,7 @@ def main(argv=None) -> int:
     from itemjax.commands import sweep
     from itemjax.commands.train import parser as train_parser
     from itemjax.cli import config_from_args
-    from itemjax.train.run import fit
+    from itemjax.train.run import fit_or_resume
 
     args = parser().parse_args(argv)
     methods = args.methods.split(",")
@@ -87,8 +90,8 @@ def main(argv=None) -> int:
                 run = out / "final" / f"{method.replace('+', '_')}-seed{seed}"
                 if not (run / "summary.json").exists():
                     argv_s = shlex.split(base.replace(f"--seed {first}", f"--seed {seed}")) + shlex.split(chosen) \
-                        + ["--out", str(run), "--no-progress"] + (["--resume"] if run.exists() else [])
-                    fit(config_from_args(train_parser().parse_args(argv_s)))
+                        + ["--out", str(run), "--no-progress"]
+                    fit_or_resume(config_from_args(train_parser().parse_args(argv_s)))
             runs.append(json.loads((run / "summary.json").read_text()) | {"run": str(run), "seed": seed})
         rows[method] = {"options": options, "selected": chosen, "best_valid_ndcg@20": best_value,
                         "tuning": [{"variant": v, "best_valid_ndcg@20": s} for s, _, v in scored], "runs": runs}
@@ -153,4 +156,4 @@ def markdown(result: dict) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(run_main(main, resume=RESUME))

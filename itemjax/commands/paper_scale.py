@@ -26,8 +26,11 @@ import json
 import pathlib
 import sys
 
-from itemjax.cli import ArgumentParser, run_main
+from itemjax.cli import RERUN, ArgumentParser, run_main
 from itemjax.runio import best_validation, options_slug, write_json_atomic
+
+#: how an interrupted command continues (printed on Ctrl-C)
+RESUME = RERUN
 
 #: the variants each loss is tuned over, on top of its defaults (the same count per loss)
 VARIANTS = {
@@ -126,4 +129,4 @@ def markdown(result: dict, comparison_md: str) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(run_main(main, resume=RESUME))

@@ -11,16 +11,18 @@ reused, so an interrupted sweep continues where it stopped.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import pathlib
 import shlex
 import sys
 
 from itemjax.commands.train import parser as train_parser
-from itemjax.cli import ArgumentParser, config_from_args, run_main
+from itemjax.cli import RERUN, ArgumentParser, config_from_args, run_main
 from itemjax.errors import ConfigError
 from itemjax.runio import best_validation, options_slug
+
+#: how an interrupted command continues (printed on Ctrl-C)
+RESUME = RERUN
 
 
 def parser() -> ArgumentParser:
@@ -42,14 +44,14 @@ def main(argv=None) -> int:
             configs.append((v, config_from_args(train_parser().parse_args(argv_v))))
         except SystemExit:
             raise ConfigError(f"bad train.py options in variant {v!r}") from None
-    from itemjax.train.run import fit
+    from itemjax.train.run import fit_or_resume
 
     rows = []
     for v, c in configs:
         run = pathlib.Path(c.out)
         if not (run / "summary.json").exists():
             print(f"[sweep] {v or '(base)'} -> {run}", file=sys.stderr)
-            fit(dataclasses.replace(c, resume=(run / "config.json").exists()))  # an interrupted run continues
+            fit_or_resume(c)
         s = json.loads((run / "summary.json").read_text())
         best = best_validation(run, "ndcg@20")
         rows.append((best.get("ndcg@20", float("nan")), v, best.get("epoch"), s))
@@ -66,4 +68,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(run_main(main, resume=RESUME))

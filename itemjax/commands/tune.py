@@ -24,10 +24,13 @@ import shlex
 import shutil
 import sys
 
-from itemjax.cli import ArgumentParser, config_from_args, run_main
+from itemjax.cli import RERUN, ArgumentParser, config_from_args, run_main
 from itemjax.config import LOSS_NAMES
 from itemjax.errors import ConfigError, require_extra
 from itemjax.runio import best_validation, write_json_atomic
+
+#: how an interrupted command continues (printed on Ctrl-C)
+RESUME = RERUN
 
 #: per loss, option -> ("log" | "float" | "int" | "categorical", low or choices, high); the
 #: neighbourhoods of the defaults that docs/tuning.md explored by hand
@@ -161,4 +164,4 @@ def report_study(study, space: dict, metric: str, args) -> tuple[str, dict]:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(run_main(main, resume=RESUME))

@@ -146,6 +146,14 @@ def _writable_cache(path: pathlib.Path) -> pathlib.Path:
         return fallback
 
 
+def fit_or_resume(config: TrainConfig, **kwargs) -> dict:
+    """:func:`fit`, continuing the run if ``config.out`` already holds a started one (its
+    ``config.json`` exists): what every command that trains a table of runs does, so that running
+    the same command again after an interruption continues it."""
+    started = (pathlib.Path(config.out) / "config.json").exists()
+    return fit(dataclasses.replace(config, resume=config.resume or started), **kwargs)
+
+
 def fit(config: TrainConfig, *, on_evaluation: Callable[[dict], None] | None = None) -> dict:
     """Train, select on validation, evaluate on test; return the summary dict.
 
