@@ -53,3 +53,22 @@ def test_tune_runs_trials_reports_the_best_and_resumes(tiny_csv, tmp_path, capsy
     assert tune.main(argv) == 0
     assert len(sorted((tmp_path / "t").glob("trial-*"))) == 4
     assert json.loads((tmp_path / "t" / "best.json").read_text())["trials"] == 4
+
+
+def test_a_resumed_study_draws_new_points_and_fails_a_cut_off_trial(tiny_csv, tmp_path):
+    """Resuming during the random startup trials must not replay the first run's draws, and a
+    trial left running by a killed process is marked failed (not counted, number not reused)."""
+    import optuna
+
+    base = f"--dataset {tiny_csv} --dim 8 --layers 1 --epochs 1 --eval-every 1"
+    out = tmp_path / "t"
+    argv = ["--base", base, "--loss", "bpr", "--trials", "1", "--startup-trials", "5", "--out", str(out)]
+    assert tune.main(argv) == 0
+    storage = f"sqlite:///{(out / 'study.db').resolve()}"
+    optuna.load_study(study_name="itemjax", storage=storage).ask()  # trial 1: as if its process was killed
+    argv[argv.index("1", argv.index("--trials"))] = "2"
+    assert tune.main(argv) == 0
+    trials = optuna.load_study(study_name="itemjax", storage=storage).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL,
+                                         optuna.trial.TrialState.COMPLETE]
+    assert trials[2].params["lr"] != trials[0].params["lr"]

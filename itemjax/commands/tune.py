@@ -81,6 +81,24 @@ def suggest(trial, space: dict) -> dict:
     return values
 
 
+def open_study(optuna, path: pathlib.Path, args):
+    """The study stored at ``path`` (created if new), ready to continue.
+
+    The TPE sampler's seed is ``--seed`` plus the number of trials already in the study, so a
+    resumed study draws new points (the same seed would replay the first run's random startup
+    trials). A trial still marked running was cut off by a killed process (trials run one at a
+    time here): it is marked failed, and its number is not reused.
+    """
+    storage = f"sqlite:///{path.resolve()}"
+    study = optuna.create_study(study_name="itemjax", storage=storage, load_if_exists=True, direction="maximize")
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    sampler = optuna.samplers.TPESampler(seed=args.seed + len(study.trials), n_startup_trials=args.startup_trials)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=args.startup_trials, n_warmup_steps=1)
+    return optuna.create_study(study_name="itemjax", storage=storage, load_if_exists=True, direction="maximize",
+                               sampler=sampler, pruner=pruner)
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     optuna = require_extra("optuna", extra="tune", feature="itemjax tune")
@@ -102,10 +120,7 @@ def main(argv=None) -> int:
         raise ConfigError("tune selects on validation: drop --valid-frac 0 from --base")
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        study_name="itemjax", storage=f"sqlite:///{(out / 'study.db').resolve()}", load_if_exists=True,
-        direction="maximize", sampler=optuna.samplers.TPESampler(seed=args.seed, n_startup_trials=args.startup_trials),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=args.startup_trials, n_warmup_steps=1))
+    study = open_study(optuna, out / "study.db", args)
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
     def objective(trial):
