@@ -47,37 +47,68 @@ METHODS = {
 }
 
 
-def time_steps(config: TrainConfig, prep, repeats: int) -> float:
-    """Median seconds of the step training runs use: ``train_step`` through ``Placement.jit_step``
-    (the mesh over every device, state and batch placed as :func:`itemjax.train.run.fit` places them)."""
+def step_runner(config: TrainConfig, prep):
+    """``(run, state)``: ``run()`` takes one step of the kind training runs take, ``train_step``
+    through ``Placement.jit_step`` (the mesh over every device, state and batch placed as
+    :func:`itemjax.train.run.fit` places them), and waits for it (``block_until_ready``); each call
+    continues from the state the previous one left. ``state`` is the initial state (parameters
+    from ``PRNGKey(0)``; the step is not donated, so it stays valid)."""
     placement = Placement(make_mesh())
     batch = placement.place_batch(Batch(graph=prep_graph(prep, config.backend), data=prep.batch.data))
     state = placement.place_state(create_state(config, prep.model, batch.graph, batch.data, jax.random.PRNGKey(0)))
     step = placement.jit_step(train_step, state)
     key = placement.replicate(jax.random.PRNGKey(1))
-    for _ in range(3):  # compile + warm up
-        state, m = step(state, batch, key)
-    jax.block_until_ready(state)
-    times = []
+    current = [state]
+
+    def run():
+        current[0], _ = step(current[0], batch, key)
+        jax.block_until_ready(current[0])
+
+    return run, state
+
+
+def median_seconds(runs: dict, repeats: int, warmup: int = 3) -> dict:
+    """``{name: median seconds}`` of the callables ``runs`` (each must wait for its own work to
+    finish): ``warmup`` untimed calls each (compilation), then ``repeats`` rounds that call every
+    one once in turn, so that a change of the machine's load affects them all alike."""
+    for run in runs.values():
+        for _ in range(warmup):
+            run()
+    times = {name: [] for name in runs}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        state, m = step(state, batch, key)
-        jax.block_until_ready(state)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def time_steps(config: TrainConfig, prep, repeats: int) -> float:
+    """Median seconds of the step training runs use (:func:`step_runner`), after 3 warm-up steps."""
+    run, _ = step_runner(config, prep)
+    return median_seconds({"step": run}, repeats)["step"]
 
 
 _graphs = {}
 
 
+def host_graph(prep):
+    """The :class:`itemjax.graph.bipartite.Graph` of ``prep``'s training split (built once)."""
+    from itemjax.graph.bipartite import build_graph
+
+    k = (id(prep), "host")
+    if k not in _graphs:
+        _graphs[k] = build_graph(prep.split.train)
+    return _graphs[k]
+
+
 def prep_graph(prep, backend):
     """The device graph of ``prep`` on ``backend`` (built once per backend)."""
-    from itemjax.graph.bipartite import build_graph
     from itemjax.graph.propagation import to_device
 
     k = (id(prep), backend)
     if k not in _graphs:
-        _graphs[k] = to_device(build_graph(prep.split.train), backend)
+        _graphs[k] = to_device(host_graph(prep), backend)
     return _graphs[k]
 
 
