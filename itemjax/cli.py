@@ -7,9 +7,8 @@ import argparse
 import dataclasses
 import json
 import pathlib
-import sys
 
-from itemjax.errors import ItemjaxError, NumericalError
+from itemjax.errors import ItemjaxError, report_error
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -33,15 +32,8 @@ def run_main(main, argv=None) -> int:
     """
     try:
         return main(argv) or 0
-    except NumericalError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
-    except ItemjaxError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; continue with the same command plus --resume", file=sys.stderr)
-        return 130
+    except (ItemjaxError, KeyboardInterrupt) as e:
+        return report_error(e)
 
 
 def int_list(text: str) -> tuple:
