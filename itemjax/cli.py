@@ -7,9 +7,8 @@ import argparse
 import dataclasses
 import json
 import pathlib
-import sys
 
-from itemjax.errors import ItemjaxError, NumericalError
+from itemjax.errors import ItemjaxError, report_error
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -38,15 +37,8 @@ def run_main(main, argv=None, *, resume: str | None = None) -> int:
     """
     try:
         return main(argv) or 0
-    except NumericalError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
-    except ItemjaxError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"interrupted; continue with {resume or 'the same command plus --resume'}", file=sys.stderr)
-        return 130
+    except (ItemjaxError, KeyboardInterrupt) as e:
+        return report_error(e, resume=resume)
 
 
 def int_list(text: str) -> tuple:

@@ -194,8 +194,22 @@ class TrainConfig:
     # devices (itemjax.parallel.distributed): a 1-D mesh over every device, users split across it
     shard_embeddings: bool = option(False, "shard the ID embedding tables' rows across devices (default: "
                                     "replicated)", group=_DEVICES)
-    distributed: bool = option(False, "call jax.distributed.initialize() first (multi-host GPU / Cloud TPU slice)",
-                               group=_DEVICES)
+    distributed: bool = option(False, "several processes (hosts) run together: call jax.distributed.initialize() "
+                               "first (multi-host GPU / Cloud TPU slice, or several CPU processes); every process runs "
+                               "the same command, process 0 alone writes the run files; needs --out on a filesystem "
+                               "every process sees", group=_DEVICES)
+    coordinator_address: Optional[str] = option(
+        None, "--distributed: HOST:PORT where process 0 serves the coordinator, the same for every process "
+        "(default: $JAX_COORDINATOR_ADDRESS, else detected on Cloud TPU, SLURM and Open MPI)", group=_DEVICES,
+        metavar="HOST:PORT")
+    num_processes: Optional[int] = option(None, "--distributed: how many processes run (default: $JAX_NUM_PROCESSES, "
+                                          "else detected)", group=_DEVICES)
+    process_id: Optional[int] = option(None, "--distributed: this process's rank, 0 .. --num-processes - 1; process 0 "
+                                       "serves the coordinator and writes the run files (default: $JAX_PROCESS_ID, "
+                                       "else detected)", group=_DEVICES)
+    heartbeat_timeout: int = option(100, "--distributed: seconds without a heartbeat after which a process counts as "
+                                    "dead; every other process then stops with an error naming it",
+                                    group=_DEVICES, metavar="SECONDS")
     # bookkeeping
     out: Optional[str] = option(None, "run directory (default runs/<dataset>-<model>-<loss>-<time>)", group=_EVAL)
     resume: bool = option(False, "continue the run in --out from its latest checkpoint", group=_EVAL)
@@ -299,6 +313,19 @@ class TrainConfig:
         need(not (self.protocol == "inductive" and (self.model == "mf" or self.layers == 0)),
              "--protocol inductive embeds unseen users by message passing: use a graph --model with --layers >= 1")
         need(not (self.resume and not self.out), "--resume needs --out DIR naming the run directory to continue")
+        for name in ("coordinator_address", "num_processes", "process_id"):
+            need(getattr(self, name) is None or self.distributed,
+                 f"--{name.replace('_', '-')} is for multi-process runs: add --distributed")
+        need(self.num_processes is None or self.num_processes >= 1,
+             f"--num-processes must be >= 1 (got {self.num_processes})")
+        need(self.process_id is None or self.process_id >= 0, f"--process-id must be >= 0 (got {self.process_id})")
+        need(self.process_id is None or self.num_processes is None or self.process_id < self.num_processes,
+             f"--process-id must be below --num-processes {self.num_processes} (got {self.process_id}); ranks "
+             "are 0 .. N-1")
+        need(self.heartbeat_timeout >= 1, f"--heartbeat-timeout must be >= 1 second (got {self.heartbeat_timeout})")
+        need(not (self.distributed and not self.out),
+             "--distributed needs --out DIR, the same for every process, on a filesystem every process sees "
+             "(process 0 writes the run files there, every process its share of the checkpoints)")
         return self
 
     def to_dict(self) -> dict:
@@ -320,7 +347,8 @@ class TrainConfig:
 _GLOBAL_DEFAULTS = {"tau": 0.1}
 
 #: Options that never change what a run computes (bookkeeping, display, where files live).
-BOOKKEEPING = frozenset({"out", "resume", "progress", "data_dir", "eval_chunk", "distributed", "tensorboard"})
+BOOKKEEPING = frozenset({"out", "resume", "progress", "data_dir", "eval_chunk", "distributed", "coordinator_address",
+                         "num_processes", "process_id", "heartbeat_timeout", "tensorboard"})
 
 
 def config_diff(current: dict, saved: dict, *, ignore=()) -> dict:

@@ -75,6 +75,11 @@ FLAG_CASES = [
     ("refit without validation", ["--refit", "--valid-frac", "0"], ["--refit", "--valid-frac > 0"]),
     ("unknown positive pairs", ["--positive-pairs", "soft"], ["--positive-pairs", "invalid choice", "'soft'"]),
     ("missing config file", ["--config", "/nonexistent/config.json"], ["--config", "no such file"]),
+    ("process id without distributed", ["--process-id", "1"], ["--process-id", "add --distributed"]),
+    ("process id beyond the count", ["--distributed", "--num-processes", "2", "--process-id", "2"],
+     ["--process-id must be below --num-processes 2", "(got 2)"]),
+    ("distributed without out", ["--distributed"], ["--distributed needs --out", "every process"]),
+    ("zero heartbeat timeout", ["--heartbeat-timeout", "0"], ["--heartbeat-timeout must be >= 1"]),
 ]
 
 
@@ -95,7 +100,8 @@ def test_toml_config_and_flags_layer_over_the_defaults(tmp_path):
 
 @pytest.mark.parametrize("case,argv,words", FLAG_CASES, ids=[c[0] for c in FLAG_CASES])
 def test_bad_flags_exit_2_before_any_data_is_read(case, argv, words, no_data_loading, capsys, tmp_path):
-    argv = argv + ["--no-progress"] + ([] if case == "resume without out" else ["--out", str(tmp_path / "run")])
+    without_out = case in ("resume without out", "distributed without out")
+    argv = argv + ["--no-progress"] + ([] if without_out else ["--out", str(tmp_path / "run")])
     status, err = run_cli(["--dataset", str(tmp_path / "never-read.csv"), *argv], capsys)
     assert status == 2, err
     line = error_line(err)

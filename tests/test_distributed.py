@@ -7,6 +7,8 @@ negatives), both propagation backends and replicated / row-sharded ID tables, a 
 over the 4 devices and on a 1-device mesh (``jax.devices()[:1]``, tables replicated). The parent
 compares parameters, losses and metrics (rtol 1e-4), and checks that the 4-device run really
 was split (shardings of the placed state) and that sampling does not depend on the device count.
+Several processes (``--distributed``, two CPU processes through jax.distributed) are tested by
+tests/test_multiprocess.py.
 """
 
 from __future__ import annotations

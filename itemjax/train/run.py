@@ -29,7 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from itemjax.objective import sampling
-from itemjax.parallel.distributed import initialize, make_mesh
+from itemjax.parallel.distributed import barrier, initialize, is_writer, make_mesh, stop_peers_on_error
 from itemjax.train.placement import Placement
 from itemjax.train.checkpoint import RunCheckpoints
 from itemjax.config import BOOKKEEPING, PPR_SAMPLERS, TrainConfig, config_diff
@@ -136,7 +136,7 @@ def _data_root():
 def _writable_cache(path: pathlib.Path) -> pathlib.Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
+        probe = path / f".write-test-{os.getpid()}"  # one per process: processes of a run may probe at once
         probe.write_text("")
         probe.unlink()
         return path
@@ -169,9 +169,25 @@ def fit(config: TrainConfig, *, on_evaluation: Callable[[dict], None] | None = N
     data loading and the PPR table are timed apart (``data_seconds``,
     ``hard_negatives_seconds``). ``summary["stop_reason"]`` says why the loop ended: ``"epochs"``,
     ``"early stopping"`` or ``"time budget"``. ``config.refit``: see :func:`refit`.
+
+    ``config.distributed`` (several processes, :mod:`itemjax.parallel.distributed`): every process
+    calls ``fit`` with the same options (its own ``process_id``) and returns the same summary;
+    process 0 alone writes the run files (:func:`~itemjax.parallel.distributed.is_writer`), every
+    process takes part in each checkpoint's save and restore. An exception in one process ends
+    that process instead of propagating (:func:`~itemjax.parallel.distributed.stop_peers_on_error`),
+    and the others then stop with an error naming it.
     """
     config = config.resolve()
-    initialize(config.distributed)  # multi-host: before anything touches a device
+    initialize(config.distributed, coordinator_address=config.coordinator_address,
+               num_processes=config.num_processes, process_id=config.process_id,
+               heartbeat_timeout=config.heartbeat_timeout)  # several processes: before anything touches a device
+    with stop_peers_on_error():
+        return _fit(config, on_evaluation)
+
+
+def _fit(config: TrainConfig, on_evaluation) -> dict:
+    """:func:`fit` once the process is set up (``config`` resolved)."""
+    writer = is_writer()  # process 0 writes the run files; every process checkpoints
     out = pathlib.Path(config.out) if config.out else default_out(config)
     ckpt_dir = out / "checkpoints"
     saved = None
@@ -185,7 +201,9 @@ def fit(config: TrainConfig, *, on_evaluation: Callable[[dict], None] | None = N
             log(f"--resume: nothing saved yet in {out}; starting from epoch 1")
     elif ckpt_dir.exists() and any(ckpt_dir.iterdir()):
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    barrier("itemjax-run-directory-read")  # every process has seen the directory as it was before process 0 writes
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
     loads = [_load1()]
 
     t_data = time.perf_counter()
@@ -203,7 +221,7 @@ def fit(config: TrainConfig, *, on_evaluation: Callable[[dict], None] | None = N
     train_key = placement.replicate(train_key)
     step_fn = placement.jit_step(train_step, state)
 
-    if saved is None:
+    if saved is None and writer:
         write_json_atomic(out / "config.json", {
             "config": config.to_dict(),
             "environment": {**environment(), "placement": placement.describe()},
@@ -219,8 +237,10 @@ def fit(config: TrainConfig, *, on_evaluation: Callable[[dict], None] | None = N
             meta["stop_reason"] = "early stopping"
         state = state.replace(**restored)
         log(f"resumed from epoch {meta['epoch']} (step {int(state.step)}) in {out}")
-        rewrite_jsonl(out / "metrics.jsonl", [r for r in read_jsonl(out / "metrics.jsonl") if r["epoch"] <= meta["epoch"]])
-    elif (out / "metrics.jsonl").exists():
+        if writer:
+            rewrite_jsonl(out / "metrics.jsonl",
+                          [r for r in read_jsonl(out / "metrics.jsonl") if r["epoch"] <= meta["epoch"]])
+    elif writer and (out / "metrics.jsonl").exists():
         (out / "metrics.jsonl").unlink()
     tracker = Tracker(out, config.tensorboard, resume_step=int(state.step))  # drops events past a resumed step
 
@@ -229,7 +249,8 @@ def fit(config: TrainConfig, *, on_evaluation: Callable[[dict], None] | None = N
     select = config.select_metric
     start_epoch = meta["epoch"] + 1
     bar = tqdm(range(start_epoch, config.epochs + 1), initial=start_epoch - 1, total=config.epochs,
-               desc=f"{config.model}+{config.loss}", unit="epoch", disable=not config.progress, dynamic_ncols=True)
+               desc=f"{config.model}+{config.loss}", unit="epoch", disable=not (config.progress and writer),
+               dynamic_ncols=True)
     for epoch in bar:
         if meta["stop_reason"] is not None:
             break
@@ -282,7 +303,8 @@ def fit(config: TrainConfig, *, on_evaluation: Callable[[dict], None] | None = N
             if (meta["stop_reason"] is None and config.time_budget is not None
                     and record["elapsed"] >= config.time_budget):
                 meta["stop_reason"] = "time budget"
-            append_jsonl(out / "metrics.jsonl", record)
+            if writer:
+                append_jsonl(out / "metrics.jsonl", record)
             tracker.scalars(int(state.step), {k: float(v) for k, v in metrics.items() if "@" in k}, split_name)
             ckpts.save("latest", int(state.step), _checkpointable(state), meta)
             if on_evaluation is not None:
@@ -314,7 +336,8 @@ def fit(config: TrainConfig, *, on_evaluation: Callable[[dict], None] | None = N
     per_user = placement.evaluate(user_emb, item_emb, [split.train, split.valid], split.test, ks=config.ks,
                                   chunk_size=config.eval_chunk, reduce=None)
     test = mean_metrics(per_user)
-    write_per_user(out / "per_user_test", per_user, split.user_ids)
+    if writer:
+        write_per_user(out / "per_user_test", per_user, split.user_ids)
     metrics = test
     if prep.inductive is not None:  # held-out users, popularity/..., transductive/... (itemjax.evaluation.inductive)
         from itemjax.evaluation.inductive import inductive_report, report_line
@@ -344,19 +367,22 @@ def fit(config: TrainConfig, *, on_evaluation: Callable[[dict], None] | None = N
         "hard_negatives_seconds": prep.hard_negatives_seconds,
         "load_average": _load_summary(loads),
     }
-    write_json_atomic(out / "summary.json", summary)
+    if writer:
+        write_json_atomic(out / "summary.json", summary)
     tracker.scalars(int(state.step), {k: v for k, v in test.items() if "@" in k}, "test")
     ckpts.close()
     try:
-        from itemjax.evaluation.plots import plot_run
+        if writer:
+            from itemjax.evaluation.plots import plot_run
 
-        plot_run(out)
+            plot_run(out)
     except Exception as e:  # a plot is a convenience: never fail a finished run over it
         log(f"warning: no learning-curve plot in {out} ({type(e).__name__}: {e})")
     log("test: " + ", ".join(f"{k}={v:.4f}" for k, v in test.items() if "@" in k))
     if config.refit:
         summary.update(refit(config, prep, placement, selected_step, out))
-        write_json_atomic(out / "summary.json", summary)
+        if writer:
+            write_json_atomic(out / "summary.json", summary)
         tracker.scalars(int(state.step), {k.removeprefix("refit/"): v for k, v in summary.items()
                                           if k.startswith("refit/") and "@" in k}, "refit")
         log("refit test: " + ", ".join(f"{k}={v:.4f}" for k, v in summary.items()
@@ -419,7 +445,7 @@ def refit(config: TrainConfig, prep: Prepared, placement, n_steps: int, out: pat
         log(f"refit: resumed at step {int(state.step)} of {n_steps}")
     chunk = steps_per_epoch(config, batch.data) * config.eval_every
     bar = tqdm(total=n_steps, initial=int(state.step), desc="refit on train+valid", unit="step",
-               disable=not config.progress, dynamic_ncols=True)
+               disable=not (config.progress and is_writer()), dynamic_ncols=True)
     while int(state.step) < n_steps:
         todo = min(chunk, n_steps - int(state.step))
         t0 = time.perf_counter()

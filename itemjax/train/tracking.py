@@ -14,6 +14,7 @@ from __future__ import annotations
 import pathlib
 
 from itemjax.errors import require_extra
+from itemjax.parallel.distributed import is_writer
 
 
 def tag(prefix: str, name: str) -> str:
@@ -23,11 +24,12 @@ def tag(prefix: str, name: str) -> str:
 
 
 class Tracker:
-    """Scalar logging for one run; a no-op when ``enabled`` is False."""
+    """Scalar logging for one run; a no-op when ``enabled`` is False, and in every process of a
+    multi-process run but process 0 (:func:`itemjax.parallel.distributed.is_writer`)."""
 
     def __init__(self, out: pathlib.Path, enabled: bool, *, resume_step: int | None = None):
         self.writer = None
-        if enabled:
+        if enabled and is_writer():
             tensorboardx = require_extra("tensorboardX", extra="tracking", feature="--tensorboard")
             self.writer = tensorboardx.SummaryWriter(logdir=str(pathlib.Path(out) / "tensorboard"),
                                                      purge_step=resume_step)
