@@ -5,16 +5,20 @@
     python benchmarks/step_time.py --datasets ml-100k --users 256,2048 --repeats 20
     python benchmarks/step_time.py --datasets ml-100k --backends csr --users 1024 --no-ppr \
         --methods bpr,bce,item,neuralndcg,softmax,bpr+mixgcf,bpr+sgl-ed,item+sgl-ed
+    python benchmarks/step_time.py --models lightgcn,gat --backends csr --no-ppr   # GAT against LightGCN
 
-For each dataset, backend, loss and batch size B (users per step: BPR/BCE draw B training
-interactions, i.e. B users with one positive and one negative each; ITEM draws B users with up to
+For each dataset, backend, model (``--models``, default lightgcn; dim 64, 3 layers), loss and batch
+size B (users per step: BPR/BCE draw B training interactions, i.e. B users with one positive and one
+negative each; ITEM draws B users with up to
 ``--positives`` positives and ``--negatives`` negatives each) the real ``train_step`` of
 ``itemjax.train.step``, jitted by ``Placement.jit_step`` as training does, is compiled, warmed up, then timed ``--repeats`` times with
 ``block_until_ready``; the median is reported. A method is a loss, optionally with ``+mixgcf``
 (BPR with MixGCF negatives, default candidates) or ``+sgl-ed`` (the SGL-ED auxiliary loss), see
 :data:`METHODS`. Also the PPR hard-negative precomputation time (``itemjax.graph.ppr.hard_negative_table``,
-default window; ``--no-ppr`` skips it). Prints a markdown table (each method's step over BPR's at the
-same dataset, backend and users per step) and writes ``benchmarks/out/step_time.json``.
+default window; ``--no-ppr`` skips it). Prints a markdown table (each step over BPR's of the same model
+and over LightGCN's of the same method, at the same dataset, backend and users per step) and writes
+``benchmarks/out/step_time.json``, one row per step time with its ``model``, ``method``, ``loss`` and
+``median_seconds``.
 """
 
 from __future__ import annotations
@@ -30,12 +34,12 @@ import time
 
 import jax
 
-from itemjax.config import TrainConfig
+from itemjax.config import MODEL_NAMES, TrainConfig
 from itemjax.parallel.distributed import make_mesh
 from itemjax.train.placement import Placement
 from itemjax.train.run import prepare
 from itemjax.objective.objectives import Batch
-from itemjax.train.step import create_state, train_step
+from itemjax.train.step import create_state, make_model, train_step
 
 
 #: method name -> TrainConfig overrides
@@ -55,7 +59,8 @@ def step_runner(config: TrainConfig, prep):
     from ``PRNGKey(0)``; the step is not donated, so it stays valid)."""
     placement = Placement(make_mesh())
     batch = placement.place_batch(Batch(graph=prep_graph(prep, config.backend), data=prep.batch.data))
-    state = placement.place_state(create_state(config, prep.model, batch.graph, batch.data, jax.random.PRNGKey(0)))
+    model = make_model(config, prep.split.n_users, prep.split.n_items)
+    state = placement.place_state(create_state(config, model, batch.graph, batch.data, jax.random.PRNGKey(0)))
     step = placement.jit_step(train_step, state)
     key = placement.replicate(jax.random.PRNGKey(1))
     current = [state]
@@ -89,6 +94,15 @@ def time_steps(config: TrainConfig, prep, repeats: int) -> float:
     return median_seconds({"step": run}, repeats)["step"]
 
 
+def ratio_to(row: dict, steps: list, **reference) -> str:
+    """``row``'s step time over the one of the step that differs from it only by ``reference``
+    (e.g. ``method="bpr"``), as text; "–" when that step was not timed."""
+    keys = ("dataset", "backend", "users", "model", "method")
+    want = {**{k: row[k] for k in keys}, **reference}
+    other = next((s for s in steps if all(s[k] == want[k] for k in keys)), None)
+    return f"{row['median_seconds'] / other['median_seconds']:.2f}" if other else "–"
+
+
 _graphs = {}
 
 
@@ -118,6 +132,7 @@ def main():
     p.add_argument("--backends", default="csr,segment")
     p.add_argument("--methods", "--losses", dest="methods", default="bpr,item",
                    help=f"comma-separated, of {', '.join(METHODS)}")
+    p.add_argument("--models", default="lightgcn", help=f"comma-separated, of {', '.join(MODEL_NAMES)}")
     p.add_argument("--no-ppr", action="store_true", help="skip timing the PPR table")
     p.add_argument("--users", default="256,2048", help="users per step")
     p.add_argument("--positives", type=int, default=32)
@@ -125,6 +140,14 @@ def main():
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--out", default=str(pathlib.Path(__file__).parent / "out" / "step_time.json"))
     args = p.parse_args()
+    models = args.models.split(",")
+    methods = args.methods.split(",")
+    for model in models:
+        if model not in MODEL_NAMES:
+            p.error(f"unknown model {model!r}; choose from {', '.join(MODEL_NAMES)}")
+    for method in methods:
+        if method not in METHODS:
+            p.error(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
 
     rows = []
     for dataset in args.datasets.split(","):
@@ -142,24 +165,22 @@ def main():
             print(f"{dataset}: PPR table {ppr_seconds:.2f} s", flush=True)
         for backend in args.backends.split(","):
             for users in map(int, args.users.split(",")):
-                for method in args.methods.split(","):
-                    if method not in METHODS:
-                        p.error(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-                    config = dataclasses.replace(base, backend=backend, batch_size=users, **METHODS[method]).resolve()
-                    median = time_steps(config, prep, args.repeats)
-                    rows.append(dict(dataset=dataset, what="step", method=method, loss=config.loss, backend=backend,
-                                     users=users, median_seconds=median))
-                    print(f"{dataset} {backend} {method} B={users}: {median * 1000:.1f} ms", flush=True)
+                for model in models:
+                    for method in methods:
+                        config = dataclasses.replace(base, model=model, backend=backend, batch_size=users,
+                                                     **METHODS[method]).resolve()
+                        median = time_steps(config, prep, args.repeats)
+                        rows.append(dict(dataset=dataset, what="step", model=model, method=method, loss=config.loss,
+                                         backend=backend, users=users, median_seconds=median))
+                        print(f"{dataset} {backend} {model} {method} B={users}: {median * 1000:.1f} ms", flush=True)
 
-    print("\n| dataset | backend | users/step | method | step (ms) | / BPR step |")
-    print("|---|---|---|---|---|---|")
+    print("\n| dataset | backend | users/step | model | method | step (ms) | / BPR step | / LightGCN step |")
+    print("|---|---|---|---|---|---|---|---|")
     steps = [r for r in rows if r["what"] == "step"]
     for r in steps:
-        bpr = next((s for s in steps if s["method"] == "bpr"
-                    and all(s[k] == r[k] for k in ("dataset", "backend", "users"))), None)
-        ratio = f"{r['median_seconds'] / bpr['median_seconds']:.2f}" if bpr else "–"
-        print(f"| {r['dataset']} | {r['backend']} | {r['users']} | {r['method']} | {r['median_seconds'] * 1e3:.1f} | "
-              f"{ratio} |")
+        print(f"| {r['dataset']} | {r['backend']} | {r['users']} | {r['model']} | {r['method']} | "
+              f"{r['median_seconds'] * 1e3:.1f} | {ratio_to(r, steps, method='bpr')} | "
+              f"{ratio_to(r, steps, model='lightgcn')} |")
     print("\n| dataset | PPR precomputation (s) |\n|---|---|")
     for r in rows:
         if r["what"] == "ppr_precompute":

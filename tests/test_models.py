@@ -15,8 +15,8 @@ import scipy.sparse
 
 from itemjax.config import MODEL_NAMES, TrainConfig
 from itemjax.graph.bipartite import build_graph
-from itemjax.model.models import GAT, MODELS, NGCF, SAGE, LightGCN, edge_softmax, neighbour_mean
-from itemjax.graph.propagation import to_device
+from itemjax.model.models import GAT, MODELS, NGCF, SAGE, LightGCN, neighbour_mean
+from itemjax.graph.propagation import edge_softmax, to_device
 from itemjax.train.step import make_model
 
 N_USERS, N_ITEMS, DIM, N_LAYERS = 4, 5, 4, 2
