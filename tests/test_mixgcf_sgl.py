@@ -77,26 +77,36 @@ def ref_mix(user, pos, cand, alpha, pool):
     return out, picks
 
 
+@pytest.mark.parametrize("dense_scores", [False, True])
 @pytest.mark.parametrize("pool", ["mean", "concat"])
-def test_mix_hard_negatives_matches_reference(pool):
+def test_mix_hard_negatives_matches_reference(pool, dense_scores):
     rng = np.random.default_rng(1)
     B, M, L, d = 5, 7, 3, 4
     user = rng.normal(size=(B, d) if pool == "mean" else (B, L, d))
     pos, cand, alpha = rng.normal(size=(B, L, d)), rng.normal(size=(B, M, L, d)), rng.uniform(size=(B, L))
     f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
-    out = mix_hard_negatives(f32(user), f32(pos), f32(cand), f32(alpha), pool)
+    # an item table whose rows (b, c) are the candidates, plus rows no pair draws; a candidate may
+    # be drawn by two pairs (the last pair repeats the first one's ids)
+    table = np.concatenate([cand.reshape(B * M, L, d), rng.normal(size=(3, L, d))])
+    ids = np.arange(B * M).reshape(B, M)
+    ids[-1] = ids[0]
+    cand = table[ids]
+    out = mix_hard_negatives(f32(user), f32(pos), f32(table), jnp.asarray(ids), f32(alpha), pool, dense_scores)
     want, picks = ref_mix(user, pos, cand, alpha, pool)
     np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5, atol=1e-6)
-    # gradient of sum(w * out): alpha w to the positive, (1 - alpha) w to the chosen candidate, 0 elsewhere
+    # gradient of sum(w * out): alpha w to the positive, (1 - alpha) w to the chosen candidate's
+    # row (summed over the pairs that chose it), 0 elsewhere and nothing to the user
     w = rng.normal(size=(B, L, d))
-    grad_pos, grad_cand = jax.grad(lambda p, c: jnp.sum(f32(w) * mix_hard_negatives(f32(user), p, c, f32(alpha), pool)),
-                                   argnums=(0, 1))(f32(pos), f32(cand))
-    want_cand = np.zeros((B, M, L, d))
+    grad_user, grad_pos, grad_table = jax.grad(
+        lambda u, p, t: jnp.sum(f32(w) * mix_hard_negatives(u, p, t, jnp.asarray(ids), f32(alpha), pool, dense_scores)),
+        argnums=(0, 1, 2))(f32(user), f32(pos), f32(table))
+    want_table = np.zeros_like(table)
     for b in range(B):
         for l in range(L):
-            want_cand[b, picks[b, l], l] = (1 - alpha[b, l]) * w[b, l]
+            want_table[ids[b, picks[b, l]], l] += (1 - alpha[b, l]) * w[b, l]
     np.testing.assert_allclose(np.asarray(grad_pos), alpha[..., None] * w, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(grad_cand), want_cand, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(grad_table), want_table, rtol=1e-5, atol=1e-6)
+    assert not np.any(np.asarray(grad_user))
 
 
 def test_mixgcf_objective_matches_reference():
