@@ -3,12 +3,14 @@
 
     python benchmarks/step_time.py                       # ml-100k and gowalla, both backends
     python benchmarks/step_time.py --datasets ml-100k --users 256,2048 --repeats 20
+    python benchmarks/step_time.py --datasets ml-100k,gowalla --backends csr --users default --no-ppr
     python benchmarks/step_time.py --datasets ml-100k --backends csr --users 1024 --no-ppr \
         --methods bpr,bce,item,neuralndcg,softmax,bpr+mixgcf,bpr+sgl-ed,item+sgl-ed
 
 For each dataset, backend, loss and batch size B (users per step: BPR/BCE draw B training
 interactions, i.e. B users with one positive and one negative each; ITEM draws B users with up to
-``--positives`` positives and ``--negatives`` negatives each) the real ``train_step`` of
+``--positives`` positives and ``--negatives`` negatives each; ``default``: each loss at its own
+default batch size, itemjax.config.LOSS_DEFAULTS) the real ``train_step`` of
 ``itemjax.train.step``, jitted by ``Placement.jit_step`` as training does, is compiled, warmed up, then timed ``--repeats`` times with
 ``block_until_ready``; the median is reported. A method is a loss, optionally with ``+mixgcf``
 (BPR with MixGCF negatives, default candidates) or ``+sgl-ed`` (the SGL-ED auxiliary loss), see
@@ -88,7 +90,8 @@ def main():
     p.add_argument("--methods", "--losses", dest="methods", default="bpr,item",
                    help=f"comma-separated, of {', '.join(METHODS)}")
     p.add_argument("--no-ppr", action="store_true", help="skip timing the PPR table")
-    p.add_argument("--users", default="256,2048", help="users per step")
+    p.add_argument("--users", default="256,2048",
+                   help="users per step, comma-separated; 'default': each loss's default batch size")
     p.add_argument("--positives", type=int, default=32)
     p.add_argument("--negatives", type=int, default=256)
     p.add_argument("--repeats", type=int, default=10)
@@ -110,15 +113,16 @@ def main():
                              n_items=prep.split.n_items, n_train=int(prep.split.train.nnz)))
             print(f"{dataset}: PPR table {ppr_seconds:.2f} s", flush=True)
         for backend in args.backends.split(","):
-            for users in map(int, args.users.split(",")):
+            for users in (u if u == "default" else int(u) for u in args.users.split(",")):
                 for method in args.methods.split(","):
                     if method not in METHODS:
                         p.error(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-                    config = dataclasses.replace(base, backend=backend, batch_size=users, **METHODS[method]).resolve()
+                    config = dataclasses.replace(base, backend=backend, batch_size=None if users == "default" else users,
+                                                 **METHODS[method]).resolve()
                     median = time_steps(config, prep, args.repeats)
                     rows.append(dict(dataset=dataset, what="step", method=method, loss=config.loss, backend=backend,
-                                     users=users, median_seconds=median))
-                    print(f"{dataset} {backend} {method} B={users}: {median * 1000:.1f} ms", flush=True)
+                                     users=users, batch_size=config.batch_size, median_seconds=median))
+                    print(f"{dataset} {backend} {method} B={config.batch_size}: {median * 1000:.1f} ms", flush=True)
 
     print("\n| dataset | backend | users/step | method | step (ms) | / BPR step |")
     print("|---|---|---|---|---|---|")
@@ -127,7 +131,8 @@ def main():
         bpr = next((s for s in steps if s["method"] == "bpr"
                     and all(s[k] == r[k] for k in ("dataset", "backend", "users"))), None)
         ratio = f"{r['median_seconds'] / bpr['median_seconds']:.2f}" if bpr else "–"
-        print(f"| {r['dataset']} | {r['backend']} | {r['users']} | {r['method']} | {r['median_seconds'] * 1e3:.1f} | "
+        users = f"default ({r['batch_size']})" if r["users"] == "default" else r["users"]
+        print(f"| {r['dataset']} | {r['backend']} | {users} | {r['method']} | {r['median_seconds'] * 1e3:.1f} | "
               f"{ratio} |")
     print("\n| dataset | PPR precomputation (s) |\n|---|---|")
     for r in rows:
