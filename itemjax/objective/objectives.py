@@ -258,8 +258,9 @@ class UserLists(NamedTuple):
 #: :func:`user_lists` scores a step's users against every item with one ``[B, d] x [d, n_items]``
 #: matmul, then picks each list's entries, when ``n_items <= DENSE_SCORING_RATIO * (P + N)``;
 #: otherwise it gathers the ``B (P + N)`` item rows (and scatter-adds their gradients). On a CPU
-#: the dense scores were 3-7x faster at ml-100k's 1682 items and ~1.5x slower at gowalla's 40981
-#: (B = 256, P + N = 288, d = 64; benchmarks/RESULTS.md, "ITEM step on small catalogues").
+#: the dense scores (fwd + bwd) were 3.6x faster at ml-100k's 1682 items, 1.3x at 16000 and 1.7x
+#: slower at gowalla's 40981 (B = 256, P + N = 288, d = 64; benchmarks/RESULTS.md, "ITEM step on
+#: small catalogues").
 DENSE_SCORING_RATIO = 32
 
 
