@@ -3,14 +3,15 @@
 
     python benchmarks/step_time.py                       # ml-100k and gowalla, both backends
     python benchmarks/step_time.py --datasets ml-100k --users 256,2048 --repeats 20
+    python benchmarks/step_time.py --datasets ml-100k,gowalla --backends csr --users default --no-ppr
     python benchmarks/step_time.py --datasets ml-100k --backends csr --users 1024 --no-ppr \
         --methods bpr,bce,item,neuralndcg,softmax,bpr+mixgcf,bpr+sgl-ed,item+sgl-ed
     python benchmarks/step_time.py --models lightgcn,gat --backends csr --no-ppr   # GAT against LightGCN
 
 For each dataset, backend, model (``--models``, default lightgcn; dim 64, 3 layers), loss and batch
 size B (users per step: BPR/BCE draw B training interactions, i.e. B users with one positive and one
-negative each; ITEM draws B users with up to
-``--positives`` positives and ``--negatives`` negatives each) the real ``train_step`` of
+negative each; ITEM draws B users with up to ``--positives`` positives and ``--negatives`` negatives
+each; ``default``: each loss at its own default batch size, itemjax.config.LOSS_DEFAULTS) the real ``train_step`` of
 ``itemjax.train.step``, jitted by ``Placement.jit_step`` as training does, is compiled, warmed up, then timed ``--repeats`` times with
 ``block_until_ready``; the median is reported. A method is a loss, optionally with ``+mixgcf``
 (BPR with MixGCF negatives, default candidates) or ``+sgl-ed`` (the SGL-ED auxiliary loss), see
@@ -134,7 +135,8 @@ def main():
                    help=f"comma-separated, of {', '.join(METHODS)}")
     p.add_argument("--models", default="lightgcn", help=f"comma-separated, of {', '.join(MODEL_NAMES)}")
     p.add_argument("--no-ppr", action="store_true", help="skip timing the PPR table")
-    p.add_argument("--users", default="256,2048", help="users per step")
+    p.add_argument("--users", default="256,2048",
+                   help="users per step, comma-separated; 'default': each loss's default batch size")
     p.add_argument("--positives", type=int, default=32)
     p.add_argument("--negatives", type=int, default=256)
     p.add_argument("--repeats", type=int, default=10)
@@ -164,21 +166,25 @@ def main():
                              n_items=prep.split.n_items, n_train=int(prep.split.train.nnz)))
             print(f"{dataset}: PPR table {ppr_seconds:.2f} s", flush=True)
         for backend in args.backends.split(","):
-            for users in map(int, args.users.split(",")):
+            for users in (u if u == "default" else int(u) for u in args.users.split(",")):
                 for model in models:
                     for method in methods:
-                        config = dataclasses.replace(base, model=model, backend=backend, batch_size=users,
+                        config = dataclasses.replace(base, model=model, backend=backend,
+                                                     batch_size=None if users == "default" else users,
                                                      **METHODS[method]).resolve()
                         median = time_steps(config, prep, args.repeats)
                         rows.append(dict(dataset=dataset, what="step", model=model, method=method, loss=config.loss,
-                                         backend=backend, users=users, median_seconds=median))
-                        print(f"{dataset} {backend} {model} {method} B={users}: {median * 1000:.1f} ms", flush=True)
+                                         backend=backend, users=users, batch_size=config.batch_size,
+                                         median_seconds=median))
+                        print(f"{dataset} {backend} {model} {method} B={config.batch_size}: {median * 1000:.1f} ms",
+                              flush=True)
 
     print("\n| dataset | backend | users/step | model | method | step (ms) | / BPR step | / LightGCN step |")
     print("|---|---|---|---|---|---|---|---|")
     steps = [r for r in rows if r["what"] == "step"]
     for r in steps:
-        print(f"| {r['dataset']} | {r['backend']} | {r['users']} | {r['model']} | {r['method']} | "
+        users = f"default ({r['batch_size']})" if r["users"] == "default" else r["users"]
+        print(f"| {r['dataset']} | {r['backend']} | {users} | {r['model']} | {r['method']} | "
               f"{r['median_seconds'] * 1e3:.1f} | {ratio_to(r, steps, method='bpr')} | "
               f"{ratio_to(r, steps, model='lightgcn')} |")
     print("\n| dataset | PPR precomputation (s) |\n|---|---|")

@@ -770,3 +770,119 @@ def test_calibration_is_nan_free_without_positives_or_negatives():
     assert loss == 0 and np.all(np.asarray(grad) == 0)
     with pytest.raises(ConfigError, match="calibration"):
         item_loss(scores, labels, calibration=-1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# item_loss_blocks: [positives | negatives] lists, P x P and P x N blocks built apart
+# ----------------------------------------------------------------------------------------------
+
+
+def block_lists(seed, n_users=7, n_pos=5, n_neg=9):
+    """Random ``[positives | negatives]`` lists with padding, ties and the corner-case users."""
+    rng = np.random.default_rng(seed)
+    pos = rng.normal(size=(n_users, n_pos)) * 1.5
+    neg = rng.normal(size=(n_users, n_neg)) * 1.5
+    pos_where = rng.random((n_users, n_pos)) < 0.7
+    neg_where = rng.random((n_users, n_neg)) < 0.85
+    pos_where[0] = False  # a user without valid positives
+    pos_where[1], neg_where[1] = False, False  # an all-masked user
+    pos_where[2], neg_where[2] = True, False  # positives only, no valid negative
+    pos_where[3, :3] = True
+    pos[3, 1] = pos[3, 0]  # tied positives
+    neg[3, 2] = pos[3, 0]  # a negative tied with a positive
+    pos[4, ~pos_where[4]] = np.nan  # masked scores must not leak
+    neg[4, 0], neg_where[4, 0] = np.inf, False
+    return pos, neg, pos_where, neg_where
+
+
+BLOCK_CASES = [
+    dict(metric="ndcg", positive_pairs="smooth"),
+    dict(metric="ndcg", positive_pairs="detach", negative_weight=3.5),
+    dict(metric="recall", positive_pairs="exact", k=2, tau_k=0.7),
+    dict(metric="ndcg+recall", positive_pairs="detach", k=(1, 3), tau_k=2.0, calibration=0.4),
+    dict(metric="ndcg+recall", positive_pairs="exact", slope=0.6, margin=0.2, calibration=1.5),
+    dict(metric="recall", positive_pairs="smooth", slope=0.3, k=3, tau_k=1.0, negative_weight="per-user"),
+    dict(metric="ndcg", detach_positive_pairs=True, tau=0.05, clamp=4.0),  # the older boolean; a clamped sigmoid
+]
+
+
+def _old_formula(pos, neg, pos_where, neg_where, **kwargs):
+    """The objective's former call: item_loss on the concatenated list, only the positives ranked."""
+    scores = jnp.concatenate([pos, neg], -1)
+    labels = jnp.concatenate([jnp.ones(pos.shape), jnp.zeros(neg.shape)], -1)
+    where = jnp.concatenate([pos_where, neg_where], -1)
+    return item_loss(scores, labels, where=where, query=jnp.arange(pos.shape[-1]), **kwargs)
+
+
+@pytest.mark.parametrize("case", range(len(BLOCK_CASES)))
+def test_item_loss_blocks_equals_item_loss_on_the_concatenated_list_float64(x64, case):
+    from itemjax.objective.ranking_losses import item_loss_blocks
+
+    pos, neg, pos_where, neg_where = block_lists(30 + case)
+    kwargs = dict(BLOCK_CASES[case])
+    kwargs.setdefault("tau", 0.3)
+    if kwargs.get("negative_weight") == "per-user":
+        kwargs["negative_weight"] = jnp.asarray(np.linspace(0.5, 4.0, pos.shape[0]))
+
+    def old(p, n, w):
+        return _old_formula(p, n, pos_where, neg_where, **{**kwargs, "negative_weight": w})
+
+    def new(p, n, w):
+        return item_loss_blocks(p, n, pos_where=pos_where, neg_where=neg_where, **{**kwargs, "negative_weight": w})
+
+    weight = kwargs.get("negative_weight", 1.0)
+    args = (jnp.asarray(pos), jnp.asarray(neg), jnp.asarray(weight, jnp.float64))
+    want, want_grads = jax.value_and_grad(old, argnums=(0, 1, 2))(*args)
+    got, got_grads = jax.jit(jax.value_and_grad(new, argnums=(0, 1, 2)))(*args)
+    assert got.dtype == jnp.float64
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+    for g, w in zip(got_grads, want_grads):
+        assert np.all(np.isfinite(g))
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-13)
+    assert 0 < float(want) and np.abs(want_grads[0]).max() > 1e-3 and np.abs(want_grads[1]).max() > 1e-3
+    assert np.all(np.asarray(got_grads[0])[~pos_where] == 0) and np.all(np.asarray(got_grads[1])[~neg_where] == 0)
+
+
+def test_item_loss_blocks_all_negatives_valid_and_traced_detach_flag(x64):
+    """``neg_where=None`` (every negative valid) and a traced ``detach_positive_pairs``."""
+    from itemjax.objective.ranking_losses import item_loss_blocks
+
+    pos, neg, pos_where, _ = block_lists(40)
+    neg[4, 0] = 0.5  # every negative is valid here: a finite score
+    all_valid = np.ones(neg.shape, bool)
+    for detach in (False, True):
+        def old(p, n, flag):
+            return _old_formula(p, n, pos_where, all_valid, metric="ndcg+recall", k=2, tau=0.2,
+                                detach_positive_pairs=flag)
+
+        def new(p, n, flag):
+            return item_loss_blocks(p, n, pos_where=pos_where, metric="ndcg+recall", k=2, tau=0.2,
+                                    detach_positive_pairs=flag)
+
+        want = jax.value_and_grad(old, argnums=(0, 1))(jnp.asarray(pos), jnp.asarray(neg), detach)
+        got = jax.jit(jax.value_and_grad(new, argnums=(0, 1)))(jnp.asarray(pos), jnp.asarray(neg), jnp.asarray(detach))
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-12)
+        for g, w in zip(got[1], want[1]):
+            np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-13)
+    smooth = jax.grad(lambda p: item_loss_blocks(p, jnp.asarray(neg), pos_where=pos_where))(jnp.asarray(pos))
+    detached = jax.grad(lambda p: item_loss_blocks(p, jnp.asarray(neg), pos_where=pos_where,
+                                                   positive_pairs="detach"))(jnp.asarray(pos))
+    assert np.abs(np.asarray(smooth - detached)).max() > 1e-4  # the positive block's gradient is really dropped
+
+
+def test_item_loss_blocks_keeps_float32_and_checks_its_options():
+    from itemjax.objective.ranking_losses import item_loss_blocks
+
+    pos, neg, pos_where, neg_where = block_lists(41)
+    pos, neg = np.nan_to_num(pos).astype(np.float32), np.nan_to_num(neg, posinf=0.0).astype(np.float32)
+    loss, grad = jax.value_and_grad(lambda p: item_loss_blocks(p, neg, pos_where=pos_where, neg_where=neg_where,
+                                                               metric="ndcg+recall", positive_pairs="exact"))(pos)
+    assert loss.dtype == jnp.float32 and grad.dtype == jnp.float32
+    jaxpr = str(jax.make_jaxpr(lambda p: item_loss_blocks(p, neg, pos_where=pos_where, metric="ndcg+recall"))(pos))
+    assert "f64" not in jaxpr and "i64" not in jaxpr
+    np.testing.assert_allclose(loss, _old_formula(pos, neg, pos_where, neg_where, metric="ndcg+recall",
+                                                  positive_pairs="exact"), rtol=1e-6)
+    for bad in (dict(metric="map"), dict(tau=0.0), dict(slope=-1.0), dict(calibration=-0.1),
+                dict(positive_pairs="frozen"), dict(positive_pairs="exact", detach_positive_pairs=True)):
+        with pytest.raises(ConfigError):
+            item_loss_blocks(pos, neg, **bad)

@@ -269,3 +269,124 @@ def test_listwise_losses_count_users_per_step_and_check_their_options():
                        (dict(loss="bpr", logq_correction=True), "logq-correction")):
         with pytest.raises(ConfigError, match=match):
             TrainConfig(**bad).resolve()
+
+
+def _item_objective_before(params, apply_fn, batch, key, step, *, n_users, n_pos, n_neg, metric, tau, k, l2,
+                           hard_share, shared_negatives, slope=0.0, positive_pairs="smooth", users_by_degree=False,
+                           tau_k=1.0, catalogue_rank=False, id_dropout=(0.0, 0.0), margin=0.0, calibration=0.0,
+                           ssl=None):
+    """The ITEM objective's former formula: the lists' item rows gathered, item_loss on the
+    concatenated [positives | negatives] list with query=arange(P), the L2 term on gathered rows."""
+    from itemjax.model.models import id_embeddings
+    from itemjax.objective.losses import l2_penalty
+    from itemjax.objective.objectives import user_lists
+    from itemjax.objective.ranking_losses import item_loss
+
+    lists = user_lists(params, apply_fn, batch, key, hard_share, n_users=n_users, n_pos=n_pos, n_neg=n_neg,
+                       shared_negatives=shared_negatives, users_by_degree=users_by_degree, dense_scoring=False)
+    negative_weight = 1.0
+    if catalogue_rank:
+        data = batch.data
+        degree = (data.indptr[lists.users + 1] - data.indptr[lists.users]).astype(jnp.float32)
+        negative_weight = (jnp.maximum(data.n_items - degree, 0.0)
+                           / jnp.maximum(lists.neg_where.sum(-1).astype(jnp.float32), 1.0))
+    loss = item_loss(lists.scores, lists.labels, where=lists.where, metric=metric, tau=tau, k=k, tau_k=tau_k,
+                     slope=slope, positive_pairs=positive_pairs, margin=margin, calibration=calibration,
+                     negative_weight=negative_weight, query=jnp.arange(n_pos, dtype=jnp.int32))
+    ego_u, ego_i = id_embeddings(params)
+    reg = l2_penalty(ego_u[lists.users], ego_i[lists.pos] * lists.pos_where[..., None], ego_i[lists.neg_ids],
+                     batch_size=n_users)
+    return loss + l2 * reg, {"rank_loss": loss}
+
+
+ITEM_FORMULA_CASES = {
+    "defaults": dict(),
+    "shared-catalogue": dict(shared_negatives=True, rank_estimate="catalogue", item_metric="ndcg"),
+    "exact-tail-calibration": dict(positive_pairs="exact", rank_slope=0.2, rank_margin=0.1, calibration=0.5,
+                                   recall_ks=(2, 5)),
+    "smooth-recall-ppr": dict(positive_pairs="smooth", item_metric="recall", tau_k=1.0, neg_sampler="mixed"),
+}
+
+
+@pytest.mark.parametrize("scoring", ["dense", "gather"])
+@pytest.mark.parametrize("case", list(ITEM_FORMULA_CASES))
+def test_item_objective_equals_its_former_formula(case, scoring, monkeypatch):
+    """Value and gradient of today's ITEM objective (P x P / P x N blocks, dense scores on small
+    catalogues, L2 from row counts) against the former formula, with padded positives (a user with
+    fewer training items than P), masked shared negatives and every option that changes the loss."""
+    import functools
+
+    from itemjax.objective import objectives
+
+    if scoring == "gather":  # the size rule picks the dense scores at 60 items; force the gathers
+        monkeypatch.setattr(objectives, "DENSE_SCORING_RATIO", 0)
+    train, hard = small_problem()
+    assert np.diff(train.indptr).min() < 8  # some lists have padded positives
+    config = TrainConfig(model="lightgcn", dim=8, layers=2, loss="item", batch_size=12, positives=8, negatives=16,
+                         l2=0.05, **ITEM_FORMULA_CASES[case]).resolve()
+    data = sampling.make_train_data(train, hard if config.neg_sampler == "mixed" else None)
+    batch = Batch(graph=to_device(build_graph(train), "segment"), data=data)
+    state = create_state(config, make_model(config, *train.shape), batch.graph, data, jax.random.PRNGKey(0))
+    new = state.objective
+    assert new.func is objectives.item_objective
+    old = functools.partial(_item_objective_before, **new.keywords)
+    key = jax.random.PRNGKey(3)
+    results = []
+    for fn in (old, new):
+        value_and_grad = jax.jit(jax.value_and_grad(lambda p, fn=fn: fn(p, state.apply_fn, batch, key, 0)[0]))
+        results.append(value_and_grad(state.params))
+    (want, want_grads), (got, got_grads) = results
+    np.testing.assert_allclose(got, want, rtol=2e-6)
+    for path, g in jax.tree_util.tree_leaves_with_path(got_grads):
+        w = dict(jax.tree_util.tree_leaves_with_path(want_grads))[path]
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * np.abs(w).max(), err_msg=str(path))
+        assert np.abs(w).max() > 1e-4
+
+
+def test_list_l2_from_row_counts_equals_gathered_rows_float64(x64):
+    """The lists' L2 term from per-row counts against l2_penalty on gathered rows: repeated users
+    and items, padded positives (not counted), negatives that repeat a positive."""
+    from itemjax.model.models import id_embeddings
+    from itemjax.objective.losses import l2_penalty
+    from itemjax.objective.objectives import UserLists, _list_l2_penalty
+
+    rng = np.random.default_rng(5)
+    params = {"ids": {"user_embedding": jnp.asarray(rng.normal(size=(9, 4))),
+                      "item_embedding": jnp.asarray(rng.normal(size=(13, 4)))}}
+    users = jnp.asarray([0, 3, 3, 8, 1], jnp.int32)
+    pos = jnp.asarray(rng.integers(0, 13, (5, 3)), jnp.int32)
+    pos_where = jnp.asarray(rng.random((5, 3)) < 0.6)
+    neg = jnp.asarray(rng.integers(0, 13, (5, 6)), jnp.int32).at[2, 0].set(pos[2, 0])
+    lists = UserLists(users, None, None, None, pos, pos_where, neg, jnp.ones(neg.shape, bool))
+
+    def gathered(p):
+        ego_u, ego_i = id_embeddings(p)
+        return l2_penalty(ego_u[users], ego_i[pos] * pos_where[..., None], ego_i[neg], batch_size=5)
+
+    want, want_grad = jax.value_and_grad(gathered)(params)
+    got, got_grad = jax.jit(jax.value_and_grad(lambda p: _list_l2_penalty(p, lists, 5)))(params)
+    np.testing.assert_allclose(got, want, rtol=1e-13)
+    for g, w in zip(jax.tree_util.tree_leaves(got_grad), jax.tree_util.tree_leaves(want_grad)):
+        np.testing.assert_allclose(g, w, rtol=1e-13, atol=1e-15)
+    assert not np.all(np.asarray(pos_where)) and np.abs(want_grad["ids"]["item_embedding"]).max() > 0
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_user_lists_dense_and_gathered_scores_agree(shared):
+    from itemjax.objective.objectives import DENSE_SCORING_RATIO, user_lists
+
+    train, _ = small_problem()
+    data = sampling.make_train_data(train)
+    graph = to_device(build_graph(train), "segment")
+    model = make_model(TrainConfig(model="lightgcn", dim=8, layers=2).resolve(), *train.shape)
+    params = model.init(jax.random.PRNGKey(0), graph)["params"]
+    batch, key = Batch(graph=graph, data=data), jax.random.PRNGKey(6)
+    sizes = dict(n_users=10, n_pos=5, n_neg=12, shared_negatives=shared)
+    assert train.shape[1] <= DENSE_SCORING_RATIO * 17  # the default picks the dense scores here
+    default, dense, gathered = (user_lists(params, model.apply, batch, key, 0.0, dense_scoring=d, **sizes)
+                                for d in (None, True, False))
+    for a, b in ((default, dense), (dense, gathered)):
+        for name in ("users", "labels", "where", "pos", "pos_where", "neg_ids", "neg_where"):
+            assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    np.testing.assert_allclose(dense.scores, gathered.scores, rtol=1e-5, atol=1e-6)
+    assert np.array_equal(default.scores, dense.scores)

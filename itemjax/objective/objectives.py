@@ -26,7 +26,7 @@ from itemjax.objective.listwise_losses import neural_ndcg_loss, sampled_softmax_
 from itemjax.objective.losses import bpr_loss, info_nce, l2_penalty
 from itemjax.model.models import MODELS, id_embeddings, pool_layers
 from itemjax.graph.propagation import DeviceGraph, edge_dropout
-from itemjax.objective.ranking_losses import bce_loss, item_loss
+from itemjax.objective.ranking_losses import bce_loss, item_loss_blocks
 
 
 @flax.struct.dataclass
@@ -254,10 +254,13 @@ def item_objective(params, apply_fn, batch: Batch, key, step, *, n_users: int, n
         degree = (data.indptr[users + 1] - data.indptr[users]).astype(jnp.float32)  # [B]
         n_valid = jnp.maximum(lists.neg_where.sum(-1).astype(jnp.float32), 1.0)
         negative_weight = jnp.maximum(data.n_items - degree, 0.0) / n_valid  # [B]
-    loss = item_loss(lists.scores, lists.labels, where=lists.where, metric=metric, tau=tau, k=k, tau_k=tau_k,
-                     slope=slope, positive_pairs=positive_pairs, margin=margin, calibration=calibration,
-                     negative_weight=negative_weight,
-                     query=jnp.arange(n_pos, dtype=jnp.int32))  # only positives are ranked: [B, P, L]
+    # only the positives are ranked: item_loss(lists.scores, lists.labels, where=lists.where,
+    # query=arange(n_pos), ...), with the P x P and P x N blocks apart (the former without gradient
+    # when positive pairs are detached or exact)
+    loss = item_loss_blocks(lists.scores[:, :n_pos], lists.scores[:, n_pos:], pos_where=lists.pos_where,
+                            neg_where=None if not shared_negatives else lists.neg_where, metric=metric, tau=tau,
+                            k=k, tau_k=tau_k, slope=slope, positive_pairs=positive_pairs, margin=margin,
+                            calibration=calibration, negative_weight=negative_weight)
     return _with_list_l2(loss, params, lists, l2, n_users, ssl, apply_fn, batch, key, step)
 
 
@@ -274,8 +277,24 @@ class UserLists(NamedTuple):
     neg_where: jax.Array  # [B, N] bool
 
 
+#: :func:`user_lists` scores a step's users against every item with one ``[B, d] x [d, n_items]``
+#: matmul, then picks each list's entries, when ``n_items <= DENSE_SCORING_RATIO * (P + N)``;
+#: otherwise it gathers the ``B (P + N)`` item rows (and scatter-adds their gradients). On a CPU
+#: the dense scores (fwd + bwd) were 3.6x faster at ml-100k's 1682 items, 1.3x at 16000 and 1.7x
+#: slower at gowalla's 40981 (B = 256, P + N = 288, d = 64; benchmarks/RESULTS.md, "ITEM step on
+#: small catalogues").
+DENSE_SCORING_RATIO = 32
+
+
+def _dense_scoring(n_items: int, list_length: int, dense_scoring) -> bool:
+    if dense_scoring is None:
+        return n_items <= DENSE_SCORING_RATIO * list_length
+    return bool(dense_scoring)
+
+
 def user_lists(params, apply_fn, batch: Batch, key, share, *, n_users: int, n_pos: int, n_neg: int,
-               shared_negatives: bool, users_by_degree: bool = False, id_dropout=(0.0, 0.0)) -> UserLists:
+               shared_negatives: bool, users_by_degree: bool = False, id_dropout=(0.0, 0.0),
+               dense_scoring=None) -> UserLists:
     """The lists every list-wise objective (ITEM, NeuralNDCG, softmax) scores, from one forward pass.
 
     Draws ``n_users`` users (uniformly, or by training degree with ``users_by_degree``); for each,
@@ -285,6 +304,10 @@ def user_lists(params, apply_fn, batch: Batch, key, share, *, n_users: int, n_po
     batch users, ``owners``), scored by a single ``[B, d] x [d, N]`` matmul; entries that are a
     user's own training items are masked. Keys: ``split(key, 5)`` = forward, users, positives,
     negatives, owners.
+
+    ``dense_scoring``: score the users against every item with one matmul and pick the lists'
+    entries (True), or gather the lists' item rows (False); None (default) chooses by the size
+    rule of :data:`DENSE_SCORING_RATIO`. The scores are the same either way (up to float rounding).
     """
     k_fwd, k_users, k_pos, k_neg, k_owner = jax.random.split(key, 5)
     data = batch.data
@@ -293,16 +316,27 @@ def user_lists(params, apply_fn, batch: Batch, key, share, *, n_users: int, n_po
     pos, pos_where = sampling.sample_positives(k_pos, data, users, n_pos)
     user_emb, item_emb = _forward(params, apply_fn, batch, k_fwd, id_dropout)
     u = user_emb[users]  # [B, d]
-    pos_scores = jnp.einsum("bd,bpd->bp", u, item_emb[pos], preferred_element_type=jnp.float32)
+    if _dense_scoring(item_emb.shape[0], n_pos + n_neg, dense_scoring):
+        all_scores = jnp.matmul(u, item_emb.T, preferred_element_type=jnp.float32)  # [B, n_items]
+
+        def score(ids):  # ids [B, M] -> [B, M]
+            return jnp.take_along_axis(all_scores, ids, axis=-1, mode="promise_in_bounds")
+    else:
+        def score(ids):
+            return jnp.einsum("bd,bmd->bm", u, item_emb[ids], preferred_element_type=jnp.float32)
+    pos_scores = score(pos)
     if shared_negatives:
         owners = users[jax.random.randint(k_owner, (n_neg,), 0, n_users)]  # hard candidates of batch users
         neg = sampling.negatives(k_neg, data, owners, 1, share)[:, 0]  # [N]
-        neg_scores = jnp.matmul(u, item_emb[neg].T, preferred_element_type=jnp.float32)  # [B, N]
+        neg_ids = jnp.broadcast_to(neg[None, :], (users.shape[0], n_neg))
+        if _dense_scoring(item_emb.shape[0], n_pos + n_neg, dense_scoring):
+            neg_scores = score(neg_ids)
+        else:
+            neg_scores = jnp.matmul(u, item_emb[neg].T, preferred_element_type=jnp.float32)  # [B, N]
         neg_where = ~sampling.is_training_item(data, users[:, None], neg[None, :])
-        neg_ids = jnp.broadcast_to(neg[None, :], neg_scores.shape)
     else:
         neg_ids = sampling.negatives(k_neg, data, users, n_neg, share)  # [B, N]
-        neg_scores = jnp.einsum("bd,bnd->bn", u, item_emb[neg_ids], preferred_element_type=jnp.float32)
+        neg_scores = score(neg_ids)
         neg_where = jnp.ones(neg_scores.shape, bool)
     scores = jnp.concatenate([pos_scores, neg_scores], axis=-1)
     labels = jnp.concatenate([jnp.ones_like(pos_scores), jnp.zeros_like(neg_scores)], axis=-1)
@@ -317,12 +351,25 @@ def _with_list_l2(loss, params, lists: UserLists, l2: float, n_users: int, ssl=N
     lists' users and valid positives (:func:`_with_ssl`)."""
     total = loss
     if l2 > 0:
-        ego_u, ego_i = id_embeddings(params)
-        reg = l2_penalty(ego_u[lists.users], ego_i[lists.pos] * lists.pos_where[..., None], ego_i[lists.neg_ids],
-                         batch_size=n_users)
-        total = loss + l2 * reg
+        total = loss + l2 * _list_l2_penalty(params, lists, n_users)
     return _with_ssl(total, {"rank_loss": loss}, ssl, params, apply_fn, batch, key, step, lists.users, lists.pos,
                      lists.pos_where)
+
+
+def _list_l2_penalty(params, lists: UserLists, n_users: int) -> jax.Array:
+    """LightGCN's L2 on the ego rows of the lists' users, valid positives and negatives,
+    ``l2_penalty(ego_u[users], ego_i[pos] * pos_where, ego_i[neg_ids], batch_size=n_users)``,
+    computed as ``0.5 * (sum_u c_u ||e_u||^2 + sum_i c_i ||e_i||^2) / n_users`` with ``c`` the
+    number of times each row occurs in the step: a scatter-add of ``B (1 + P + N)`` counts and two
+    dense row-norm sums instead of gathering ``B (P + N)`` rows of ``d`` and scatter-adding their
+    gradients back (the gradient, ``c_i e_i / n_users``, is dense like the propagation's anyway)."""
+    ego_u, ego_i = id_embeddings(params)
+    user_counts = jnp.zeros(ego_u.shape[0], jnp.float32).at[lists.users].add(1.0)
+    item_counts = (jnp.zeros(ego_i.shape[0], jnp.float32).at[lists.pos].add(lists.pos_where.astype(jnp.float32))
+                   .at[lists.neg_ids].add(1.0))
+    total = (jnp.sum(user_counts * jnp.sum(jnp.square(ego_u), axis=-1))  # not jnp.dot: no reduced-precision matmul
+             + jnp.sum(item_counts * jnp.sum(jnp.square(ego_i), axis=-1)))
+    return 0.5 * total / n_users
 
 
 def negative_log_counts(data: sampling.TrainData, users: jax.Array, neg_ids: jax.Array, share, *,

@@ -63,6 +63,14 @@ the slots of the positives, to build only ``P x L``), computed by a per-list fun
 over the leading axes. Users without valid positives contribute exactly 0 and have zero, finite
 gradients: masked scores are replaced before any arithmetic and every division or logarithm
 that could see 0 goes through the double-``where`` pattern.
+
+:func:`item_loss_blocks` is :func:`item_loss` for lists laid out as ``[positives | negatives]``
+with only the positives ranked (the training objective's lists): it builds the ``P x P``
+positive-vs-positive block and the ``P x N`` positive-vs-negative block apart, so that with
+``positive_pairs="detach"`` or ``"exact"`` the ``P x P`` block is computed without gradient (no
+backward pass through it) and only the ``P x N`` block is differentiated; the linear tail is
+left out of the graph when ``slope`` is 0. Same value and gradient as :func:`item_loss` on the
+concatenated list (up to float rounding: the sums are taken in another order).
 """
 
 from __future__ import annotations
@@ -473,6 +481,106 @@ def item_loss(scores, labels, *, where=None, metric="ndcg", tau=0.1, k=20, tau_k
         return loss
     per_user, has_positive = _calibration_per_user(scores, labels, where, query)
     return loss + calibration * _reduce_over_users(per_user, has_positive, "mean")
+
+
+def _pair_mode(detach, exact: bool) -> str:
+    """Static name of the positive-pair treatment from :func:`_positive_pair_mode`'s output:
+    ``"exact"``, ``"detach"``, ``"smooth"``, or ``"dynamic"`` (a traced ``detach`` flag)."""
+    if exact:
+        return "exact"
+    if isinstance(detach, jax.core.Tracer):
+        return "dynamic"
+    return "detach" if bool(detach) else "smooth"
+
+
+@partial(jax.jit, static_argnames=("metric", "pairs", "tail", "calibrate"))
+def _block_item_loss(pos_scores, neg_scores, pos_where, neg_where, k, tau, tau_k, clamp, negative_weight, slope, margin,
+                     detach, calibration, *, metric, pairs, tail, calibrate):
+    """:func:`item_loss_blocks` after validation; ``pairs`` from :func:`_pair_mode`, ``tail``:
+    ``slope`` may be non-zero, ``calibrate``: add the calibration term."""
+    pos_valid = _valid_mask(pos_scores, pos_where)
+    pos = jnp.where(pos_valid, pos_scores, 0.0)  # [..., P]
+    neg = jnp.where(neg_where, neg_scores, 0.0) if neg_where is not None else neg_scores  # [..., N]
+
+    def h(diffs):
+        beats = jax.nn.sigmoid(jnp.clip(diffs / tau, -clamp, clamp))
+        return beats + slope * jnp.maximum(diffs - margin, 0.0) if tail else beats
+
+    # positive q vs positive j: [..., P (q), P (j)], s_j - s_q; the diagonal (j = q) does not compete
+    diffs_pp = pos[..., None, :] - pos[..., :, None]
+    if pairs == "exact":
+        beats_pp = jax.lax.stop_gradient((diffs_pp > 0).astype(pos.dtype))  # ties count 0
+    elif pairs == "detach":
+        beats_pp = h(jax.lax.stop_gradient(diffs_pp))  # no backward pass through this block
+    else:
+        beats_pp = h(diffs_pp)
+        if pairs == "dynamic":
+            beats_pp = jnp.where(detach, jax.lax.stop_gradient(beats_pp), beats_pp)
+    n_pos = pos.shape[-1]
+    competes = pos_valid[..., None, :] & ~jnp.eye(n_pos, dtype=bool)
+    ahead_pos = jnp.sum(jnp.where(competes, beats_pp, 0.0), axis=-1)
+    # positive q vs negative n: [..., P, N], s_n - s_q
+    diffs_pn = neg[..., None, :] - pos[..., :, None]
+    beats_pn = h(diffs_pn)
+    if neg_where is not None:
+        beats_pn = jnp.where(neg_where[..., None, :], beats_pn, 0.0)
+    negative_weight = jnp.asarray(negative_weight, pos.dtype)[..., None]  # scalar or per user
+    ranks = 1.0 + ahead_pos + negative_weight * jnp.sum(beats_pn, axis=-1)
+
+    if metric == "ndcg":
+        ndcg, has_positive = _ndcg_from_ranks(ranks, pos_valid)
+        loss = _reduce_over_users(1.0 - ndcg, has_positive, "mean")
+    elif metric == "recall":
+        recall, has_positive = _recall_from_ranks(ranks, pos_valid, k, tau_k, clamp)
+        loss = _reduce_over_users(1.0 - recall, has_positive, "mean")
+    else:
+        ndcg, has_positive = _ndcg_from_ranks(ranks, pos_valid)
+        recall, _ = _recall_from_ranks(ranks, pos_valid, k, tau_k, clamp)
+        loss = _reduce_over_users((1.0 - ndcg) + (1.0 - recall), has_positive, "mean")
+    if not calibrate:
+        return loss
+    neg_valid = _valid_mask(neg, neg_where)
+    pairs_valid = pos_valid[..., :, None] & neg_valid[..., None, :]
+    total = jnp.sum(jnp.where(pairs_valid, jax.nn.softplus(diffs_pn), 0.0), axis=(-2, -1))
+    n_pairs = jnp.sum(pairs_valid, axis=(-2, -1))
+    has_pairs = n_pairs > 0
+    per_user = jnp.where(has_pairs, total / jnp.where(has_pairs, n_pairs, 1).astype(pos.dtype), 0.0)
+    return loss + calibration * _reduce_over_users(per_user, jnp.any(pos_valid, axis=-1), "mean")
+
+
+def item_loss_blocks(pos_scores, neg_scores, *, pos_where=None, neg_where=None, metric="ndcg", tau=0.1, k=20,
+                     tau_k=1.0, negative_weight=1.0, clamp=50.0, slope=0.0, detach_positive_pairs=False, margin=0.0,
+                     positive_pairs=None, calibration=0.0) -> Array:
+    """:func:`item_loss` of lists laid out as ``[positives | negatives]``, only the positives ranked.
+
+    Equal (value and gradient, up to float rounding) to::
+
+        item_loss(concatenate([pos_scores, neg_scores], -1), labels=[1] * P + [0] * N,
+                  where=concatenate([pos_where, neg_where], -1), query=arange(P), ...)
+
+    but cheaper: the ``P x P`` positive block and the ``P x N`` negative block are built apart,
+    the former without gradient when positive pairs are detached or exact (module docstring).
+
+    Args:
+      pos_scores: ``[..., P]`` scores of the positives; ``pos_where`` optional bool mask (padding).
+      neg_scores: ``[..., N]`` scores of the negatives; ``neg_where`` optional bool mask.
+      everything else: as :func:`item_loss`.
+    Returns:
+      scalar; 0 when no user has a valid positive.
+    """
+    k = _cutoffs(k)
+    _check_options(tau, "mean", k, tau_k, slope, margin)
+    _check_nonnegative("calibration", calibration, "0 (no calibration term) or a positive weight")
+    if metric not in _METRICS:
+        raise ConfigError(f"metric={metric!r} is not supported; use one of {_METRICS}")
+    detach, exact = _positive_pair_mode(positive_pairs, detach_positive_pairs)
+    pos_scores, neg_scores = _as_float(pos_scores), _as_float(neg_scores)
+    neg_where = None if neg_where is None else _valid_mask(neg_scores, neg_where)
+    tail = not (isinstance(slope, (int, float)) and slope == 0)
+    calibrate = not (isinstance(calibration, (int, float)) and calibration == 0)
+    return _block_item_loss(pos_scores, neg_scores, pos_where, neg_where, k, tau, tau_k, clamp, negative_weight, slope,
+                            margin, detach, calibration, metric=metric, pairs=_pair_mode(detach, exact), tail=tail,
+                            calibrate=calibrate)
 
 
 def bce_loss(pos_scores, neg_scores, *, pos_where=None, neg_where=None) -> Array:
