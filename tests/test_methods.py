@@ -21,14 +21,22 @@ def test_methods_table_selects_on_validation_and_reuses_the_tuning_run(tiny_csv,
     result = json.loads((out / "methods.json").read_text())
     for name, row in result["methods"].items():
         tuned = {t["variant"]: t["best_valid_ndcg@20"] for t in row["tuning"]}
-        assert len(tuned) == 3 and row["selected"] == max(tuned, key=tuned.get)
+        assert len(tuned) == 3 and row["selected"] == max(tuned, key=tuned.get)  # the first of tied variants
         seed0, seed1 = row["runs"]
         assert "tune-" in seed0["run"] and "final" in seed1["run"]  # seed 0 is the tuning run itself
         assert best_validation(seed0["run"], "ndcg@20")["ndcg@20"] == row["best_valid_ndcg@20"]
         config = json.loads(open(seed1["run"] + "/config.json").read())["config"]
-        assert config["seed"] == 1 and config["loss"] == "bpr"
+        assert config["seed"] == 1 and config["loss"] == name.split("+")[0]
         assert (config["neg_sampler"] == "mixgcf") == (name == "bpr+mixgcf")
     pop = result["popularity"]["ndcg@20"]
     assert 0 < pop["mean"] < 1 and np.isfinite(pop["std"])
     text = (out / "methods.md").read_text()
     assert "| bpr+mixgcf |" in text and "| popularity |" in text
+    # --table-only trains nothing: an untuned method is listed as unfinished, a missing seed left out
+    assert methods.main(["--dataset", str(tiny_csv), "--methods", "bpr,bce", "--seeds", "0,1,2", "--table-only",
+                         "--common-args", "--epochs 2 --eval-every 1 --dim 8 --layers 1", "--out", str(out)]) == 0
+    table = json.loads((out / "methods.json").read_text())
+    assert [r["seed"] for r in table["methods"]["bpr"]["runs"]] == [0, 1]
+    assert "bce" not in table["methods"] and not any(t["finished"] for t in table["unfinished"]["bce"])
+    assert not (out / "tune-bce").exists() and not (out / "final" / "bpr-seed2").exists()
+    assert "bce: tuning not finished" in (out / "methods.md").read_text()

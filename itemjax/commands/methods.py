@@ -54,6 +54,9 @@ def parser() -> ArgumentParser:
     p.add_argument("--common-args", default="--epochs 3000 --patience 15",
                    help="train options for every run (default: --epochs 3000 --patience 15)")
     p.add_argument("--out", required=True)
+    p.add_argument("--table-only", action="store_true",
+                   help="train nothing: tabulate the finished runs (a method whose tuning runs are not all "
+                        "finished is listed as unfinished; a selected variant's unfinished seeds are left out)")
     return p
 
 
@@ -73,21 +76,30 @@ def main(argv=None) -> int:
     if unknown:
         raise ConfigError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
     out = pathlib.Path(args.out)
-    first, rows = args.seeds[0], {}
+    first, rows, unfinished = args.seeds[0], {}, {}
     for method in methods:
         options, _ = METHODS[method]
         base = f"--dataset {args.dataset} --model {args.model} --seed {first} {options} {args.common_args}"
         tune_dir = out / f"tune-{method.replace('+', '_')}"
-        sweep.main(["--base", base, "--out", str(tune_dir)] + [f"--variant={v}" for v in variants(method)])  # "=": a variant may be one flag
-        scored = [(best_validation(tune_dir / f"{n:02d}-{options_slug(v)}", "ndcg@20").get("ndcg@20", -1.0), n, v)
-                  for n, v in enumerate(variants(method))]
-        best_value, best_n, chosen = max(scored)
+        tuning_runs = [tune_dir / f"{n:02d}-{options_slug(v)}" for n, v in enumerate(variants(method))]
+        if args.table_only and not all((r / "summary.json").exists() for r in tuning_runs):
+            unfinished[method] = [{"variant": v, "finished": (r / "summary.json").exists(),
+                                   "best_valid_ndcg@20": best_validation(r, "ndcg@20").get("ndcg@20")}
+                                  for v, r in zip(variants(method), tuning_runs)]
+            continue
+        if not args.table_only:  # "=": a variant may be one flag
+            sweep.main(["--base", base, "--out", str(tune_dir)] + [f"--variant={v}" for v in variants(method)])
+        scored = [(best_validation(r, "ndcg@20").get("ndcg@20", -1.0), n, v)
+                  for n, (v, r) in enumerate(zip(variants(method), tuning_runs))]
+        best_value, best_n, chosen = max(scored, key=lambda t: (t[0], -t[1]))  # a tie keeps the earlier variant
         runs = []
         for seed in args.seeds:
             if seed == first:
-                run = tune_dir / f"{best_n:02d}-{options_slug(chosen)}"
+                run = tuning_runs[best_n]
             else:
                 run = out / "final" / f"{method.replace('+', '_')}-seed{seed}"
+                if args.table_only and not (run / "summary.json").exists():
+                    continue
                 if not (run / "summary.json").exists():
                     argv_s = shlex.split(base.replace(f"--seed {first}", f"--seed {seed}")) + shlex.split(chosen) \
                         + ["--out", str(run), "--no-progress"]
@@ -96,7 +108,7 @@ def main(argv=None) -> int:
         rows[method] = {"options": options, "selected": chosen, "best_valid_ndcg@20": best_value,
                         "tuning": [{"variant": v, "best_valid_ndcg@20": s} for s, _, v in scored], "runs": runs}
     result = {"dataset": args.dataset, "model": args.model, "seeds": list(args.seeds),
-              "common_args": args.common_args, "methods": rows,
+              "common_args": args.common_args, "methods": rows, "unfinished": unfinished,
               "popularity": popularity(args.dataset, args.seeds, args.common_args)}
     write_json_atomic(out / "methods.json", result)
     text = markdown(result)
@@ -138,20 +150,26 @@ def markdown(result: dict) -> str:
     lines = [f"### {result['dataset']}, {result['model']}, seeds {','.join(map(str, result['seeds']))}", "",
              "Each method: its defaults plus two variants, selected on validation NDCG@20 at the first seed; test "
              f"metrics of the selected variant, mean ± std over seeds; common options `{result['common_args']}`.", "",
-             f"| method | selected variant | Recall@20 | NDCG@20 | gain N@20 vs {base} | train s | epochs |",
-             "|---|---|---|---|---|---|---|"]
+             f"| method | selected variant | seeds | Recall@20 | NDCG@20 | gain N@20 vs {base} | train s | epochs |",
+             "|---|---|---|---|---|---|---|---|"]
     base_ndcg = stat(result["methods"][base]["runs"], "ndcg@20")[0]
     for name in names:
         row = result["methods"][name]
         runs = row["runs"]
         (r, rs), (n, ns) = stat(runs, "recall@20"), stat(runs, "ndcg@20")
         (t, _), (e, _) = stat(runs, "train_seconds"), stat(runs, "selected_epoch")
-        lines.append(f"| {name} | `{row['selected'] or '(defaults)'}` | {r:.4f} ± {rs:.4f} | {n:.4f} ± {ns:.4f} | "
+        seeds = ",".join(str(run["seed"]) for run in runs)
+        lines.append(f"| {name} | `{row['selected'] or '(defaults)'}` | {seeds} | {r:.4f} ± {rs:.4f} | {n:.4f} ± {ns:.4f} | "
                      f"{(n - base_ndcg) / base_ndcg:+.1%} | {t:.0f} | {e:.0f} |")
     pop = result["popularity"]
-    lines.append(f"| popularity | – | {pop['recall@20']['mean']:.4f} ± {pop['recall@20']['std']:.4f} | "
+    lines.append(f"| popularity | – | {','.join(map(str, result['seeds']))} | "
+                 f"{pop['recall@20']['mean']:.4f} ± {pop['recall@20']['std']:.4f} | "
                  f"{pop['ndcg@20']['mean']:.4f} ± {pop['ndcg@20']['std']:.4f} | "
                  f"{(pop['ndcg@20']['mean'] - base_ndcg) / base_ndcg:+.1%} | – | – |")
+    for name, tuning in result.get("unfinished", {}).items():
+        done = ", ".join(f"`{t['variant'] or '(defaults)'}` " + (f"{t['best_valid_ndcg@20']:.4f}" if t["finished"]
+                         else f"unfinished (best so far {t['best_valid_ndcg@20'] or 0:.4f})") for t in tuning)
+        lines.append(f"\n{name}: tuning not finished, not in the table; validation NDCG@20 of its variants: {done}.")
     return "\n".join(lines) + "\n"
 
 
