@@ -294,6 +294,16 @@ def test_device_top_k_is_not_compiled_as_a_sort():
     assert " sort(" not in compiled
 
 
+def test_device_out_of_memory_names_the_fix(monkeypatch):
+    def exhausted(*args, **kwargs):
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.5GiB")
+
+    monkeypatch.setattr(ppr, "_device_ranking", exhausted)
+    train = random_train(16, n_users=12, n_items=10)
+    with pytest.raises(ConfigError, match="ran out of memory.*blocks of 5 users.*block_size.*--ppr-backend scipy"):
+        hard_negative_table(train, window=(0, 4), block_size=5, progress=False)
+
+
 def test_device_scores_of_no_users():
     train = random_train(14, n_users=6, n_items=9)
     assert ppr_scores(train, np.array([], np.int64), backend="device").shape == (0, 9)

@@ -316,8 +316,11 @@ def _device_table(ops: _WalkOperators, lo: int, hi: int, alpha: float, n_iter: i
     """:func:`hard_negative_table` on the device: blocks of ``block_size`` users through
     :func:`device_slots` columns (the last block padded with ``-1``, so one compilation serves
     every block), :data:`BLOCKS_IN_FLIGHT` dispatched ahead of the host."""
-    n_users = ops.train.shape[0]
+    n_users, n_items = ops.train.shape
     table = np.full((n_users, hi - lo), PAD, np.int32)
+    top = min(hi, n_items)  # ranks past the catalogue stay PAD
+    if lo >= top or n_users == 0:
+        return table
     block = max(1, min(int(block_size), n_users))
     slots = device_slots(block)
     operators, alpha32, tol32 = _device_args(ops, alpha, tol)
@@ -329,18 +332,24 @@ def _device_table(ops: _WalkOperators, lo: int, hi: int, alpha: float, n_iter: i
         table[start:stop, : top - lo] = np.asarray(ranking)[: stop - start, lo:]
         bar.update(stop - start)
 
-    top = min(hi, ops.train.shape[1])  # ranks past the catalogue stay PAD
-    if lo >= top or n_users == 0:
-        return table
-    with tqdm(total=n_users, desc="PPR hard negatives (device)", unit="user", disable=not progress) as bar:
-        for start in range(0, n_users, block):
-            users = _padded_users(np.arange(start, min(start + block, n_users)), block)
-            in_flight.append((start, _device_ranking(operators, users, alpha32, tol32, n_iter=int(n_iter),
-                                                     slots=slots, top=top)))
-            if len(in_flight) >= BLOCKS_IN_FLIGHT:
+    try:
+        with tqdm(total=n_users, desc="PPR hard negatives (device)", unit="user", disable=not progress) as bar:
+            for start in range(0, n_users, block):
+                users = _padded_users(np.arange(start, min(start + block, n_users)), block)
+                in_flight.append((start, _device_ranking(operators, users, alpha32, tol32, n_iter=int(n_iter),
+                                                         slots=slots, top=top)))
+                if len(in_flight) >= BLOCKS_IN_FLIGHT:
+                    collect(bar)
+            while in_flight:
                 collect(bar)
-        while in_flight:
-            collect(bar)
+    except jax.errors.JaxRuntimeError as err:
+        if "RESOURCE_EXHAUSTED" not in str(err):
+            raise
+        need = 4 * (2 * block * n_items + slots * (4 * n_items + 3 * n_users)) / 2**30
+        raise ConfigError(
+            f"the device ran out of memory computing the PPR table in blocks of {block} users (about "
+            f"{need:.2f} GiB each, {BLOCKS_IN_FLIGHT} in flight); pass a smaller block_size to "
+            "hard_negative_table, or compute it on the host with --ppr-backend scipy") from err
     return table
 
 
@@ -432,9 +441,10 @@ def hard_negative_table(train: sp.csr_matrix, *, window=(10, 100), alpha: float 
         (module docstring).
       block_size: users per block. ``"scipy"``: peak memory is about ``16 bytes * block_size *
         n_items`` (scores and their ranking) plus the power iteration's ``3 * 4 bytes * 64 *
-        n_nodes``. ``"device"``: about ``4 bytes * block_size * (5 n_items + 2 n_users)`` per
-        block, two blocks in flight (1.1 GB per block of 1024 on Gowalla); a block iterates
-        until its slowest user stops. Results do not depend on it.
+        n_nodes``. ``"device"``: about ``4 bytes * (2 block_size n_items + s (4 n_items + 3
+        n_users))`` per block with ``s`` = :func:`device_slots` columns, two blocks in flight
+        (0.4 GB per block of 1024 on Gowalla); a larger block spends less of its time draining
+        (its last users leave columns idle). Results do not depend on it.
       progress: show a tqdm bar over users.
     Returns:
       int32 ``[n_users, hi - lo]``. A user with ``c < hi`` candidates has ``max(0, c - lo)``
