@@ -13,7 +13,8 @@ wall-clock ``seconds`` (compilation included, it happens once per block shape) a
 ``cpu_seconds`` of the process (``time.process_time``, all threads); with ``--repeats N > 1`` also
 ``warm_seconds`` / ``warm_cpu_seconds``, the fastest of the ``N - 1`` later calls (compiled
 already: the compilation is ``seconds - warm_seconds``). ``--compare-scipy`` also times
-``backend="scipy"`` and reports how far the two tables are apart:
+``backend="scipy"`` (``speedup`` = its seconds over the device's first call) and reports how far
+the two tables are apart:
 
 * ``identical_rows``: fraction of users whose windows are equal slot for slot;
 * ``mean_jaccard``: mean over users of ``|A & B| / |A | B|`` of the two windows' item sets
@@ -130,14 +131,14 @@ def main():
             train, backend="device", block_size=args.block_size, progress=args.progress, **params))
         record.update(seconds=seconds, cpu_seconds=cpu, load_before=load[0], load_after=load[1],
                       peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+        print(f"{dataset}: device table {seconds:.2f} s (CPU {cpu:.2f} s, load {load[0]:.1f} -> {load[1]:.1f})",
+              flush=True)
         warm = [timed(lambda: hard_negative_table(train, backend="device", block_size=args.block_size, progress=False,
                                                   **params))[1:] for _ in range(args.repeats - 1)]
         if warm:
             best = min(warm, key=lambda w: w[0])
             record.update(warm_seconds=best[0], warm_cpu_seconds=best[1], warm_load_before=best[2][0])
             print(f"{dataset}: device table, compiled: {best[0]:.2f} s (CPU {best[1]:.2f} s)", flush=True)
-        print(f"{dataset}: device table {seconds:.2f} s (CPU {cpu:.2f} s, load {load[0]:.1f} -> {load[1]:.1f})",
-              flush=True)
         if args.compare_scipy:
             scipy_table, s_seconds, s_cpu, s_load = timed(lambda: hard_negative_table(
                 train, backend="scipy", block_size=args.block_size, progress=args.progress, **params))

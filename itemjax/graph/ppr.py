@@ -27,8 +27,8 @@ Two backends compute the same iteration (``backend=`` of :func:`ppr_scores` and
 * ``"scipy"``: on the host, one core; a user's column leaves the iterate when it stops.
 * ``"device"``: jitted JAX on the default device (:func:`_device_ranking`, one compilation per
   block shape: the last block is padded with user ``-1``, which is never computed). A block's
-  users stream through ``slots`` columns of one static-shape iterate (:func:`device_slots`: 64 on
-  CPU, as the scipy path's cache-sized chunks; up to 1024 on an accelerator), all columns in
+  users stream through ``slots`` columns of one static-shape iterate (:func:`device_slots`: 32 on
+  CPU, a cache-sized iterate; up to 1024 on an accelerator), all columns in
   lockstep inside one ``lax.while_loop``: each round is one ``items <- users`` and one
   ``users <- items`` product with the CSR kernel of :func:`itemjax.graph.propagation.csr_matmul`.
   A column whose user stopped (same per-user rule: its ``max |delta|`` checked before each
@@ -50,7 +50,7 @@ Two backends compute the same iteration (``backend=`` of :func:`ppr_scores` and
   Cost: the same ``2 * nnz(R)`` multiply-adds per user and iteration as scipy (Gowalla's users
   stop after 30-42 iterations, median 32). Device memory per block of ``b`` users and ``s``
   slots is about ``4 bytes * (2 b n_items + s (4 n_items + 3 n_users))``: the block's scores (and
-  the masked copy ``top_k`` reads) plus the iterate; 0.4 GB for ``b = 1024``, ``s = 64`` on
+  the masked copy ``top_k`` reads) plus the iterate; 0.4 GB for ``b = 1024``, ``s = 32`` on
   Gowalla (29,858 users, 40,981 items), two blocks in flight.
 """
 
@@ -78,6 +78,10 @@ from itemjax.runio import atomic_file
 PAD = -1
 #: Users per dense power-iteration chunk (cache-sized iterate; see :func:`_item_ppr_block`).
 ITERATE_COLUMNS = 64
+#: Columns of the device iterate on CPU (:func:`device_slots`). Gowalla, 512 users, same process,
+#: CPU ms per user: 16 columns 12.6-14.0, 32 columns 9.9-10.7, 64 columns 12.6-15.0 (scipy path
+#: 19.3-19.5), at load 8.
+DEVICE_SLOTS_CPU = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,9 +189,9 @@ def _check_backend(backend: str) -> str:
 
 
 def device_slots(block: int) -> int:
-    """Columns of the device iterate (users iterated at once): :data:`ITERATE_COLUMNS` on CPU (the
-    iterate stays in cache, as on the scipy path), up to 1024 on an accelerator."""
-    return min(ITERATE_COLUMNS if jax.default_backend() == "cpu" else 1024, block)
+    """Columns of the device iterate (users iterated at once): :data:`DEVICE_SLOTS_CPU` on CPU (the
+    iterate stays in cache), up to 1024 on an accelerator (not measured: no accelerator here)."""
+    return min(DEVICE_SLOTS_CPU if jax.default_backend() == "cpu" else 1024, block)
 
 
 def _device_operators(ops: _WalkOperators) -> tuple:
