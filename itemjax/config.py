@@ -150,9 +150,10 @@ class TrainConfig:
     hard_ratio: float = option(0.5, "share of PPR negatives for --neg-sampler mixed", group=_ITEM)
     ppr_alpha: float = option(0.15, "PPR restart probability", group=_ITEM)
     ppr_window: tuple = option((10, 100), "LO,HI ranks of PPR candidates", group=_ITEM)
-    ppr_backend: str = option("device", "where the PPR table's power iteration runs: device (JAX, every core or the "
-                              "accelerator) or scipy (the host, one core); same table up to ties within float32 "
-                              "rounding (docs/design.md#ppr-hard-negatives)", group=_ITEM, choices=PPR_BACKENDS)
+    ppr_backend: str = option("device", "where the PPR table's power iteration runs: device (jitted JAX on the "
+                              "default device; on CPU one core, about 2x faster than scipy on gowalla) or scipy (the "
+                              "host, one core); same table up to swaps of tied items "
+                              "(docs/design.md#ppr-hard-negatives)", group=_ITEM, choices=PPR_BACKENDS)
     curriculum_epochs: int = option(0, "raise the PPR share linearly from 0 over this many epochs (0: off)",
                                     group=_ITEM, flag="--curriculum")
     shared_negatives: bool = option(False, "one negative set per batch for all its users (a single matmul)",
