@@ -16,7 +16,8 @@ Each size runs in its own subprocess (its peak RSS is its own) and measures, on 
 * full-ranking evaluation of a fixed sample of 2048 test users (``evaluate(users=...)``, after a
   warm-up call) and its extrapolation to every test user (x n_test_users / 2048);
 * PPR scores of a fixed block of 64 users (``itemjax.graph.ppr.ppr_scores``, alpha 0.15, 50
-  iterations), and its extrapolation to the whole table (x n_users / 64);
+  iterations, ``backend="scipy"`` as in the recorded results; benchmarks/ppr_time.py times the
+  device backend), and its extrapolation to the whole table (x n_users / 64);
 * the epoch estimates ``ceil(n_train / 2048) x BPR step``; and the peak RSS.
 
 Writes ``benchmarks/out/scaling.json``, ``benchmarks/out/scaling.md`` (table + local log-log
@@ -146,7 +147,7 @@ def run_size(n_edges: int, repeats: int) -> dict:
 
     block = np.random.default_rng(2).choice(np.flatnonzero(degrees > 0), PPR_USERS, replace=False)
     t0 = time.perf_counter()
-    ppr_scores(train, block)
+    ppr_scores(train, block, backend="scipy")
     seconds = time.perf_counter() - t0
     record.update(ppr_block_users=PPR_USERS, ppr_block_seconds=seconds,
                   ppr_all_seconds_extrapolated=seconds * train.shape[0] / PPR_USERS)

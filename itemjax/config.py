@@ -12,6 +12,7 @@ LOSS_NAMES = ("bpr", "bce", "item", "neuralndcg", "softmax")
 BACKEND_NAMES = ("auto", "segment", "csr")
 NEG_SAMPLERS = ("uniform", "ppr", "mixed", "mixgcf")
 PPR_SAMPLERS = ("ppr", "mixed")  # the samplers that need the PPR candidate table
+PPR_BACKENDS = ("device", "scipy")  # itemjax.graph.ppr: JAX block power iteration, or host scipy
 SSL_METHODS = ("none", "sgl-ed")
 SPLIT_METHODS = ("random", "temporal", "time-cut")  # itemjax.data.split
 SSL_MODELS = ("lightgcn", "ngcf")  # models whose propagation reads the graph's (dropped) edge weights
@@ -149,6 +150,10 @@ class TrainConfig:
     hard_ratio: float = option(0.5, "share of PPR negatives for --neg-sampler mixed", group=_ITEM)
     ppr_alpha: float = option(0.15, "PPR restart probability", group=_ITEM)
     ppr_window: tuple = option((10, 100), "LO,HI ranks of PPR candidates", group=_ITEM)
+    ppr_backend: str = option("device", "where the PPR table's power iteration runs: device (jitted JAX on the "
+                              "default device; on CPU one core, about 2x faster than scipy on gowalla) or scipy (the "
+                              "host, one core); same table up to swaps of tied items "
+                              "(docs/design.md#ppr-hard-negatives)", group=_ITEM, choices=PPR_BACKENDS)
     curriculum_epochs: int = option(0, "raise the PPR share linearly from 0 over this many epochs (0: off)",
                                     group=_ITEM, flag="--curriculum")
     shared_negatives: bool = option(False, "one negative set per batch for all its users (a single matmul)",
@@ -291,6 +296,8 @@ class TrainConfig:
         need(0 < self.test_frac < 1, f"--test-frac must be in (0, 1) (got {self.test_frac})")
         need(0 <= self.valid_frac < 1, f"--valid-frac must be in [0, 1) (got {self.valid_frac})")
         need(0 <= self.hard_ratio <= 1, f"--hard-ratio must be in [0, 1] (got {self.hard_ratio})")
+        need(self.ppr_backend in PPR_BACKENDS,
+             f"unknown --ppr-backend {self.ppr_backend!r}; choose one of {', '.join(PPR_BACKENDS)}")
         need(0 < self.ppr_alpha < 1, f"--ppr-alpha must be in (0, 1) (got {self.ppr_alpha})")
         need(len(self.ppr_window) == 2, f"--ppr-window must be two ranks LO,HI (got {','.join(map(str, self.ppr_window))})")
         lo, hi = self.ppr_window

@@ -62,6 +62,7 @@ FLAG_CASES = [
     ("ppr window reversed", ["--ppr-window", "100,10"], ["--ppr-window", "LO < HI", "100,10"]),
     ("ppr window one value", ["--ppr-window", "10"], ["--ppr-window", "two ranks", "10"]),
     ("ppr window not numbers", ["--ppr-window", "a,b"], ["--ppr-window", "integers", "'a,b'"]),
+    ("unknown ppr backend", ["--ppr-backend", "gpu"], ["--ppr-backend", "invalid choice", "'gpu'"]),
     ("resume without out", ["--resume"], ["--resume needs --out"]),
     ("curriculum with uniform negatives", ["--curriculum", "5", "--neg-sampler", "uniform"],
      ["--curriculum", "--neg-sampler ppr or mixed"]),

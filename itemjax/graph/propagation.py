@@ -28,6 +28,9 @@ attention logits per receiving node, then the weighted neighbour sum), on the sa
 ``"segment"`` composes :func:`edge_softmax` and :func:`propagate_weighted` over the padded edges
 with plain autodiff (the reference); ``"csr"`` is a fused :func:`jax.custom_vjp` whose forward
 and backward are CSR matmuls with per-edge scalar data, so no ``[n_edges, d]`` array is built.
+
+:func:`csr_matmul` is the ``"csr"`` kernel for any CSR matrix (the PPR power iteration of
+:mod:`itemjax.graph.ppr` multiplies by the two off-diagonal halves of the walk matrix with it).
 """
 
 from __future__ import annotations
@@ -163,9 +166,20 @@ def propagate_weighted(graph: DeviceGraph, x: jax.Array, edge_weights: jax.Array
     return jax.ops.segment_sum(messages, graph.receivers, num_segments=graph.n_nodes)
 
 
-def _bcsr_matmul(n_nodes: int, indptr, indices, data, x):
-    matrix = sparse.BCSR((data.astype(x.dtype), indices, indptr), shape=(n_nodes, n_nodes))
+def csr_matmul(shape: tuple[int, int], indptr, indices, data, x):
+    """``M @ x`` for a CSR matrix ``M`` of ``shape = (m, n)`` given by its arrays: ``[n, d] -> [m, d]``.
+
+    ``indptr`` int32 ``[m + 1]``, ``indices`` int32 ``[nnz]``, ``data`` ``[nnz]`` (cast to
+    ``x.dtype``). As a :class:`jax.experimental.sparse.BCSR` product it lowers to the native CSR
+    kernel on CPU (same dtype for values and ``x``, int32 for both index arrays) and to cuSPARSE on
+    GPU. No custom gradient: differentiate through :func:`propagate` instead.
+    """
+    matrix = sparse.BCSR((data.astype(x.dtype), indices, indptr), shape=tuple(shape))
     return matrix @ x
+
+
+def _bcsr_matmul(n_nodes: int, indptr, indices, data, x):
+    return csr_matmul((n_nodes, n_nodes), indptr, indices, data, x)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))

@@ -110,6 +110,7 @@ def prepare(config: TrainConfig, *, out: pathlib.Path | None = None) -> Prepared
             key=f"{split.name}-seed{config.seed}-t{config.test_frac}-v{config.valid_frac}",
             window=tuple(config.ppr_window),
             alpha=config.ppr_alpha,
+            backend=config.ppr_backend,
             progress=config.progress,
         )
         hard_seconds = time.perf_counter() - t0
@@ -430,7 +431,8 @@ def refit(config: TrainConfig, prep: Prepared, placement, n_steps: int, out: pat
         hard = cached_hard_negative_table(
             full, cache_dir=_writable_cache(pathlib.Path(config.data_dir or _data_root()) / ".itemjax-cache"),
             key=f"{split.name}-seed{config.seed}-t{config.test_frac}-v{config.valid_frac}-refit",
-            window=tuple(config.ppr_window), alpha=config.ppr_alpha, progress=config.progress)
+            window=tuple(config.ppr_window), alpha=config.ppr_alpha, backend=config.ppr_backend,
+            progress=config.progress)
     batch = placement.place_batch(Batch(graph=to_device(build_graph(full), config.backend, *prep.features),
                                         data=sampling.make_train_data(full, hard)))
     init_key, train_key = jax.random.split(jax.random.PRNGKey(config.seed))
