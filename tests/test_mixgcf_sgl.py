@@ -223,6 +223,15 @@ def test_sgl_views_change_per_epoch_and_the_term_matches_its_parts():
     want = 0.5 * (ref_info_nce(np.asarray(u1)[[0, 3, 5, 7]], np.asarray(u2)[[0, 3, 5, 7]], np.ones(4, bool), 0.2)
                   + ref_info_nce(np.asarray(i1)[[1, 2]], np.asarray(i2)[[1, 2]], np.ones(2, bool), 0.2))
     np.testing.assert_allclose(term(0), want, rtol=1e-4)
+    # more item slots (ITEM's B x P positives) than items in the catalogue: the distinct items are
+    # capped at the catalogue's size, and the term is still the one over the distinct valid items
+    many = jnp.asarray(np.random.default_rng(2).integers(0, 6, size=(12, 8)))  # 96 slots > 40 items
+    many_where = many != 5  # item 5 only ever in padding slots
+    got = float(sgl_loss(params, model.apply, batch, jax.random.PRNGKey(1), 0, users, many, many_where, **options))
+    distinct = [0, 1, 2, 3, 4]
+    want_many = 0.5 * (ref_info_nce(np.asarray(u1)[[0, 3, 5, 7]], np.asarray(u2)[[0, 3, 5, 7]], np.ones(4, bool), 0.2)
+                       + ref_info_nce(np.asarray(i1)[distinct], np.asarray(i2)[distinct], np.ones(5, bool), 0.2))
+    np.testing.assert_allclose(got, want_many, rtol=1e-4)
 
 
 def test_options_name_their_constraints():

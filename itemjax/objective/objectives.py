@@ -67,13 +67,15 @@ def _with_ssl(total, aux: dict, ssl, params, apply_fn, batch, key, step, users, 
     return total + extra, {**aux, "ssl_loss": extra}
 
 
-def _unique(ids: jax.Array, where=None) -> tuple[jax.Array, jax.Array]:
+def _unique(ids: jax.Array, where=None, n_ids: int | None = None) -> tuple[jax.Array, jax.Array]:
     """The distinct valid ids of ``ids`` (any shape), padded: ``(ids [n], valid [n])`` with
-    ``n = ids.size`` (static) and padding slots holding id 0 with ``valid = False``."""
+    ``n = min(ids.size, n_ids)`` (static; ``n_ids`` the number of possible ids, so at most that
+    many are distinct) and padding slots holding id 0 with ``valid = False``."""
     flat = ids.reshape(-1)
     if where is not None:
         flat = jnp.where(where.reshape(-1), flat, -1)
-    distinct = jnp.unique(flat, size=flat.shape[0], fill_value=-1)
+    size = flat.shape[0] if n_ids is None else min(flat.shape[0], n_ids)
+    distinct = jnp.unique(flat, size=size, fill_value=-1)
     valid = distinct >= 0
     return jnp.where(valid, distinct, 0), valid
 
@@ -100,8 +102,10 @@ def sgl_loss(params, apply_fn, batch: Batch, key, step, users, items, item_where
     k_fwd1, k_fwd2 = jax.random.split(key)
     user1, item1 = _forward(params, apply_fn, batch, k_fwd1, id_dropout, graph=edge_dropout(batch.graph, k_view1, drop))
     user2, item2 = _forward(params, apply_fn, batch, k_fwd2, id_dropout, graph=edge_dropout(batch.graph, k_view2, drop))
-    u, u_valid = _unique(users)
-    i, i_valid = _unique(items, item_where)
+    u, u_valid = _unique(users, n_ids=user1.shape[0])
+    # ITEM's lists give B x P positives but a small catalogue has fewer items: InfoNCE over
+    # [n, n] with n = min(B P, |I|) (256 x 32 = 8192 slots -> 1682 on ml-100k)
+    i, i_valid = _unique(items, item_where, n_ids=item1.shape[0])
     return weight * (info_nce(user1[u], user2[u], u_valid, temperature=temperature)
                      + info_nce(item1[i], item2[i], i_valid, temperature=temperature))
 
