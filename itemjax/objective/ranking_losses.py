@@ -432,6 +432,18 @@ def smooth_recall(scores, labels, *, where=None, k=20, tau=0.1, tau_k=1.0, clamp
     return _reduce_over_users(recall, has_positive, reduce)
 
 
+def _item_options(k, tau, tau_k, slope, margin, calibration, metric, positive_pairs, detach_positive_pairs):
+    """The checks shared by :func:`item_loss` and :func:`item_loss_blocks`; returns
+    ``(cut-offs, detach, exact)``."""
+    k = _cutoffs(k)
+    _check_options(tau, "mean", k, tau_k, slope, margin)
+    _check_nonnegative("calibration", calibration, "0 (no calibration term) or a positive weight")
+    if metric not in _METRICS:
+        raise ConfigError(f"metric={metric!r} is not supported; use one of {_METRICS}")
+    detach, exact = _positive_pair_mode(positive_pairs, detach_positive_pairs)
+    return k, detach, exact
+
+
 def item_loss(scores, labels, *, where=None, metric="ndcg", tau=0.1, k=20, tau_k=1.0,
               negative_weight=1.0, clamp=50.0, query=None, slope=0.0, detach_positive_pairs=False,
               margin=0.0, positive_pairs=None, calibration=0.0) -> Array:
@@ -458,12 +470,8 @@ def item_loss(scores, labels, *, where=None, metric="ndcg", tau=0.1, k=20, tau_k
     Returns:
       scalar; 0 when no user has a valid positive (gradients then are zero, not NaN).
     """
-    k = _cutoffs(k)
-    _check_options(tau, "mean", k, tau_k, slope, margin)
-    _check_nonnegative("calibration", calibration, "0 (no calibration term) or a positive weight")
-    if metric not in _METRICS:
-        raise ConfigError(f"metric={metric!r} is not supported; use one of {_METRICS}")
-    detach, exact = _positive_pair_mode(positive_pairs, detach_positive_pairs)
+    k, detach, exact = _item_options(k, tau, tau_k, slope, margin, calibration, metric, positive_pairs,
+                                     detach_positive_pairs)
     if metric == "ndcg":
         per_user, has_positive = _ndcg_per_user(scores, labels, where, query, tau, clamp, negative_weight, slope,
                                                 detach, margin, exact_positive_pairs=exact)
@@ -568,12 +576,8 @@ def item_loss_blocks(pos_scores, neg_scores, *, pos_where=None, neg_where=None, 
     Returns:
       scalar; 0 when no user has a valid positive.
     """
-    k = _cutoffs(k)
-    _check_options(tau, "mean", k, tau_k, slope, margin)
-    _check_nonnegative("calibration", calibration, "0 (no calibration term) or a positive weight")
-    if metric not in _METRICS:
-        raise ConfigError(f"metric={metric!r} is not supported; use one of {_METRICS}")
-    detach, exact = _positive_pair_mode(positive_pairs, detach_positive_pairs)
+    k, detach, exact = _item_options(k, tau, tau_k, slope, margin, calibration, metric, positive_pairs,
+                                     detach_positive_pairs)
     pos_scores, neg_scores = _as_float(pos_scores), _as_float(neg_scores)
     neg_where = None if neg_where is None else _valid_mask(neg_scores, neg_where)
     tail = not (isinstance(slope, (int, float)) and slope == 0)
