@@ -213,7 +213,7 @@ def sinkhorn(matrix, where=None, *, iters=50) -> Array:
 #: Users whose ``L x L`` matrices are built and Sinkhorn-scaled together. The ``2 T`` matrix-vector
 #: products of Sinkhorn re-read each matrix; in chunks of 32 users of a 288-long list (10 MB) they
 #: are read from cache, not memory: value and gradient at 256 users x 288 entries 1.29 s -> 0.64 s
-#: on the 2-core CPU (docs/design.md).
+#: on the 2-core CPU (docs/design.md, "NeuralNDCG").
 _USERS_PER_CHUNK = 32
 
 
