@@ -230,21 +230,29 @@ def markdown(result: dict, title: str) -> str:
                   f"{o}: {times(e[f'seconds_to_{o}_best_valid'])} ({times(e[f'fraction_of_{o}_time_to_its_best'], 2)})",
                   fmt(e, "load_average", 1)]
         lines.append("| " + " | ".join(cells) + " |")
-    paired = result.get("paired") or {}
-    if any(tests for per_metric in paired.values() for tests in per_metric.values()):
-        lines += ["", f"Paired per-user test differences against {base} (same users, per seed): mean difference "
-                  "[bootstrap 95% interval], Wilcoxon signed-rank p-value.", "",
-                  "| loss | seed | users | " + " | ".join(f"Δ {m} [95% CI] | p" for m in METRICS) + " |",
-                  "|---|---|---|" + "---|---|" * len(METRICS)]
-        for loss, per_metric in paired.items():
-            for i, first in enumerate(per_metric[METRICS[0]]):
-                cells = [loss, str(first["seed"]), str(first["n_users"])]
-                for m in METRICS:
-                    t = per_metric[m][i]
-                    p = "–" if t["p_wilcoxon"] is None else f"{t['p_wilcoxon']:.2g}"
-                    cells += [f"{t['mean_diff']:+.4f} [{t['ci95'][0]:+.4f}, {t['ci95'][1]:+.4f}]", p]
-                lines.append("| " + " | ".join(cells) + " |")
+    lines += paired_markdown(result.get("paired") or {}, f"against {base}", "loss")
     return "\n".join(lines) + "\n"
+
+
+def paired_markdown(paired: dict, against: str, label: str) -> list[str]:
+    """Markdown lines of :func:`paired_tests`' result ``{name: {metric: [per-seed tests]}}``, one row
+    per name and seed (none when no seed was paired); ``against`` completes "Paired per-user test
+    differences ...", ``label`` heads the first column."""
+    if not any(tests for per_metric in paired.values() for tests in per_metric.values()):
+        return []
+    lines = ["", f"Paired per-user test differences {against} (same users, per seed): mean difference "
+             "[bootstrap 95% interval], Wilcoxon signed-rank p-value.", "",
+             f"| {label} | seed | users | " + " | ".join(f"Δ {m} [95% CI] | p" for m in METRICS) + " |",
+             "|---|---|---|" + "---|---|" * len(METRICS)]
+    for name, per_metric in paired.items():
+        for i, first in enumerate(per_metric[METRICS[0]]):
+            cells = [name, str(first["seed"]), str(first["n_users"])]
+            for m in METRICS:
+                t = per_metric[m][i]
+                p = "–" if t["p_wilcoxon"] is None else f"{t['p_wilcoxon']:.2g}"
+                cells += [f"{t['mean_diff']:+.4f} [{t['ci95'][0]:+.4f}, {t['ci95'][1]:+.4f}]", p]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot(result: dict, configs: list, path: pathlib.Path, title: str, budget=None) -> None:

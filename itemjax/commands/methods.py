@@ -12,7 +12,9 @@ are reused, so an interrupted table continues.
 
 ``<out>/methods.md`` (and ``methods.json``): per method, the selected variant, test Recall@20
 and NDCG@20 (mean ± std over seeds, gain over the first method), train seconds and epochs; a
-popularity row (items ranked by training degree, same splits, same evaluator) as the floor.
+popularity row (items ranked by training degree, same splits, same evaluator) as the floor;
+and ITEM paired with every other method user by user on each seed's test users (mean difference
+of ITEM minus the method, bootstrap 95% interval, Wilcoxon p; as ``itemjax compare``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ METHODS = {
     "item+sgl-ed": ("--loss item --ssl sgl-ed", ("--ssl-weight 0.02", "--ssl-weight 0.5")),
 }
 METRICS = ("recall@20", "ndcg@20")
+#: the method every other is paired with, user by user, on the same seed's test users
+PAIRED_WITH = "item"
 
 
 def parser() -> ArgumentParser:
@@ -109,12 +113,28 @@ def main(argv=None) -> int:
                         "tuning": [{"variant": v, "best_valid_ndcg@20": s} for s, _, v in scored], "runs": runs}
     result = {"dataset": args.dataset, "model": args.model, "seeds": list(args.seeds),
               "common_args": args.common_args, "methods": rows, "unfinished": unfinished,
-              "popularity": popularity(args.dataset, args.seeds, args.common_args)}
+              "popularity": popularity(args.dataset, args.seeds, args.common_args),
+              "paired": paired_against(rows, PAIRED_WITH)}
     write_json_atomic(out / "methods.json", result)
     text = markdown(result)
     (out / "methods.md").write_text(text)
     print(text)
     return 0
+
+
+def paired_against(rows: dict, ours: str) -> dict:
+    """``{method: {metric: [per-seed paired test of ours minus method]}}`` for every tabulated
+    method but ``ours`` (:func:`itemjax.commands.compare.paired_tests`: per-user test metrics of the
+    same seed's split, bootstrap interval, Wilcoxon p); ``{}`` when ``ours`` is not in the table."""
+    from itemjax.commands.compare import paired_tests
+
+    if ours not in rows:
+        return {}
+
+    def runs_of(name):
+        return [{"seed": r["seed"], "out": r["run"]} for r in rows[name]["runs"]]
+
+    return {name: paired_tests({ours: runs_of(ours), name: runs_of(name)}, name)[ours] for name in rows if name != ours}
 
 
 def popularity(dataset: str, seeds, common_args: str) -> dict:
@@ -140,6 +160,8 @@ def popularity(dataset: str, seeds, common_args: str) -> dict:
 
 
 def markdown(result: dict) -> str:
+    from itemjax.commands.compare import paired_markdown
+
     names = list(result["methods"])
     base = names[0]
 
@@ -170,6 +192,7 @@ def markdown(result: dict) -> str:
         done = ", ".join(f"`{t['variant'] or '(defaults)'}` " + (f"{t['best_valid_ndcg@20']:.4f}" if t["finished"]
                          else f"unfinished (best so far {t['best_valid_ndcg@20'] or 0:.4f})") for t in tuning)
         lines.append(f"\n{name}: tuning not finished, not in the table; validation NDCG@20 of its variants: {done}.")
+    lines += paired_markdown(result.get("paired") or {}, f"of {PAIRED_WITH} minus each method", f"{PAIRED_WITH} minus")
     return "\n".join(lines) + "\n"
 
 
