@@ -80,6 +80,9 @@ def main(argv=None) -> int:
     if unknown:
         raise ConfigError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
     out = pathlib.Path(args.out)
+    if args.table_only and not out.is_dir():
+        raise ConfigError(f"--table-only: {out} does not exist, so there is nothing to tabulate; run the same "
+                          "command without --table-only first (or pass the --out of an earlier run)")
     first, rows, unfinished = args.seeds[0], {}, {}
     for method in methods:
         options, _ = METHODS[method]
@@ -181,7 +184,8 @@ def markdown(result: dict) -> str:
         (r, rs), (n, ns) = stat(runs, "recall@20"), stat(runs, "ndcg@20")
         (t, _), (e, _) = stat(runs, "train_seconds"), stat(runs, "selected_epoch")
         seeds = ",".join(str(run["seed"]) for run in runs)
-        lines.append(f"| {name} | `{row['selected'] or '(defaults)'}` | {seeds} | {r:.4f} ± {rs:.4f} | {n:.4f} ± {ns:.4f} | "
+        spread = (lambda v, sd: f"{v:.4f} ± {sd:.4f}") if len(runs) > 1 else (lambda v, sd: f"{v:.4f}")
+        lines.append(f"| {name} | `{row['selected'] or '(defaults)'}` | {seeds} | {spread(r, rs)} | {spread(n, ns)} | "
                      f"{(n - base_ndcg) / base_ndcg:+.1%} | {t:.0f} | {e:.0f} |")
     pop = result["popularity"]
     lines.append(f"| popularity | – | {','.join(map(str, result['seeds']))} | "
