@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration  # trains runs
 def test_methods_table_selects_on_validation_and_reuses_the_tuning_run(tiny_csv, tmp_path):
     # softmax: a variant that is a single flag (--logq-correction) must reach sweep as one variant
     out = tmp_path / "m"
-    assert methods.main(["--dataset", str(tiny_csv), "--methods", "bpr,item,softmax,bpr+mixgcf", "--seeds", "0,1",
+    assert methods.main(["--dataset", str(tiny_csv), "--methods", "item,softmax,bpr+mixgcf", "--seeds", "0,1",
                          "--common-args", "--epochs 2 --eval-every 1 --dim 8 --layers 1", "--out", str(out)]) == 0
     result = json.loads((out / "methods.json").read_text())
     for name, row in result["methods"].items():
@@ -30,7 +30,7 @@ def test_methods_table_selects_on_validation_and_reuses_the_tuning_run(tiny_csv,
         assert (config["neg_sampler"] == "mixgcf") == (name == "bpr+mixgcf")
     # ITEM paired with each other method, seed by seed, on the same test users: ITEM minus the method
     from itemjax.commands.compare import _per_user
-    assert set(result["paired"]) == {"bpr", "softmax", "bpr+mixgcf"}
+    assert set(result["paired"]) == {"softmax", "bpr+mixgcf"}
     for name, per_metric in result["paired"].items():
         assert [t["seed"] for t in per_metric["ndcg@20"]] == [0, 1]
         for t, ours, theirs in zip(per_metric["ndcg@20"], result["methods"]["item"]["runs"],
@@ -44,10 +44,10 @@ def test_methods_table_selects_on_validation_and_reuses_the_tuning_run(tiny_csv,
     text = (out / "methods.md").read_text()
     assert "| bpr+mixgcf |" in text and "| popularity |" in text and "| item minus |" in text
     # --table-only trains nothing: an untuned method is listed as unfinished, a missing seed left out
-    assert methods.main(["--dataset", str(tiny_csv), "--methods", "bpr,bce", "--seeds", "0,1,2", "--table-only",
+    assert methods.main(["--dataset", str(tiny_csv), "--methods", "item,bce", "--seeds", "0,1,2", "--table-only",
                          "--common-args", "--epochs 2 --eval-every 1 --dim 8 --layers 1", "--out", str(out)]) == 0
     table = json.loads((out / "methods.json").read_text())
-    assert [r["seed"] for r in table["methods"]["bpr"]["runs"]] == [0, 1]
+    assert [r["seed"] for r in table["methods"]["item"]["runs"]] == [0, 1]
     assert "bce" not in table["methods"] and not any(t["finished"] for t in table["unfinished"]["bce"])
-    assert not (out / "tune-bce").exists() and not (out / "final" / "bpr-seed2").exists()
+    assert not (out / "tune-bce").exists() and not (out / "final" / "item-seed2").exists()
     assert "bce: tuning not finished" in (out / "methods.md").read_text()
