@@ -39,6 +39,48 @@ def atomic_file(path, mode: str = "w", *, suffix: str = ".tmp"):
         raise
 
 
+@contextlib.contextmanager
+def run_lock(out):
+    """Holds an exclusive lock on the run folder ``out`` (``out/.lock``, ``fcntl.flock``) while the
+    block runs, so that two processes never train into the same folder (two commands continuing
+    the same run would interleave its checkpoints and metrics). The lock is the operating
+    system's: it goes when the process ends, however it ends, so a killed run leaves none behind.
+    Raises ConfigError naming the other process if the folder is held; a no-op where ``fcntl``
+    does not exist (Windows).
+    """
+    from itemjax.errors import ConfigError
+
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    path = pathlib.Path(out) / ".lock"
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise ConfigError(f"{out} is in use: {holder} is training into it. Wait for it to finish, stop it "
+                              "(its run continues with --resume), or choose another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {platform_node()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def platform_node() -> str:
+    """This machine's network name (``platform.node()``), for messages."""
+    import platform
+
+    return platform.node() or "this machine"
+
+
 def write_json_atomic(path, obj) -> None:
     """Write ``obj`` as JSON to ``path`` through :func:`atomic_file`."""
     with atomic_file(path) as f:

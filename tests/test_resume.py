@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import pathlib
 import shutil
 import signal
@@ -321,3 +322,30 @@ def test_fit_or_resume_continues_a_started_run(tiny_csv, tmp_path):
         fit(config)
     again = fit_or_resume(config)
     assert again["ndcg@20"] == first["ndcg@20"] and again["recall@20"] == first["recall@20"]
+
+
+def test_a_folder_in_use_by_another_process_is_refused_and_freed_when_it_ends(reference_run, tiny_csv, tmp_path,
+                                                                              capsys):
+    """Two commands continuing the same run would interleave its checkpoints and metrics: the second is refused,
+    naming the first; once the first process is gone (killed, here), the folder is free again."""
+    from itemjax.runio import run_lock
+
+    out = tmp_path / "run"
+    shutil.copytree(reference_run, out)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom itemjax.runio import run_lock\n"
+         "with run_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)", str(out)],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        status, err = _run_cli(train_argv(tiny_csv, out, "--resume"), capsys)
+        assert status == 2
+        assert err.strip().splitlines()[-1].startswith(f"error: {out} is in use: process {holder.pid} on ")
+        assert "choose another --out" in err
+    finally:
+        holder.kill()
+        holder.wait()
+    with run_lock(out):  # the dead process's lock went with it
+        assert f"process {os.getpid()}" in (out / ".lock").read_text()
+    with run_lock(out):  # and the lock is released at the end of the block
+        pass

@@ -38,8 +38,8 @@ from itemjax.graph.bipartite import build_graph
 from itemjax.graph.propagation import to_device
 from itemjax.evaluation.evaluate import mean_metrics
 from itemjax.objective.objectives import Batch, steps_per_epoch
-from itemjax.runio import (append_jsonl, default_out, environment, log, read_jsonl, rewrite_jsonl, write_json_atomic,
-                           write_table)
+from itemjax.runio import (append_jsonl, default_out, environment, log, read_jsonl, rewrite_jsonl, run_lock,
+                           write_json_atomic, write_table)
 from itemjax.train.tracking import Tracker
 from itemjax.train.step import (
     create_state,
@@ -203,8 +203,16 @@ def _fit(config: TrainConfig, on_evaluation) -> dict:
     elif ckpt_dir.exists() and any(ckpt_dir.iterdir()):
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     barrier("itemjax-run-directory-read")  # every process has seen the directory as it was before process 0 writes
-    if writer:
-        out.mkdir(parents=True, exist_ok=True)
+    if not writer:
+        return _fit_in(config, on_evaluation, out, saved, writer)
+    out.mkdir(parents=True, exist_ok=True)
+    with run_lock(out):  # one process trains into a folder at a time
+        return _fit_in(config, on_evaluation, out, saved, writer)
+
+
+def _fit_in(config: TrainConfig, on_evaluation, out: pathlib.Path, saved, writer: bool) -> dict:
+    """:func:`_fit` once the run folder is checked (``saved``: its config.json when resuming) and held."""
+    ckpt_dir = out / "checkpoints"
     loads = [_load1()]
 
     t_data = time.perf_counter()
