@@ -425,7 +425,7 @@ def test_property_outputs_finite_and_in_unit_interval(scores, labels, where, tau
         assert np.all(np.isfinite(value))
     assert np.all(ndcg >= 0) and np.all(ndcg <= 1 + 1e-5)
     assert np.all(recall >= 0) and np.all(recall <= 1)
-    assert 0 <= loss <= 1 + 1e-5
+    assert -1e-5 <= loss <= 1 + 1e-5  # 1 - NDCG~ with float32 rounding, as NDCG~ <= 1 + 1e-5 above
     n_valid = where.sum(1, keepdims=True)
     assert np.all(ranks >= 1 - 1e-6) and np.all(ranks <= n_valid + 1 + 1e-4)
     no_positive = (labels * where).sum(1) == 0
