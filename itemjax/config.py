@@ -20,6 +20,7 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 ITEM_METRICS = ("ndcg", "recall", "ndcg+recall")
 POSITIVE_PAIRS = ("smooth", "detach", "exact")  # ITEM: positive-vs-positive terms of the smooth rank
 RANK_ESTIMATES = ("list", "catalogue")  # ITEM: rank within the sampled list, or scaled to all items
+LR_SCHEDULES = ("constant", "cosine", "exponential", "plateau")  # itemjax.train.step.learning_rate
 USER_SAMPLINGS = ("uniform", "degree")  # users of a step uniformly, or by training degree (every interaction alike)
 PROTOCOLS = ("transductive", "inductive", "inductive-items")  # itemjax.evaluation.inductive: users / items held out
 
@@ -115,6 +116,25 @@ class TrainConfig:
                                  "mf/ngcf/sage)", group=_TRAIN)
     l2: Optional[float] = option(None, "L2 on ego embeddings (default: 1e-3 bpr, 1e-4 bce and list-wise; 1e-2 bpr and "
                                  "1e-3 item on mf/ngcf/sage)", group=_TRAIN)
+    lr_schedule: str = option("constant", "learning-rate schedule: constant; cosine (from --lr down to --lr-min-ratio "
+                              "x --lr over --decay-epochs after the warmup, or over the --time-budget when it is set "
+                              "and --decay-epochs is not); exponential (halved every --decay-epochs, floored at "
+                              "--lr-min-ratio x --lr); plateau (halved after --lr-patience evaluations without a "
+                              "validation gain, floored at --lr-min-ratio x --lr)", group=_TRAIN, choices=LR_SCHEDULES)
+    lr_patience: int = option(3, "--lr-schedule plateau: evaluations without a validation gain before the learning "
+                              "rate halves (keep it below --patience)", group=_TRAIN)
+    warmup_epochs: float = option(0.0, "linear learning-rate warmup from 0 over this many epochs, before any "
+                                  "--lr-schedule (0: off)", group=_TRAIN)
+    decay_epochs: Optional[float] = option(None, "--lr-schedule cosine: epochs of the cosine after the warmup (default: "
+                                           "--epochs minus the warmup); exponential: the half-life in epochs "
+                                           "(required)", group=_TRAIN)
+    lr_min_ratio: float = option(0.0, "floor of --lr-schedule cosine and exponential, as a fraction of --lr",
+                                 group=_TRAIN)
+    weight_decay: float = option(0.0, "decoupled weight decay (AdamW, optax.adamw): every step shrinks every "
+                                 "parameter by lr x this, whether or not its row was in the batch (0: off; the --l2 "
+                                 "penalty acts only on the rows a step samples)", group=_TRAIN)
+    clip_norm: Optional[float] = option(None, "clip each step's gradient to this global L2 norm before Adam "
+                                        "(optax.clip_by_global_norm; default: off)", group=_TRAIN)
     user_sampling: Optional[str] = option(
         None, "users of a step: uniform (bpr/bce: a user, then one of its positives, as LightGCN's sampler), or "
         "degree (in proportion to their training degree: bpr/bce draw interactions uniformly); default: degree for "
@@ -124,6 +144,10 @@ class TrainConfig:
     item_metric: str = option("ndcg+recall", "smooth metric the ITEM loss maximises (ndcg+recall: 1 - NDCG~ plus "
                               "1 - Recall~)", group=_ITEM, choices=ITEM_METRICS)
     tau: Optional[float] = option(None, "smooth-rank temperature (default 0.1; 0.3 on mf/ngcf/sage)", group=_ITEM)
+    tau_start: Optional[float] = option(None, "temperature schedule: start the smooth rank at this --tau and move it "
+                                        "geometrically to --tau over --tau-epochs (default: a constant --tau)",
+                                        group=_ITEM)
+    tau_epochs: float = option(0.0, "epochs of the --tau-start schedule", group=_ITEM)
     tau_k: float = option(30.0, "softness of the smooth recall's rank <= k step (1.0 gives no gradient at start)",
                           group=_ITEM)
     rank_estimate: str = option("list", "list: smooth rank within the sampled list; catalogue: negatives' terms "
@@ -180,6 +204,12 @@ class TrainConfig:
     select_metric: str = option("ndcg@20", "validation metric for selection and early stopping", group=_EVAL)
     eval_every: int = option(5, "evaluate every N epochs", group=_EVAL)
     patience: int = option(10, "evaluations without gain before stopping", group=_EVAL)
+    popularity_guard: float = option(0.05, "until validation --select-metric beats the popularity ranking's by this "
+                                     "share, evaluations count neither toward --patience nor toward --lr-patience (a "
+                                     "model still ranking by popularity is not stopped there; 0: off)", group=_EVAL)
+    diagnostics: bool = option(False, "add to every metrics.jsonl record the gradient norm of each loss term, the "
+                               "embedding norms, the share of unsaturated sigmoid pairs and the overlap of the top 20 "
+                               "with the popularity ranking (itemjax.train.diagnostics; docs/tuning.md)", group=_EVAL)
     eval_chunk: int = option(1024, "users scored per evaluation chunk", group=_EVAL)
     protocol: str = option("transductive", "inductive: hold --holdout-users of the users out of training and report "
                            "on them (embedded from --reveal of their items, no gradient step); inductive-items: hold "
@@ -262,6 +292,25 @@ class TrainConfig:
              f"unknown --user-sampling {self.user_sampling!r}; choose one of {', '.join(USER_SAMPLINGS)}")
         need(self.rank_estimate in RANK_ESTIMATES,
              f"unknown --rank-estimate {self.rank_estimate!r}; choose one of {', '.join(RANK_ESTIMATES)}")
+        need(self.lr_schedule in LR_SCHEDULES,
+             f"unknown --lr-schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+        need(self.warmup_epochs >= 0, f"--warmup-epochs must be >= 0 (got {self.warmup_epochs})")
+        need(self.decay_epochs is None or self.decay_epochs > 0, f"--decay-epochs must be > 0 (got {self.decay_epochs})")
+        need(not (self.lr_schedule == "exponential" and self.decay_epochs is None),
+             "--lr-schedule exponential needs --decay-epochs N (the learning rate's half-life in epochs)")
+        need(not (self.decay_epochs is not None and self.lr_schedule in ("constant", "plateau")),
+             f"--decay-epochs is for --lr-schedule cosine or exponential (the schedule is {self.lr_schedule})")
+        need(self.popularity_guard >= 0, f"--popularity-guard must be >= 0 (got {self.popularity_guard}); 0 turns it off")
+        need(self.lr_patience >= 1, f"--lr-patience must be >= 1 (got {self.lr_patience})")
+        need(not (self.lr_schedule == "plateau" and self.valid_frac == 0),
+             "--lr-schedule plateau halves the learning rate when validation stops improving: it needs --valid-frac > 0")
+        need(0 <= self.lr_min_ratio < 1, f"--lr-min-ratio must be in [0, 1) (got {self.lr_min_ratio})")
+        need(self.weight_decay >= 0, f"--weight-decay must be >= 0 (got {self.weight_decay})")
+        need(self.clip_norm is None or self.clip_norm > 0, f"--clip-norm must be > 0 (got {self.clip_norm})")
+        need(self.tau_start is None or self.tau_start > 0, f"--tau-start must be > 0 (got {self.tau_start})")
+        need(self.tau_epochs >= 0, f"--tau-epochs must be >= 0 (got {self.tau_epochs})")
+        need(not (self.tau_start is not None and self.tau_epochs == 0),
+             "--tau-start needs --tau-epochs N (the epochs over which the temperature moves to --tau)")
         need(self.tau_k > 0, f"--tau-k must be > 0 (got {self.tau_k})")
         need(self.positive_pairs in POSITIVE_PAIRS,
              f"unknown --positive-pairs {self.positive_pairs!r}; choose one of {', '.join(POSITIVE_PAIRS)}")
@@ -355,7 +404,7 @@ _GLOBAL_DEFAULTS = {"tau": 0.1}
 
 #: Options that never change what a run computes (bookkeeping, display, where files live).
 BOOKKEEPING = frozenset({"out", "resume", "progress", "data_dir", "eval_chunk", "distributed", "coordinator_address",
-                         "num_processes", "process_id", "heartbeat_timeout", "tensorboard"})
+                         "num_processes", "process_id", "heartbeat_timeout", "tensorboard", "diagnostics"})
 
 
 def config_diff(current: dict, saved: dict, *, ignore=()) -> dict:

@@ -54,7 +54,8 @@ def test_time_budget_stops_at_the_first_evaluation_past_it_and_tests_the_best_ch
 
     monkeypatch.setattr(itemjax.train.run, "_clock", TickingClock())
     budget = 12.1  # records at epochs 10, 20, 30, 40 (11.0 s); epoch 45 crosses it (12.25 s): evaluate there
-    summary = fit(tiny_config(tiny_csv, tmp_path / "run", time_budget=budget, eval_every=10))
+    # one step per epoch (batch > the ~1100 training pairs): no clock reading inside an epoch
+    summary = fit(tiny_config(tiny_csv, tmp_path / "run", time_budget=budget, eval_every=10, batch_size=4096))
     records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert summary["stop_reason"] == "time budget" and summary["time_budget"] == budget
     assert records[-1]["elapsed"] >= budget > records[-2]["elapsed"]  # stopped at the first evaluation past it
@@ -67,7 +68,7 @@ def test_time_budget_stops_at_the_first_evaluation_past_it_and_tests_the_best_ch
     assert summary["load_average"]["n"] == len(records) + 2 and all("load1" in r for r in records)
     assert summary["data_seconds"] > 0
     # the test metrics are those of the best-validation checkpoint, not of the last state
-    config = tiny_config(tiny_csv, tmp_path / "run", time_budget=budget, eval_every=10).resolve()
+    config = tiny_config(tiny_csv, tmp_path / "run", time_budget=budget, eval_every=10, batch_size=4096).resolve()
     prep = prepare(config)
     state = create_state(config, prep.model, prep.batch.graph, prep.batch.data, jax.random.PRNGKey(0))
     ckpts = RunCheckpoints(tmp_path / "run")
@@ -76,6 +77,55 @@ def test_time_budget_stops_at_the_first_evaluation_past_it_and_tests_the_best_ch
     user_emb, item_emb = embed(state.apply_fn, restored["params"], prep.batch.graph)
     test = evaluate(user_emb, item_emb, [prep.split.train, prep.split.valid], prep.split.test, ks=config.ks)
     assert float(test["ndcg@20"]) == pytest.approx(summary["ndcg@20"], abs=1e-6)
+
+
+class StepClock:
+    """A fake ``_clock`` that advances ``step_seconds`` per training step taken (counted by wrapping
+    ``Placement.jit_step``) and ``eval_seconds`` per evaluation: long epochs on a fast machine."""
+
+    def __init__(self, step_seconds: float, eval_seconds: float):
+        self.step_seconds, self.eval_seconds = step_seconds, eval_seconds
+        self.steps = self.evals = 0
+
+    def __call__(self):
+        return self.steps * self.step_seconds + self.evals * self.eval_seconds
+
+
+def test_budget_inside_the_first_evaluation_interval_stops_within_one_step(tiny_csv, tmp_path, monkeypatch):
+    """Epochs of ~90 steps, evaluations every 10 epochs, a budget that runs out at step 31 of the first
+    epoch: the run evaluates there, about one step past its budget, and records the overshoot."""
+    import itemjax.train.run
+    from itemjax.train.placement import Placement
+
+    clock = StepClock(step_seconds=0.1, eval_seconds=0.5)
+    jit_step, evaluate = Placement.jit_step, Placement.evaluate
+
+    def counting_jit_step(self, step_fn, state):
+        step = jit_step(self, step_fn, state)
+
+        def counted(*args):
+            clock.steps += 1
+            return step(*args)
+        return counted
+
+    def counting_evaluate(self, *args, **kwargs):
+        out = evaluate(self, *args, **kwargs)
+        clock.evals += 1
+        return out
+
+    monkeypatch.setattr(Placement, "jit_step", counting_jit_step)
+    monkeypatch.setattr(Placement, "evaluate", counting_evaluate)
+    monkeypatch.setattr(itemjax.train.run, "_clock", clock)
+    budget = 3.05  # steps of 0.1 s: the budget runs out during step 31 of epoch 1
+    summary = fit(tiny_config(tiny_csv, tmp_path / "run", time_budget=budget, eval_every=10, batch_size=8))
+    records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert summary["stop_reason"] == "time budget" and summary["epochs"] == 1 and len(records) == 1
+    assert 31 <= summary["steps"] <= 32  # within one step of the budget, not at the end of epoch 1 (~90 steps)
+    assert summary["train_seconds"] <= budget + 0.1 + 1e-9
+    assert summary["budget_seconds_used"] == pytest.approx(summary["train_seconds"] + summary["eval_seconds"])
+    assert summary["budget_overshoot_seconds"] == pytest.approx(summary["budget_seconds_used"] - budget)
+    assert summary["budget_overshoot_seconds"] <= 0.1 + 0.5 + 1e-9  # one step + one evaluation
+    assert summary["time_budget"] == budget
 
 
 def test_killed_budgeted_run_resumes_within_the_same_budget(tiny_csv, cache_env, tmp_path):

@@ -29,6 +29,9 @@ def parser() -> ArgumentParser:
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories written by train.py --out")
     p.add_argument("--out", default=None, help="write the markdown table to this file too")
     p.add_argument("--plot", default=None, help="write a comparison plot (PNG) of validation NDCG@K vs wall time")
+    p.add_argument("--diagnostics-plot", default=None, metavar="PNG",
+                   help="write the --diagnostics fields of the runs (gradient norms per term, embedding norms, sigmoid "
+                   "saturation, popularity overlap) against the optimiser step to this PNG")
     p.add_argument("--k", type=int, default=20, help="cut-off of the reported Recall@K / NDCG@K (default 20)")
     return p
 
@@ -99,6 +102,11 @@ def main(argv=None) -> int:
 
         plot_comparison(args.run_dirs, args.plot, metric=f"ndcg@{args.k}")
         print(f"comparison plot: {args.plot}", file=sys.stderr)
+    if args.diagnostics_plot:
+        from itemjax.evaluation.plots import plot_diagnostics
+
+        plot_diagnostics(args.run_dirs, args.diagnostics_plot)
+        print(f"diagnostics plot: {args.diagnostics_plot}", file=sys.stderr)
     return 0
 
 

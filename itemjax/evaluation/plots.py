@@ -23,7 +23,7 @@ import pathlib
 from itemjax.errors import DataError
 from itemjax.runio import atomic_file, read_jsonl
 
-__all__ = ["plot_run", "plot_comparison", "run_records", "run_label"]
+__all__ = ["plot_run", "plot_comparison", "plot_diagnostics", "run_records", "run_label"]
 
 
 def run_records(run_dir) -> list[dict]:
@@ -129,4 +129,52 @@ def plot_comparison(run_dirs, path, *, metric: str = "ndcg@20") -> pathlib.Path:
     ax.set_ylabel(f"validation {metric}")
     ax.grid(alpha=0.3)
     ax.legend()
+    return _save_png(fig, path)
+
+
+#: The panels of :func:`plot_diagnostics`: (title, [(record key, line label)], log scale)
+DIAGNOSTIC_PANELS = (
+    ("validation NDCG@20", [("ndcg@20", None)], False),
+    ("overlap of the top 20 with popularity's", [("popularity_overlap@20", None)], False),
+    ("top singular direction's share", [("emb/item_top_share", "final item embeddings"),
+                                        ("grad/top_share", "item-table gradient")], False),
+    ("sampled (positive, negative) pairs", [("pairs/active", "unsaturated sigmoid"),
+                                            ("pairs/violated", "negative above positive"),
+                                            ("pairs/violated_active", "unsaturated among those")], False),
+    ("mean row norm", [("emb/user_ego", "user ID table"), ("emb/item_ego", "item ID table"),
+                       ("emb/user", "final users"), ("emb/item", "final items")], True),
+    ("gradient norm", [("grad/ndcg", "1 - NDCG~"), ("grad/recall", "1 - Recall~"), ("grad/rank", "rank loss"),
+                       ("grad/l2", "L2")], True),
+)
+
+
+def plot_diagnostics(run_dirs, path, *, labels=None) -> pathlib.Path:
+    """The ``--diagnostics`` fields (:mod:`itemjax.train.diagnostics`) of one or more runs against the
+    optimiser step, one panel per quantity (:data:`DIAGNOSTIC_PANELS`), one colour per run and one
+    line style per field; return the PNG's path."""
+    from matplotlib.figure import Figure
+
+    labels = list(labels) if labels is not None else [pathlib.Path(d).name for d in run_dirs]
+    runs = [run_records(d) for d in run_dirs]
+    if not any("emb/item_top_share" in r for records in runs for r in records):
+        raise DataError("no --diagnostics fields in these runs' metrics.jsonl; train them with --diagnostics")
+    fig = Figure(figsize=(15, 8.5), layout="constrained")
+    axes = fig.subplots(2, 3, sharex=True).ravel()
+    styles = ("-", "--", ":", "-.")
+    colors = [f"C{i}" for i in range(10)]
+    for ax, (title, fields, log) in zip(axes, DIAGNOSTIC_PANELS):
+        for run_i, (records, label) in enumerate(zip(runs, labels)):
+            steps = [r["step"] for r in records]
+            shown = [(key, name) for key, name in fields if any(key in r for r in records)]
+            for style, (key, name) in zip(styles, shown):
+                line_label = label if name is None else (f"{label}: {name}" if len(runs) > 1 else name)
+                ax.plot(steps, [r.get(key, float("nan")) for r in records], linestyle=style,
+                        color=colors[run_i % len(colors)], label=line_label if (run_i == 0 or name is None) else None)
+        ax.set_title(title)
+        ax.set_xlabel("optimiser step")
+        if log:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="best")
     return _save_png(fig, path)

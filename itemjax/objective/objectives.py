@@ -241,6 +241,8 @@ def item_objective(params, apply_fn, batch: Batch, key, step, *, n_users: int, n
     single ``[B, d] x [d, N]`` matmul; entries that are a user's own training items are masked.
     ``hard_share`` may be a callable of the step (curriculum).
 
+    ``tau`` may be a callable of the step (``--tau-start``: :func:`tau_schedule`).
+
     ``k``: the smooth recall's cut-off, or a tuple of them (their mean); ``slope``, ``margin``,
     ``positive_pairs``, ``calibration``: see :func:`itemjax.objective.ranking_losses.item_loss`.
 
@@ -250,6 +252,7 @@ def item_objective(params, apply_fn, batch: Batch, key, step, *, n_users: int, n
     ``P + N`` (docs/design.md); the Recall@k cut-off then refers to the catalogue rank.
     """
     share = hard_share(step) if callable(hard_share) else hard_share
+    tau = tau(step) if callable(tau) else tau
     lists = user_lists(params, apply_fn, batch, key, share, n_users=n_users, n_pos=n_pos, n_neg=n_neg,
                        shared_negatives=shared_negatives, users_by_degree=users_by_degree, id_dropout=id_dropout)
     data, users = batch.data, lists.users
@@ -424,6 +427,7 @@ def neuralndcg_objective(params, apply_fn, batch: Batch, key, step, *, n_users: 
     (:func:`itemjax.objective.listwise_losses.neural_ndcg_loss`). ``k = None`` is the whole list.
     """
     share = hard_share(step) if callable(hard_share) else hard_share
+    tau = tau(step) if callable(tau) else tau
     lists = user_lists(params, apply_fn, batch, key, share, n_users=n_users, n_pos=n_pos, n_neg=n_neg,
                        shared_negatives=shared_negatives, users_by_degree=users_by_degree, id_dropout=id_dropout)
     loss = neural_ndcg_loss(lists.scores, lists.labels, where=lists.where, temperature=temperature,
@@ -443,6 +447,7 @@ def softmax_objective(params, apply_fn, batch: Batch, key, step, *, n_users: int
     log(N Q(n))`` (:func:`negative_log_counts`; the positive is not corrected), else ``c_n = 0``.
     """
     share = hard_share(step) if callable(hard_share) else hard_share
+    tau = tau(step) if callable(tau) else tau
     lists = user_lists(params, apply_fn, batch, key, share, n_users=n_users, n_pos=n_pos, n_neg=n_neg,
                        shared_negatives=shared_negatives, users_by_degree=users_by_degree, id_dropout=id_dropout)
     log_q = 0.0
@@ -482,7 +487,8 @@ def make_objective(config: TrainConfig, steps_per_epoch: int = 1) -> Callable:
     if config.loss == "item":
         return functools.partial(
             item_objective, n_users=config.batch_size, n_pos=config.positives, n_neg=config.negatives,
-            metric=config.item_metric, tau=config.tau, tau_k=config.tau_k, slope=config.rank_slope,
+            metric=config.item_metric, tau=tau_schedule(config, steps_per_epoch), tau_k=config.tau_k,
+            slope=config.rank_slope,
             k=config.recall_ks[0] if len(config.recall_ks) == 1 else tuple(config.recall_ks),
             margin=config.rank_margin, positive_pairs=config.positive_pairs, calibration=config.calibration,
             users_by_degree=config.user_sampling == "degree",
@@ -496,6 +502,20 @@ def make_objective(config: TrainConfig, steps_per_epoch: int = 1) -> Callable:
         return functools.partial(softmax_objective, temperature=config.softmax_temperature,
                                  logq_correction=config.logq_correction, **lists, **common)
     raise ConfigError(f"unknown --loss {config.loss!r}")
+
+
+def tau_schedule(config: TrainConfig, steps_per_epoch: int = 1):
+    """ITEM's temperature: ``config.tau``, or with ``--tau-start`` the callable
+    ``tau(t) = tau_start * (tau / tau_start) ** min(1, t / T)``, ``T = tau_epochs * steps_per_epoch``
+    (geometric: equal ratios per step, from the start's soft sigmoid to the final sharp one)."""
+    if config.tau_start is None:
+        return config.tau
+    return functools.partial(_geometric, start=config.tau_start, end=config.tau,
+                             steps=max(1.0, config.tau_epochs * steps_per_epoch))
+
+
+def _geometric(step, *, start, end, steps):
+    return start * (end / start) ** jnp.minimum(1.0, step / steps)
 
 
 def _curriculum(step, *, target, ramp):

@@ -43,20 +43,53 @@ from itemjax.runio import (append_jsonl, default_out, environment, log, read_jso
 from itemjax.train.tracking import Tracker
 from itemjax.train.step import (
     create_state,
+    host_lr_scale,
+    host_scaled,
+    learning_rate,
     make_model,
     train_step,
+    with_lr_scale,
 )
 
 
-#: With ``--time-budget``, steps between checks of the budget inside an epoch (each check waits
-#: for the device to finish the steps queued so far).
+#: With ``--time-budget``, the most steps between two checks of the budget inside an epoch (each
+#: check waits for the device to finish the steps queued so far); near the budget the checks come
+#: every step (:class:`_BudgetClock`).
 _BUDGET_CHECK_STEPS = 20
 
 
-def _budget_spent(state, seconds, budget: float) -> bool:
-    """Whether ``seconds()``, read once the queued steps have finished, reaches the budget."""
-    jax.block_until_ready(state.step)
-    return seconds() >= budget
+class _BudgetClock:
+    """When to read the clock inside an epoch so that a budgeted run stops within one step of its budget.
+
+    After each check (the device synchronised, ``spent`` seconds of the budget used) the next one
+    comes after ``clamp(floor((budget - spent) / s), 1, _BUDGET_CHECK_STEPS)`` steps, ``s`` the mean
+    step time since the previous check: every 20 steps far from the budget (few synchronisations),
+    every step within 20 steps' time of it. So a run trains at most about one step past its budget
+    before it evaluates, whatever the length of its epochs and its ``--eval-every``.
+    """
+
+    def __init__(self, budget: float, seconds: Callable[[], float]):
+        self.budget, self.seconds = budget, seconds
+        self.next_check, self.last_step, self.last_time = 1, 0, None
+        self.reading = None  # the latest reading (budget seconds used), None before the first check
+
+    def spent(self, state, steps_done: int) -> bool:
+        """Whether the budget is used up after ``steps_done`` steps of this epoch (checks only when due)."""
+        if steps_done < self.next_check:
+            return False
+        jax.block_until_ready(state.step)
+        now = self.seconds()
+        self.reading = now
+        if now >= self.budget:
+            return True
+        if self.last_time is None:
+            interval = 1
+        else:
+            step_seconds = max((now - self.last_time) / max(steps_done - self.last_step, 1), 1e-9)
+            interval = int(min(_BUDGET_CHECK_STEPS, max(1, (self.budget - now) // step_seconds)))
+        self.last_step, self.last_time = steps_done, now
+        self.next_check = steps_done + interval
+        return False
 
 
 #: The clock of the training loop's ``train_seconds`` / ``eval_seconds`` (and so of ``--time-budget``);
@@ -164,9 +197,9 @@ def fit(config: TrainConfig, *, on_evaluation: Callable[[dict], None] | None = N
 
     ``config.time_budget``: the loop evaluates and stops as soon as ``train_seconds +
     eval_seconds`` (training steps plus validation, restored on ``--resume``) reaches the budget:
-    at the end of the epoch in which it does, or inside a long epoch (checked every
-    ``_BUDGET_CHECK_STEPS`` steps), so every run overshoots by at most that much plus one
-    evaluation, whatever its ``--eval-every``;
+    at the end of the epoch in which it does, or inside an epoch (:class:`_BudgetClock`: every step
+    near the budget), so every run overshoots by at most about one step plus one evaluation,
+    whatever its ``--eval-every`` (``summary["budget_overshoot_seconds"]``);
     data loading and the PPR table are timed apart (``data_seconds``,
     ``hard_negatives_seconds``). ``summary["stop_reason"]`` says why the loop ended: ``"epochs"``,
     ``"early stopping"`` or ``"time budget"``. ``config.refit``: see :func:`refit`.
@@ -238,7 +271,7 @@ def _fit_in(config: TrainConfig, on_evaluation, out: pathlib.Path, saved, writer
         })
     ckpts = RunCheckpoints(out)
     meta = {"epoch": 0, "best_value": None, "best_epoch": 0, "bad_evals": 0, "train_seconds": 0.0,
-            "eval_seconds": 0.0, "stopped_early": False, "stop_reason": None}
+            "eval_seconds": 0.0, "stopped_early": False, "stop_reason": None, "lr_halvings": 0, "lr_scales": []}
     if config.resume and ckpts.latest_step("latest") is not None:
         restored, restored_meta = ckpts.restore("latest", _checkpointable(state))
         meta.update(restored_meta)
@@ -254,8 +287,39 @@ def _fit_in(config: TrainConfig, on_evaluation, out: pathlib.Path, saved, writer
     tracker = Tracker(out, config.tensorboard, resume_step=int(state.step))  # drops events past a resumed step
 
     n_steps = steps_per_epoch(config, batch.data)
-    has_valid = split.valid.nnz > 0
     select = config.select_metric
+    lr_at = learning_rate(config, n_steps)
+    has_valid = split.valid.nnz > 0
+    scaled = host_scaled(config)
+    popularity_value = None  # validation --select-metric of the popularity ranking (--popularity-guard)
+    if has_valid and config.popularity_guard > 0:
+        from itemjax.evaluation.evaluate import popularity_embeddings
+
+        popular = placement.evaluate(*popularity_embeddings(split.train), split.train, split.valid, ks=config.ks,
+                                     chunk_size=config.eval_chunk)
+        popularity_value = float(popular[select])
+        log(f"popularity ranking: validation {select} {popularity_value:.4f}; evaluations count toward --patience "
+            f"once the model beats it by {config.popularity_guard:.0%}")
+
+    def set_lr_scale(state, used_seconds: float):
+        """The host's learning-rate factor (plateau halvings, or the share of the time budget used) into
+        the state; each change is kept in ``meta["lr_scales"]`` as ``[step, factor]`` for the refit."""
+        if not scaled:
+            return state
+        progress = used_seconds / config.time_budget if config.time_budget else 0.0
+        scale = host_lr_scale(config, progress=progress, halvings=meta["lr_halvings"])
+        if not meta["lr_scales"] or meta["lr_scales"][-1][1] != scale:
+            meta["lr_scales"].append([int(state.step), scale])
+        return with_lr_scale(state, placement.put(np.asarray(scale, np.float32), placement.replicated))
+
+    def current_lr(state) -> float:
+        factor = meta["lr_scales"][-1][1] if scaled and meta["lr_scales"] else 1.0
+        return float(lr_at(int(state.step))) * factor
+    diagnostics = None
+    if config.diagnostics:
+        from itemjax.train.diagnostics import Diagnostics
+
+        diagnostics = Diagnostics(config, n_steps, split.train, split.valid if has_valid else split.test)
     start_epoch = meta["epoch"] + 1
     bar = tqdm(range(start_epoch, config.epochs + 1), initial=start_epoch - 1, total=config.epochs,
                desc=f"{config.model}+{config.loss}", unit="epoch", disable=not (config.progress and writer),
@@ -266,12 +330,17 @@ def _fit_in(config: TrainConfig, on_evaluation, out: pathlib.Path, saved, writer
         t0 = _clock()
         losses = []
         spent = meta["train_seconds"] + meta["eval_seconds"]
+        state = set_lr_scale(state, spent)
+        budget_clock = (None if config.time_budget is None
+                        else _BudgetClock(config.time_budget, lambda: spent + _clock() - t0))
         for i in range(n_steps):
             state, step_metrics = step_fn(state, batch, train_key)
             losses.append(step_metrics["loss"])
-            if (config.time_budget is not None and (i + 1) % _BUDGET_CHECK_STEPS == 0 and i + 1 < n_steps
-                    and _budget_spent(state, lambda: spent + _clock() - t0, config.time_budget)):
-                break  # the budget ran out inside a long epoch: evaluate now, not at the epoch's end
+            if budget_clock is not None and i + 1 < n_steps:
+                if budget_clock.spent(state, i + 1):
+                    break  # the budget ran out inside the epoch: evaluate now, not at the epoch's end
+                if budget_clock.reading is not None:
+                    state = set_lr_scale(state, budget_clock.reading)
         losses = np.asarray(jax.device_get(jnp.stack(losses)))
         epoch_seconds = _clock() - t0
         meta["train_seconds"] += epoch_seconds
@@ -286,7 +355,7 @@ def _fit_in(config: TrainConfig, on_evaluation, out: pathlib.Path, saved, writer
             )
         mean_loss = float(losses.mean())
         tracker.scalars(int(state.step), {"loss": mean_loss, "step_seconds": epoch_seconds / len(losses),
-                                          "lr": config.lr}, "train")
+                                          "lr": current_lr(state)}, "train")
         postfix = {"loss": f"{mean_loss:.4f}", "steps/s": f"{n_steps / epoch_seconds:.1f}"}
         if evaluating:
             t1 = _clock()
@@ -298,15 +367,28 @@ def _fit_in(config: TrainConfig, on_evaluation, out: pathlib.Path, saved, writer
             loads.append(_load1())
             record = {"epoch": epoch, "split": split_name, "loss": mean_loss, "step": int(state.step),
                       "train_seconds": meta["train_seconds"], "elapsed": meta["train_seconds"] + meta["eval_seconds"],
-                      "load1": loads[-1], **{k: float(v) for k, v in metrics.items()}}
+                      "load1": loads[-1], "lr": current_lr(state),
+                      **{k: float(v) for k, v in metrics.items()}}
+            if diagnostics is not None:  # not timed: outside train_seconds and eval_seconds
+                record.update(diagnostics(state, batch, train_key, user_emb, item_emb))
             meta["epoch"] = epoch
             if has_valid:
                 value = record[select]
                 if meta["best_value"] is None or value > meta["best_value"]:
                     meta.update(best_value=value, best_epoch=epoch, bad_evals=0)
                     ckpts.save("best", int(state.step), _checkpointable(state), meta)
+                elif popularity_value is not None and meta["best_value"] <= popularity_value * (1 + config.popularity_guard):
+                    if not meta.get("guard_logged"):
+                        meta["guard_logged"] = True
+                        log(f"epoch {epoch}: validation {select} {value:.4f} is still at the popularity ranking's "
+                            f"({popularity_value:.4f}): not counted toward --patience until the model beats it by "
+                            f"{config.popularity_guard:.0%} (if it stays there, raise --lr)")
                 else:
                     meta["bad_evals"] += 1
+                    if config.lr_schedule == "plateau" and meta["bad_evals"] % config.lr_patience == 0:
+                        meta["lr_halvings"] += 1  # applied from the next epoch on (set_lr_scale)
+                        log(f"epoch {epoch}: no {select} gain for {meta['bad_evals']} evaluations; learning rate "
+                            f"x{host_lr_scale(config, progress=0.0, halvings=meta['lr_halvings']):g}")
                     if meta["bad_evals"] >= config.patience:
                         meta.update(stopped_early=True, stop_reason="early stopping")
             if (meta["stop_reason"] is None and config.time_budget is not None
@@ -368,6 +450,10 @@ def _fit_in(config: TrainConfig, on_evaluation, out: pathlib.Path, saved, writer
         "stopped_early": meta["stopped_early"],
         "stop_reason": stop_reason,
         "time_budget": config.time_budget,
+        # with a budget: the seconds it counts (training + validation) and how far past it the run went
+        "budget_seconds_used": meta["train_seconds"] + meta["eval_seconds"],
+        "budget_overshoot_seconds": (None if config.time_budget is None
+                                     else max(0.0, meta["train_seconds"] + meta["eval_seconds"] - config.time_budget)),
         "selection": f"best validation {select}" if has_valid else "last epoch (no validation split)",
         "dataset": split.name,
         "model": config.model,
@@ -375,6 +461,7 @@ def _fit_in(config: TrainConfig, on_evaluation, out: pathlib.Path, saved, writer
         "data_seconds": data_seconds,
         "hard_negatives_seconds": prep.hard_negatives_seconds,
         "load_average": _load_summary(loads),
+        "popularity_valid": popularity_value,
     }
     if writer:
         write_json_atomic(out / "summary.json", summary)
@@ -389,7 +476,7 @@ def _fit_in(config: TrainConfig, on_evaluation, out: pathlib.Path, saved, writer
         log(f"warning: no learning-curve plot in {out} ({type(e).__name__}: {e})")
     log("test: " + ", ".join(f"{k}={v:.4f}" for k, v in test.items() if "@" in k))
     if config.refit:
-        summary.update(refit(config, prep, placement, selected_step, out))
+        summary.update(refit(config, prep, placement, selected_step, out, lr_scales=meta["lr_scales"]))
         if writer:
             write_json_atomic(out / "summary.json", summary)
         tracker.scalars(int(state.step), {k.removeprefix("refit/"): v for k, v in summary.items()
@@ -420,7 +507,8 @@ def refit_train(split):
     return full
 
 
-def refit(config: TrainConfig, prep: Prepared, placement, n_steps: int, out: pathlib.Path) -> dict:
+def refit(config: TrainConfig, prep: Prepared, placement, n_steps: int, out: pathlib.Path, *,
+          lr_scales=()) -> dict:
     """Train again from scratch on train + validation for ``n_steps`` steps; test that model.
 
     The validation carve-out chose the number of steps (the best-validation checkpoint's step);
@@ -429,6 +517,9 @@ def refit(config: TrainConfig, prep: Prepared, placement, n_steps: int, out: pat
     interaction excluded from the ranking, as published LightGCN numbers are. Its checkpoint is
     ``<out>/refit/checkpoints/latest`` (saved every ``eval_every`` epochs' worth of steps, so
     ``--resume`` continues it). Returns ``{"refit/<metric>": ..., "refit_steps", ...}``.
+    ``lr_scales``: the ``[step, factor]`` changes of the host's learning-rate factor in the selection run
+    (``--lr-schedule plateau`` or a cosine over the time budget), replayed step by step so that the refit
+    follows the same learning rates.
     """
     split = prep.split
     full = refit_train(split)
@@ -461,6 +552,9 @@ def refit(config: TrainConfig, prep: Prepared, placement, n_steps: int, out: pat
         t0 = time.perf_counter()
         losses = []
         for _ in range(todo):
+            if host_scaled(config):
+                state = with_lr_scale(state, placement.put(
+                    np.asarray(_factor_at(lr_scales, int(state.step)), np.float32), placement.replicated))
             state, step_metrics = step_fn(state, batch, train_key)
             losses.append(step_metrics["loss"])
         losses = np.asarray(jax.device_get(jnp.stack(losses)))
@@ -475,6 +569,16 @@ def refit(config: TrainConfig, prep: Prepared, placement, n_steps: int, out: pat
     ckpts.close()
     return {**{f"refit/{k}": float(v) for k, v in test.items()}, "refit_steps": int(state.step),
             "refit_train_seconds": meta["train_seconds"], "refit_train_interactions": int(full.nnz)}
+
+
+def _factor_at(changes, step: int) -> float:
+    """The factor of the last ``[step, factor]`` change at or before ``step`` (1 before the first)."""
+    factor = 1.0
+    for at, value in changes:
+        if at > step:
+            break
+        factor = value
+    return factor
 
 
 def _check_losses(losses: np.ndarray, state, n_steps: int, epoch, config: TrainConfig, keep_dir) -> None:

@@ -9,6 +9,7 @@ the batches the uninterrupted run would have. The loop around it is :func:`itemj
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import flax.struct
@@ -24,7 +25,8 @@ from itemjax.model.models import MODELS
 from itemjax.objective.objectives import Batch, make_objective, steps_per_epoch
 from itemjax.graph.propagation import DeviceGraph
 
-__all__ = ["Batch", "TrainState", "create_state", "make_model", "train_step"]
+__all__ = ["Batch", "TrainState", "create_state", "host_lr_scale", "host_scaled", "learning_rate", "make_model",
+           "make_optimizer", "train_step", "with_lr_scale"]
 
 
 class TrainState(train_state.TrainState):
@@ -64,9 +66,79 @@ def make_model(config: TrainConfig, n_users: int, n_items: int, n_user_features:
     return cls(**kwargs)
 
 
+def host_scaled(config: TrainConfig) -> bool:
+    """Whether the run's learning rate has a factor set by the host loop (:func:`host_lr_scale`):
+    ``--lr-schedule plateau``, or ``cosine`` over a ``--time-budget`` (no ``--decay-epochs``)."""
+    return config.lr_schedule == "plateau" or (config.lr_schedule == "cosine" and config.decay_epochs is None
+                                               and config.time_budget is not None)
+
+
+def learning_rate(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
+    """The step-driven part of the learning rate, ``lr(t)`` (``t`` = optimiser steps taken), from
+    ``config`` (resolved). With ``W = warmup_epochs * steps_per_epoch``, ``D = decay_epochs * steps_per_epoch``:
+
+    * warmup (``W > 0``): ``lr * t / W`` for ``t < W``, then the schedule below at ``t - W``;
+    * ``constant``, ``plateau`` and ``cosine`` over a time budget: ``lr`` (the host multiplies it by
+      :func:`host_lr_scale`);
+    * ``cosine``: ``lr * (m + (1 - m) * (1 + cos(pi * min(t, D) / D)) / 2)``, ``m = lr_min_ratio``,
+      ``D`` by default ``epochs * steps_per_epoch - W`` (the epoch cap);
+    * ``exponential``: ``lr * max(m, 0.5 ** (t / D))`` (``D``: the half-life).
+    """
+    base, spe = config.lr, steps_per_epoch
+    warmup = int(round(config.warmup_epochs * spe))
+    if config.lr_schedule == "constant" or host_scaled(config):
+        main = optax.constant_schedule(base)
+    elif config.lr_schedule == "cosine":
+        horizon = config.decay_epochs * spe if config.decay_epochs is not None else config.epochs * spe - warmup
+        main = optax.cosine_decay_schedule(base, max(1, int(round(horizon))), alpha=config.lr_min_ratio)
+    else:
+        main = optax.exponential_decay(base, transition_steps=max(1.0, config.decay_epochs * spe), decay_rate=0.5,
+                                       end_value=config.lr_min_ratio * base)
+    if warmup == 0:
+        return main
+    return optax.join_schedules([optax.linear_schedule(0.0, base, warmup), main], [warmup])
+
+
+def host_lr_scale(config: TrainConfig, *, progress: float, halvings: int) -> float:
+    """The host's factor on :func:`learning_rate` (1 unless :func:`host_scaled`).
+
+    ``plateau``: ``max(m, 0.5 ** halvings)`` (``halvings``: how often validation stalled for
+    ``lr_patience`` evaluations); ``cosine`` over a time budget: ``m + (1 - m) * (1 + cos(pi * p)) / 2``
+    with ``p = min(1, progress)`` the share of the budget spent (training + validation seconds).
+    ``m = lr_min_ratio``.
+    """
+    m = config.lr_min_ratio
+    if config.lr_schedule == "plateau":
+        return max(m, 0.5 ** halvings)
+    if host_scaled(config):
+        return m + (1.0 - m) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
+    return 1.0
+
+
+def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+    """Adam at :func:`learning_rate` (AdamW with ``weight_decay > 0``: ``p <- p - lr(t) * (adam_update +
+    weight_decay * p)``), after ``optax.clip_by_global_norm(clip_norm)`` when it is set, and when
+    :func:`host_scaled` followed by ``optax.scale`` with an injected factor (:func:`with_lr_scale`)."""
+    schedule = learning_rate(config, steps_per_epoch)
+    adam = optax.adamw(schedule, weight_decay=config.weight_decay) if config.weight_decay else optax.adam(schedule)
+    parts = ([optax.clip_by_global_norm(config.clip_norm)] if config.clip_norm is not None else []) + [adam]
+    if host_scaled(config):
+        parts.append(optax.inject_hyperparams(optax.scale)(step_size=1.0))
+    return parts[0] if len(parts) == 1 else optax.chain(*parts)
+
+
+def with_lr_scale(state: TrainState, value) -> TrainState:
+    """``state`` with the host's learning-rate factor set to ``value`` (an array placed like the state's
+    scalars); only for :func:`host_scaled` runs, whose optimiser state ends with the injected scale."""
+    inner = state.opt_state[-1]
+    return state.replace(opt_state=(*state.opt_state[:-1],
+                                    inner._replace(hyperparams={**inner.hyperparams, "step_size": value})))
+
+
 def create_state(config: TrainConfig, model, graph: DeviceGraph, data: sampling.TrainData, key) -> TrainState:
     params = model.init(key, graph)["params"]
+    spe = steps_per_epoch(config, data)
     return TrainState.create(
-        apply_fn=model.apply, params=params, tx=optax.adam(config.lr),
-        objective=make_objective(config, steps_per_epoch(config, data)),
+        apply_fn=model.apply, params=params, tx=make_optimizer(config, spe),
+        objective=make_objective(config, spe),
     )
