@@ -53,8 +53,8 @@ class BuildNative(build_ext):
         if self.compiler.compiler_type == "msvc":
             ext.extra_compile_args = ["/O2", "/std:c++17", "/EHsc", f"/I{include}"]
         else:
-            # -isystem: jaxlib's headers are not ours to warn about
-            ext.extra_compile_args = ["-O3", "-std=c++17", "-isystem", include]
+            # -isystem: jaxlib's headers are not ours to warn about; -g0: no debug info (a 2 MB library otherwise)
+            ext.extra_compile_args = ["-O3", "-std=c++17", "-g0", "-isystem", include]
             if sys.platform.startswith("linux"):
                 ext.extra_link_args = ["-pthread"]
         super().build_extension(ext)
