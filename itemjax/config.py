@@ -9,10 +9,11 @@ from itemjax.errors import ConfigError
 
 MODEL_NAMES = ("mf", "lightgcn", "ngcf", "gat", "sage")
 LOSS_NAMES = ("bpr", "bce", "item", "neuralndcg", "softmax")
-BACKEND_NAMES = ("auto", "segment", "csr")
+BACKEND_NAMES = ("auto", "segment", "csr", "native")  # native: itemjax.native's C++ kernel (CPU; csr when not built)
 NEG_SAMPLERS = ("uniform", "ppr", "mixed", "mixgcf")
 PPR_SAMPLERS = ("ppr", "mixed")  # the samplers that need the PPR candidate table
-PPR_BACKENDS = ("device", "scipy")  # itemjax.graph.ppr: JAX block power iteration, or host scipy
+# itemjax.graph.ppr: JAX block power iteration, the same with the native kernel's products, or host scipy
+PPR_BACKENDS = ("device", "scipy", "native")
 SSL_METHODS = ("none", "sgl-ed")
 SPLIT_METHODS = ("random", "temporal", "time-cut")  # itemjax.data.split
 SSL_MODELS = ("lightgcn", "ngcf")  # models whose propagation reads the graph's (dropped) edge weights
@@ -97,7 +98,8 @@ class TrainConfig:
     model: str = option("lightgcn", "graph model", group=_MODEL, choices=MODEL_NAMES)
     dim: int = option(64, "embedding size", group=_MODEL)
     layers: int = option(3, "propagation layers", group=_MODEL)
-    backend: str = option("auto", "propagation backend (auto: csr on CPU, segment elsewhere)", group=_MODEL,
+    backend: str = option("auto", "propagation backend (auto: csr on CPU, segment elsewhere; native: itemjax's C++ "
+                          "CPU kernel, csr when it was not built)", group=_MODEL,
                           choices=BACKEND_NAMES)
     compute_dtype: str = option("float32", "dtype of propagation and scoring (params and loss stay float32); "
                                 "bfloat16 for GPU/TPU", group=_MODEL, choices=COMPUTE_DTYPES)
@@ -175,8 +177,9 @@ class TrainConfig:
     ppr_alpha: float = option(0.15, "PPR restart probability", group=_ITEM)
     ppr_window: tuple = option((10, 100), "LO,HI ranks of PPR candidates", group=_ITEM)
     ppr_backend: str = option("device", "where the PPR table's power iteration runs: device (jitted JAX on the "
-                              "default device; on CPU one core, about 2x faster than scipy on gowalla) or scipy (the "
-                              "host, one core); same table up to swaps of tied items "
+                              "default device; on CPU one core, about 2x faster than scipy on gowalla), scipy (the "
+                              "host, one core) or native (device's iteration on itemjax's C++ CPU kernel; device "
+                              "when it was not built); same table up to swaps of tied items "
                               "(docs/design.md#ppr-hard-negatives)", group=_ITEM, choices=PPR_BACKENDS)
     curriculum_epochs: int = option(0, "raise the PPR share linearly from 0 over this many epochs (0: off)",
                                     group=_ITEM, flag="--curriculum")

@@ -82,7 +82,8 @@ def test_low_layers_do_not_import_high_ones():
 
 # Subpackages in the order the data flows through them; the package's top-level modules (errors,
 # reductions, runio, config, cli) are the base every layer may use.
-LAYERS = ("base", "parallel", "data", "graph", "model", "objective", "evaluation", "train", "serve", "commands")
+LAYERS = ("base", "parallel", "native", "data", "graph", "model", "objective", "evaluation", "train", "serve",
+          "commands")
 
 
 def layer_of(module: str) -> str:
@@ -97,7 +98,7 @@ def test_every_module_lives_in_a_known_layer():
 
 
 def test_subpackages_import_only_lower_layers():
-    """data -> graph -> model -> objective -> evaluation -> train -> serve -> commands: no import goes up."""
+    """native -> data -> graph -> model -> objective -> evaluation -> train -> serve -> commands: no import goes up."""
     rank = {name: n for n, name in enumerate(LAYERS)}
     upward = sorted(f"{a} -> {b}" for a, targets in import_graph().items() for b in targets
                     if rank[layer_of(b)] > rank[layer_of(a)])

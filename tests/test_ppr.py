@@ -1,6 +1,7 @@
 """Tests of itemjax.graph.ppr against dense float64 numpy references on small graphs.
 
-Both backends (``"device"``: JAX, ``"scipy"``: host) are checked against the references, and the
+Every backend (``"device"``: JAX, ``"scipy"``: host, ``"native"``: the device iteration on the native
+kernel, or device itself where the kernel is not built) is checked against the references, and the
 device path against the scipy path: scores within ``rtol = 1e-5, atol = 1e-9`` (float32
 rounding; on CPU they are bitwise equal), tables equal except for swaps of candidates whose
 scipy scores tie within that tolerance.

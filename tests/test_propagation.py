@@ -1,4 +1,5 @@
-"""Tests for itemjax.graph.propagation: both backends against float64 numpy references."""
+"""Tests for itemjax.graph.propagation: every backend against float64 numpy references (``"native"``
+runs the csr path where the native kernel is not built; tests/test_native.py checks the kernel itself)."""
 
 import math
 

@@ -1,5 +1,5 @@
-"""Tests for itemjax.graph.propagation.propagate_attention: the fused csr kernel (custom VJP) against
-the segment reference (plain autodiff over the padded edges) and a float64 loop reference.
+"""Tests for itemjax.graph.propagation.propagate_attention: the fused csr kernel (custom VJP; the
+native backend runs it on the native kernel) against the segment reference (plain autodiff over the padded edges) and a float64 loop reference.
 
 Graphs are random bipartite graphs whose last user and last item have no interactions, padded
 beyond their edge count, so isolated nodes and padding edges are always present.

@@ -21,7 +21,7 @@ Hard negatives of user ``u``: the items ranked ``lo .. hi-1`` (0-based) by ``pi_
 training row. Ranked by decreasing score, ties by increasing item id; ties across the window's
 edges are cut arbitrarily.
 
-Two backends compute the same iteration (``backend=`` of :func:`ppr_scores` and
+Three backends compute the same iteration (``backend=`` of :func:`ppr_scores` and
 :func:`hard_negative_table`, ``--ppr-backend`` of a run):
 
 * ``"scipy"``: on the host, one core; a user's column leaves the iterate when it stops.
@@ -55,6 +55,11 @@ Two backends compute the same iteration (``backend=`` of :func:`ppr_scores` and
   the block's scores (and the masked copy ``top_k`` reads) plus the iterate; 0.4 GB for
   ``b = 1024``, ``s = 32`` on Gowalla (29,858 users, 40,981 items), two blocks in flight (the
   whole Gowalla table with 64 slots peaked at 0.95 GiB RSS, data included).
+* ``"native"``: ``"device"``'s iteration with its two products per round on itemjax's native CSR
+  kernel (:mod:`itemjax.native`, rows split over threads; ``csr_matmul(..., native=True)``), on
+  the same CSR entry order, so the scores agree with the other two to float32 rounding. Where
+  the kernel is not built (or JAX does not compute on the CPU) it logs one line and runs
+  ``"device"``.
 """
 
 from __future__ import annotations
@@ -74,7 +79,8 @@ from tqdm.auto import tqdm
 
 from itemjax.config import PPR_BACKENDS
 from itemjax.errors import ConfigError
-from itemjax.graph.propagation import csr_matmul
+from itemjax.graph.propagation import csr_matmul, native_available
+from itemjax.native import notice_fallback
 from itemjax.runio import atomic_file
 
 #: Padding value in hard-negative tables: "no candidate in this slot".
@@ -191,6 +197,17 @@ def _check_backend(backend: str) -> str:
     return backend
 
 
+def _use_native(backend: str) -> bool:
+    """Whether ``backend`` (checked) runs on the native kernel: ``"native"`` where it is available; a
+    ``"native"`` that is not (one line on stderr, once) runs ``"device"``."""
+    if backend != "native":
+        return False
+    if native_available():
+        return True
+    notice_fallback("--ppr-backend native", "the device backend")
+    return False
+
+
 def device_slots(block: int) -> int:
     """Columns of the device iterate (users iterated at once): :data:`DEVICE_SLOTS_CPU` on CPU (the
     iterate stays in cache), up to 1024 on an accelerator (not measured: no accelerator here)."""
@@ -213,13 +230,15 @@ def _device_operators(ops: _WalkOperators) -> tuple:
     return arrays(users_from_items), arrays(ops.items_from_users), jnp.asarray(rows)
 
 
-def _half_step(operator: tuple, x: jax.Array) -> jax.Array:
-    """``M @ x`` for one half ``M`` (CSR arrays) of the walk: ``[n_cols, c] -> [n_rows, c]``."""
+def _half_step(operator: tuple, x: jax.Array, native: bool = False) -> jax.Array:
+    """``M @ x`` for one half ``M`` (CSR arrays) of the walk: ``[n_cols, c] -> [n_rows, c]``; ``native``:
+    on the native kernel."""
     indptr, indices, data = operator
-    return csr_matmul((indptr.shape[0] - 1, x.shape[0]), indptr, indices, data, x)
+    return csr_matmul((indptr.shape[0] - 1, x.shape[0]), indptr, indices, data, x, native=native)
 
 
-def _device_block_scores(operators: tuple, users: jax.Array, alpha, tol, n_iter: int, slots: int) -> jax.Array:
+def _device_block_scores(operators: tuple, users: jax.Array, alpha, tol, n_iter: int, slots: int,
+                         native: bool = False) -> jax.Array:
     """float32 ``[b, n_items]``: the item part of ``pi_u`` of a block's users, traced.
 
     ``users`` int32 ``[b]``, valid ids first, then ``-1`` (padding, never computed). The block's
@@ -239,7 +258,7 @@ def _device_block_scores(operators: tuple, users: jax.Array, alpha, tol, n_iter:
 
     which is the scipy path's iteration and per-user stopping rule (a stopped user is checked
     out at the next round; at most one half-step of a column is idle per user). The loop ends once
-    every valid user is checked out.
+    every valid user is checked out. ``native``: both products on the native kernel.
     """
     users_from_items, items_from_users, _ = operators
     n_users = users_from_items[0].shape[0] - 1
@@ -263,11 +282,11 @@ def _device_block_scores(operators: tuple, users: jax.Array, alpha, tol, n_iter:
         position = jnp.where(done, jnp.where(new_user >= 0, candidate, -1), position)
         taken = taken + jnp.sum(done, dtype=jnp.int32)
         restart = alpha * jax.nn.one_hot(new_user, n_users, dtype=jnp.float32, axis=0)  # [n_users, slots]
-        delta = _half_step(items_from_users, jnp.where(done, restart, jnp.where(active, delta_users, 0.0)))
+        delta = _half_step(items_from_users, jnp.where(done, restart, jnp.where(active, delta_users, 0.0)), native)
         pi = jnp.where(done, delta, pi + delta)
         t = jnp.where(done, 1, t + 2)
         active = jnp.where(done, position >= 0, active) & (jnp.max(delta, axis=0) >= tol)
-        delta_users = _half_step(users_from_items, jnp.where(active, delta, 0.0))
+        delta_users = _half_step(users_from_items, jnp.where(active, delta, 0.0), native)
         active = active & (jnp.max(delta_users, axis=0) >= tol)
         return position, t, active, delta_users, pi, taken, out
 
@@ -277,14 +296,15 @@ def _device_block_scores(operators: tuple, users: jax.Array, alpha, tol, n_iter:
     return jax.lax.while_loop(more, round_trip, start)[-1]
 
 
-@functools.partial(jax.jit, static_argnames=("n_iter", "slots"))
-def _device_scores(operators, users, alpha, tol, *, n_iter: int, slots: int) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("n_iter", "slots", "native"))
+def _device_scores(operators, users, alpha, tol, *, n_iter: int, slots: int, native: bool = False) -> jax.Array:
     """float32 ``[b, n_items]``: :func:`_device_block_scores`."""
-    return _device_block_scores(operators, users, alpha, tol, n_iter, slots)
+    return _device_block_scores(operators, users, alpha, tol, n_iter, slots, native)
 
 
-@functools.partial(jax.jit, static_argnames=("n_iter", "slots", "top"))
-def _device_ranking(operators, users, alpha, tol, *, n_iter: int, slots: int, top: int) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("n_iter", "slots", "top", "native"))
+def _device_ranking(operators, users, alpha, tol, *, n_iter: int, slots: int, top: int,
+                    native: bool = False) -> jax.Array:
     """int32 ``[b, top]``: each user's ``top`` best candidates, ``PAD`` past its last one; ``users``
     are a block's distinct users (then ``-1`` padding).
 
@@ -297,7 +317,7 @@ def _device_ranking(operators, users, alpha, tol, *, n_iter: int, slots: int, to
     (about 40x slower on Gowalla).
     """
     (_, item_ids, _), _, train_rows = operators
-    scores = _device_block_scores(operators, users, alpha, tol, n_iter, slots)
+    scores = _device_block_scores(operators, users, alpha, tol, n_iter, slots, native)
     b = scores.shape[0]
     n_users = operators[0][0].shape[0] - 1
     row_of_user = jnp.full((n_users + 1,), b, jnp.int32).at[jnp.where(users >= 0, users, n_users)].set(
@@ -319,10 +339,11 @@ def _padded_users(users: np.ndarray, size: int) -> jax.Array:
 
 
 def _device_table(ops: _WalkOperators, lo: int, hi: int, alpha: float, n_iter: int, tol: float,
-                  block_size: int, progress: bool) -> np.ndarray:
+                  block_size: int, progress: bool, native: bool = False) -> np.ndarray:
     """:func:`hard_negative_table` on the device: blocks of ``block_size`` users through
     :func:`device_slots` columns (the last block padded with ``-1``, so one compilation serves
-    every block), :data:`BLOCKS_IN_FLIGHT` dispatched ahead of the host."""
+    every block), :data:`BLOCKS_IN_FLIGHT` dispatched ahead of the host; ``native``: the products on
+    the native kernel."""
     n_users, n_items = ops.train.shape
     table = np.full((n_users, hi - lo), PAD, np.int32)
     top = min(hi, n_items)  # ranks past the catalogue stay PAD
@@ -340,11 +361,12 @@ def _device_table(ops: _WalkOperators, lo: int, hi: int, alpha: float, n_iter: i
         bar.update(stop - start)
 
     try:
-        with tqdm(total=n_users, desc="PPR hard negatives (device)", unit="user", disable=not progress) as bar:
+        with tqdm(total=n_users, desc=f"PPR hard negatives ({'native' if native else 'device'})", unit="user",
+                  disable=not progress) as bar:
             for start in range(0, n_users, block):
                 users = _padded_users(np.arange(start, min(start + block, n_users)), block)
                 in_flight.append((start, _device_ranking(operators, users, alpha32, tol32, n_iter=int(n_iter),
-                                                         slots=slots, top=top)))
+                                                         slots=slots, top=top, native=native)))
                 if len(in_flight) >= BLOCKS_IN_FLIGHT:
                     collect(bar)
             while in_flight:
@@ -379,7 +401,8 @@ def ppr_scores(train: sp.csr_matrix, users: np.ndarray, *, alpha: float = 0.15, 
       users: ``[b]`` int user ids; memory is ``O(b * n_nodes)`` (one block: the device
         backend compiles once per ``b``).
       alpha: restart probability in ``(0, 1]``.
-      backend: ``"device"`` (JAX) or ``"scipy"`` (host); equal to float32 rounding (module docstring).
+      backend: ``"device"`` (JAX), ``"native"`` (JAX with the native kernel) or ``"scipy"`` (host);
+        equal to float32 rounding (module docstring).
     Returns:
       float32 ``[b, n_items]``: ``pi_u[n_users + i]`` for every item ``i`` (0 for items not
       reachable from ``u`` within the iterations run; all 0 for a user without edges).
@@ -391,10 +414,10 @@ def ppr_scores(train: sp.csr_matrix, users: np.ndarray, *, alpha: float = 0.15, 
     if users.size and (users.min() < 0 or users.max() >= matrix.shape[0]):
         raise ConfigError(f"user ids must lie in [0, {matrix.shape[0]}); got {users.min()}..{users.max()}")
     ops = _walk_operators(matrix, alpha)
-    if backend == "device":
+    if backend in ("device", "native"):
         operators, alpha32, tol32 = _device_args(ops, alpha, tol)
         scores = _device_scores(operators, jnp.asarray(users, jnp.int32), alpha32, tol32, n_iter=int(n_iter),
-                                slots=device_slots(max(1, len(users))))
+                                slots=device_slots(max(1, len(users))), native=_use_native(backend))
         return np.array(scores, dtype=np.float32)
     return np.ascontiguousarray(_item_ppr_block(ops, users, alpha, int(n_iter), tol).T)
 
@@ -443,7 +466,8 @@ def hard_negative_table(train: sp.csr_matrix, *, window=(10, 100), alpha: float 
       window: ``(lo, hi)`` with ``0 <= lo < hi``: skip the ``lo`` closest candidates (often the
         user's held-out positives), keep the next ``hi - lo``.
       alpha, n_iter, tol: PPR parameters (:func:`ppr_scores`).
-      backend: ``"device"`` (JAX, jitted once per block shape) or ``"scipy"`` (host, one core).
+      backend: ``"device"`` (JAX, jitted once per block shape), ``"native"`` (the same with the native
+        kernel's products, several threads) or ``"scipy"`` (host, one core).
         The tables agree up to swaps of candidates whose scores tie within float32 rounding
         (module docstring).
       block_size: users per block. ``"scipy"``: peak memory is about ``16 bytes * block_size *
@@ -465,8 +489,8 @@ def hard_negative_table(train: sp.csr_matrix, *, window=(10, 100), alpha: float 
     matrix = _binary_csr(train)
     n_users = matrix.shape[0]
     ops = _walk_operators(matrix, alpha)
-    if backend == "device":
-        return _device_table(ops, lo, hi, alpha, int(n_iter), tol, int(block_size), progress)
+    if backend in ("device", "native"):
+        return _device_table(ops, lo, hi, alpha, int(n_iter), tol, int(block_size), progress, _use_native(backend))
     table = np.full((n_users, hi - lo), PAD, np.int32)
     with tqdm(total=n_users, desc="PPR hard negatives", unit="user", disable=not progress) as bar:
         for start in range(0, n_users, int(block_size)):

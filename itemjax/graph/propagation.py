@@ -1,4 +1,4 @@
-"""Graph propagation ``y = A_hat @ x`` on device, with two interchangeable backends.
+"""Graph propagation ``y = A_hat @ x`` on device, with three interchangeable backends.
 
 ``A_hat = D^-1/2 A D^-1/2`` is the symmetric normalised adjacency of the user-item
 graph built by :func:`itemjax.graph.bipartite.build_graph`; ``x`` is ``[n_nodes, d]`` (users
@@ -19,6 +19,10 @@ Backends (same values and gradients, checked by tests/test_propagation.py):
   BCOO and was 1.4-3x slower on Gowalla. No gradient flows to the matrix values.
   The fastest of the CPU candidates measured by benchmarks/propagation.py (BCOO,
   the older ``sparse.CSR`` class, scipy through ``pure_callback``, segment_sum).
+* ``"native"``: the same CSR arrays and the same symmetric :func:`jax.custom_vjp`, with the
+  product computed by itemjax's own C++ kernel (:mod:`itemjax.native`, called through
+  ``jax.ffi``; rows split over threads, float32 / bfloat16 / float64). CPU only, built at
+  install; when it is not built, :func:`to_device` logs one line and uses ``"csr"`` instead.
 
 :func:`propagate_weighted` propagates with arbitrary per-edge weights (attention,
 edge dropout) over the padded edge arrays, differentiable in ``x`` and the weights.
@@ -30,7 +34,9 @@ with plain autodiff (the reference); ``"csr"`` is a fused :func:`jax.custom_vjp`
 and backward are CSR matmuls with per-edge scalar data, so no ``[n_edges, d]`` array is built.
 
 :func:`csr_matmul` is the ``"csr"`` kernel for any CSR matrix (the PPR power iteration of
-:mod:`itemjax.graph.ppr` multiplies by the two off-diagonal halves of the walk matrix with it).
+:mod:`itemjax.graph.ppr` multiplies by the two off-diagonal halves of the walk matrix with it);
+``native=True`` runs it on the native kernel, with a general gradient (``M^T y_bar`` by the
+kernel's transpose product, and the matrix values' gradient when they are differentiated).
 """
 
 from __future__ import annotations
@@ -42,14 +48,15 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import sparse
 
+from itemjax import native as native_kernel
 from itemjax.errors import ConfigError
 from itemjax.graph.bipartite import Graph
 
-BACKENDS = ("segment", "csr")
+BACKENDS = ("segment", "csr", "native")
 
 
 def default_backend() -> str:
-    """``"csr"`` on CPU (native sparse kernel), ``"segment"`` on accelerators."""
+    """``"csr"`` on CPU (XLA's sparse kernel), ``"segment"`` on accelerators (``"native"`` only on request)."""
     return "csr" if jax.default_backend() == "cpu" else "segment"
 
 
@@ -65,7 +72,8 @@ class DeviceGraph:
     ``user_feature_ids`` / ``user_feature_weights`` ``[n_users, F_u]`` and ``item_feature_ids`` /
     ``item_feature_weights`` ``[n_items, F_i]`` (:class:`itemjax.data.features.NodeFeatures`; ``F = 0``
     without features). Static fields (part of the jit cache key):
-    ``n_users``, ``n_items`` and ``backend`` (one of :data:`BACKENDS`).
+    ``n_users``, ``n_items`` and ``backend`` (one of :data:`BACKENDS`; ``"native"`` reads the CSR
+    arrays, as ``"csr"`` does).
     """
 
     senders: jax.Array
@@ -98,11 +106,28 @@ def _check_backend(backend: str) -> str:
             + ", ".join(repr(name) for name in BACKENDS)
             + "."
         )
+    if backend == "native" and not _native_usable():
+        native_kernel.notice_fallback("--backend native", "the csr backend")
+        return "csr"
     return backend
 
 
+def _native_usable() -> bool:
+    """Whether products run on the native kernel: it is built and loaded, and JAX computes on the CPU
+    (the kernel is registered for the CPU platform only)."""
+    return jax.default_backend() == "cpu" and native_kernel.available()
+
+
+def native_available() -> bool:
+    """Whether ``backend="native"`` runs the native kernel here (else it falls back to ``"csr"``);
+    :func:`itemjax.native.unavailable_reason` says why not."""
+    return _native_usable()
+
+
 def to_device(graph: Graph, backend: str = "auto", user_features=None, item_features=None) -> DeviceGraph:
-    """Copies ``graph`` to the default device; ``backend="auto"`` picks :func:`default_backend`.
+    """Copies ``graph`` to the default device; ``backend="auto"`` picks :func:`default_backend`;
+    ``backend="native"`` falls back to ``"csr"`` (one line on stderr, once) where
+    :func:`native_available` is False.
 
     Both the edge arrays and the CSR arrays are copied whatever the backend, so
     :func:`propagate_weighted` works with either. ``user_features`` / ``item_features``: optional
@@ -166,36 +191,96 @@ def propagate_weighted(graph: DeviceGraph, x: jax.Array, edge_weights: jax.Array
     return jax.ops.segment_sum(messages, graph.receivers, num_segments=graph.n_nodes)
 
 
-def csr_matmul(shape: tuple[int, int], indptr, indices, data, x):
+def csr_matmul(shape: tuple[int, int], indptr, indices, data, x, *, native: bool = False):
     """``M @ x`` for a CSR matrix ``M`` of ``shape = (m, n)`` given by its arrays: ``[n, d] -> [m, d]``.
 
     ``indptr`` int32 ``[m + 1]``, ``indices`` int32 ``[nnz]``, ``data`` ``[nnz]`` (cast to
-    ``x.dtype``). As a :class:`jax.experimental.sparse.BCSR` product it lowers to the native CSR
+    ``x.dtype``). As a :class:`jax.experimental.sparse.BCSR` product it lowers to XLA's CSR
     kernel on CPU (same dtype for values and ``x``, int32 for both index arrays) and to cuSPARSE on
-    GPU. No custom gradient: differentiate through :func:`propagate` instead.
+    GPU; JAX's own gradient (no custom rule: for ``A_hat`` differentiate through :func:`propagate`).
+
+    ``native=True``: the product on the native kernel (:mod:`itemjax.native`; ``data`` in float32,
+    or float64 for float64 ``x``), with a :func:`jax.custom_vjp`: ``x_bar = M^T y_bar`` by the
+    kernel's transpose product (any ``M``, not only symmetric ones) and, only when ``data`` is
+    differentiated, ``data_bar_j = y_bar[row_j] . x[indices_j]``. Where the kernel is unavailable
+    (not built, or not on CPU) this logs one line once and computes the BCSR product.
     """
-    matrix = sparse.BCSR((data.astype(x.dtype), indices, indptr), shape=tuple(shape))
+    shape = (int(shape[0]), int(shape[1]))
+    if native and _native_usable():
+        if x.ndim == 1:
+            return _native_csr_matmul(shape, indptr, indices, data, x[:, None])[:, 0]
+        return _native_csr_matmul(shape, indptr, indices, data, x)
+    if native:
+        native_kernel.notice_fallback("csr_matmul(native=True)", "the BCSR product")
+    matrix = sparse.BCSR((data.astype(x.dtype), indices, indptr), shape=shape)
     return matrix @ x
 
 
-def _bcsr_matmul(n_nodes: int, indptr, indices, data, x):
-    return csr_matmul((n_nodes, n_nodes), indptr, indices, data, x)
+def _native_product(indptr, indices, data, x, *, transpose: bool = False, n_cols=None):
+    """The native kernel's product, ``x`` of any float dtype (those it lacks, e.g. float16, go
+    through float32); no gradient rule."""
+    if native_kernel.supported_dtype(x.dtype):
+        return native_kernel.spmm(indptr, indices, data, x, transpose=transpose, n_cols=n_cols)
+    y = native_kernel.spmm(indptr, indices, data, x.astype(jnp.float32), transpose=transpose, n_cols=n_cols)
+    return y.astype(x.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _symmetric_csr_matmul(n_nodes: int, indptr, indices, data, x):
-    """``A @ x`` for a symmetric CSR matrix ``A``; the VJP is ``A @ y_bar`` (no grad to ``A``)."""
-    return _bcsr_matmul(n_nodes, indptr, indices, data, x)
+def _native_csr_matmul(shape, indptr, indices, data, x):
+    """``M @ x`` on the native kernel; gradients to ``x`` (``M^T y_bar``) and ``data``."""
+    return _native_product(indptr, indices, data, x)
 
 
-def _symmetric_csr_matmul_fwd(n_nodes, indptr, indices, data, x):
-    return _bcsr_matmul(n_nodes, indptr, indices, data, x), (indptr, indices, data)
+def _native_csr_matmul_fwd(shape, indptr, indices, data, x):
+    # symbolic_zeros: each argument comes as a CustomVJPPrimal (value, perturbed); which cotangents
+    # to compute is kept in the residuals' structure (x saved only for data_bar, () marks x_bar)
+    indptr, indices = indptr.value, indices.value
+    y = _native_product(indptr, indices, data.value, x.value)
+    return y, (indptr, indices, data.value, x.value if data.perturbed else None, () if x.perturbed else None)
 
 
-def _symmetric_csr_matmul_bwd(n_nodes, residuals, y_bar):
+def _native_csr_matmul_bwd(shape, residuals, y_bar):
+    indptr, indices, data, x, x_perturbed = residuals
+    if isinstance(y_bar, jax.custom_derivatives.SymbolicZero):
+        return None, None, None, None
+    x_bar = None
+    if x_perturbed is not None:
+        x_bar = _native_product(indptr, indices, data, y_bar, transpose=True, n_cols=shape[1])
+    data_bar = None
+    if x is not None:  # data differentiated: data_bar_j = y_bar[row_j] . x[indices_j]
+        rows = jnp.searchsorted(indptr, jnp.arange(indices.shape[0], dtype=indptr.dtype), side="right") - 1
+        products = y_bar.astype(jnp.float32)[rows] * x.astype(jnp.float32)[indices]
+        data_bar = jnp.sum(products, axis=1).astype(data.dtype)
+    return None, None, data_bar, x_bar
+
+
+_native_csr_matmul.defvjp(_native_csr_matmul_fwd, _native_csr_matmul_bwd, symbolic_zeros=True)
+
+
+def _square_product(native: bool, n_nodes: int, indptr, indices, data, x):
+    """``M @ x`` for a square ``[n_nodes, n_nodes]`` CSR matrix, no custom gradient: XLA's BCSR
+    product, or the native kernel's (``native``; BCSR where it is unavailable)."""
+    if native and _native_usable():
+        return _native_product(indptr, indices, data, x)
+    matrix = sparse.BCSR((data.astype(x.dtype), indices, indptr), shape=(n_nodes, n_nodes))
+    return matrix @ x
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _symmetric_csr_matmul(native: bool, n_nodes: int, indptr, indices, data, x):
+    """``A @ x`` for a symmetric CSR matrix ``A``; the VJP is ``A @ y_bar`` (no grad to ``A``).
+    ``native``: both products on the native kernel (:func:`_square_product`)."""
+    return _square_product(native, n_nodes, indptr, indices, data, x)
+
+
+def _symmetric_csr_matmul_fwd(native, n_nodes, indptr, indices, data, x):
+    return _square_product(native, n_nodes, indptr, indices, data, x), (indptr, indices, data)
+
+
+def _symmetric_csr_matmul_bwd(native, n_nodes, residuals, y_bar):
     indptr, indices, data = residuals
     # A is symmetric, so A^T y_bar = A y_bar: the backward pass is the forward kernel.
-    return None, None, None, _bcsr_matmul(n_nodes, indptr, indices, data, y_bar)
+    return None, None, None, _square_product(native, n_nodes, indptr, indices, data, y_bar)
 
 
 _symmetric_csr_matmul.defvjp(_symmetric_csr_matmul_fwd, _symmetric_csr_matmul_bwd)
@@ -204,14 +289,15 @@ _symmetric_csr_matmul.defvjp(_symmetric_csr_matmul_fwd, _symmetric_csr_matmul_bw
 def propagate(graph: DeviceGraph, x: jax.Array) -> jax.Array:
     """One propagation ``A_hat @ x``: ``[n_nodes, d] -> [n_nodes, d]`` via ``graph.backend``.
 
-    Differentiable in ``x`` (the gradient is ``A_hat @ y_bar`` on both backends).
+    Differentiable in ``x`` (the gradient is ``A_hat @ y_bar`` on every backend).
     Rows of isolated nodes are 0.
     """
     _check_features(graph, x)
     if graph.backend == "segment":
         return propagate_weighted(graph, x, graph.weights)
-    if graph.backend == "csr":
-        return _symmetric_csr_matmul(graph.n_nodes, graph.indptr, graph.indices, graph.data, x)
+    if graph.backend in ("csr", "native"):
+        return _symmetric_csr_matmul(graph.backend == "native", graph.n_nodes, graph.indptr, graph.indices,
+                                     graph.data, x)
     raise ConfigError(f"unknown propagation backend {graph.backend!r}; use one of {BACKENDS}.")
 
 
@@ -293,16 +379,16 @@ def _attention_weights(n_nodes, negative_slope, receiver, sender, src_score, dst
     return jnp.exp(logits - row_max[receiver]), slope, row_max
 
 
-def _attention_fwd(n_nodes, negative_slope, indptr, indices, rows, x, src_score, dst_score):
+def _attention_fwd(native, n_nodes, negative_slope, indptr, indices, rows, x, src_score, dst_score):
     # Edge e = CSR entry (r, c) = (rows_e, indices_e): the weight of c's message to r.
     weights, slope, row_max = _attention_weights(n_nodes, negative_slope, rows, indices, src_score, dst_score)
     denominator = _row_sums(n_nodes, rows, weights)  # >= 1 on rows with edges, 0 without
     denominator = jnp.where(denominator > 0, denominator, 1.0)  # rows without edges: numerator 0 -> y 0
-    y = _bcsr_matmul(n_nodes, indptr, indices, weights, x) / denominator[:, None]
+    y = _square_product(native, n_nodes, indptr, indices, weights, x) / denominator[:, None]
     return y, (indptr, indices, rows, x, src_score, dst_score, y, weights * slope, row_max, denominator)
 
 
-def _attention_bwd(n_nodes, negative_slope, residuals, y_bar):
+def _attention_bwd(native, n_nodes, negative_slope, residuals, y_bar):
     indptr, indices, rows, x, src_score, dst_score, y, weights_slope, row_max, denominator = residuals
     inv = 1.0 / denominator  # [n_nodes]
     y_bar_scaled = y_bar * inv[:, None]  # alpha_e = w_e / den_r, so A_alpha^T y_bar = A_w^T (y_bar / den)
@@ -313,22 +399,24 @@ def _attention_bwd(n_nodes, negative_slope, residuals, y_bar):
     weights_t, slope_t, _ = _attention_weights(n_nodes, negative_slope, indices, rows, src_score, dst_score,
                                                row_max)
     # x_bar = A_alpha^T y_bar.
-    x_bar = _bcsr_matmul(n_nodes, indptr, indices, weights_t, y_bar_scaled)
+    x_bar = _square_product(native, n_nodes, indptr, indices, weights_t, y_bar_scaled)
     # Softmax backward l_bar_e = alpha_e (y_bar_r . x_c - q_r), pre_bar_e = lambda_e l_bar_e, summed
     # over each row: dst_bar_r = (y_bar_r . (A_wl x)_r - q_r (A_wl 1)_r) / den_r, A_wl = A_{w lambda}.
-    u = _bcsr_matmul(n_nodes, indptr, indices, weights_slope, x)
+    u = _square_product(native, n_nodes, indptr, indices, weights_slope, x)
     dst_bar = (jnp.sum(y_bar * u, axis=1) - q * _row_sums(n_nodes, rows, weights_slope)) * inv
     # ... and over each column: src_bar_c = x_c . (A_wl^T y_bar')_c - (A_wl^T q')_c with ' = / den.
     weights_slope_t = weights_t * slope_t
-    v = _bcsr_matmul(n_nodes, indptr, indices, weights_slope_t, y_bar_scaled)
+    v = _square_product(native, n_nodes, indptr, indices, weights_slope_t, y_bar_scaled)
     src_bar = jnp.sum(x * v, axis=1) - _row_sums(n_nodes, rows, weights_slope_t * (q * inv)[indices])
     return None, None, None, x_bar, src_bar, dst_bar
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _csr_attention(n_nodes: int, negative_slope: float, indptr, indices, rows, x, src_score, dst_score):
-    """Fused CSR attention propagation (see :func:`propagate_attention`); gradients to ``x`` and the scores."""
-    return _attention_fwd(n_nodes, negative_slope, indptr, indices, rows, x, src_score, dst_score)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _csr_attention(native: bool, n_nodes: int, negative_slope: float, indptr, indices, rows, x, src_score,
+                   dst_score):
+    """Fused CSR attention propagation (see :func:`propagate_attention`); gradients to ``x`` and the scores.
+    ``native``: its products on the native kernel (:func:`_square_product`)."""
+    return _attention_fwd(native, n_nodes, negative_slope, indptr, indices, rows, x, src_score, dst_score)[0]
 
 
 _csr_attention.defvjp(_attention_fwd, _attention_bwd)
@@ -365,6 +453,7 @@ def propagate_attention(
       and its data are the same logits with the two ends swapped, recomputed from the node
       scores. ``m_r`` gets no gradient (the softmax does not depend on it). The CSR arrays
       hold no padding, so padded edges never enter.
+    * ``"native"``: ``"csr"``'s computation with its four products on the native kernel.
 
     Args:
       graph: the device graph; only its structure is read (not ``data`` / ``weights``).
@@ -381,10 +470,10 @@ def propagate_attention(
     src_score, dst_score = (jnp.asarray(s, x.dtype) for s in (src_score, dst_score))
     if graph.backend == "segment":
         return _segment_attention(graph, x, src_score, dst_score, negative_slope)
-    if graph.backend == "csr":
+    if graph.backend in ("csr", "native"):
         rows = graph.receivers[: graph.indices.shape[0]]  # CSR row of each entry (real edges come first)
-        return _csr_attention(graph.n_nodes, float(negative_slope), graph.indptr, graph.indices, rows, x,
-                              src_score, dst_score)
+        return _csr_attention(graph.backend == "native", graph.n_nodes, float(negative_slope), graph.indptr,
+                              graph.indices, rows, x, src_score, dst_score)
     raise ConfigError(f"unknown propagation backend {graph.backend!r}; use one of {BACKENDS}.")
 
 
@@ -400,7 +489,7 @@ def edge_dropout(graph: DeviceGraph, key: jax.Array, drop: float) -> DeviceGraph
     and the kept graph is normalised again, ``A_hat' = D'^-1/2 A' D'^-1/2`` with ``D'`` the
     degrees of the kept edges (SGL-ED, Wu et al. SIGIR 2021). Static shapes: dropped edges keep
     their slots with value 0 in both the CSR ``data`` and the padded ``weights``, so
-    :func:`propagate` (either backend) takes the view without recompiling. A node whose edges
+    :func:`propagate` (any backend) takes the view without recompiling. A node whose edges
     are all dropped gets an empty row (propagation gives it 0).
 
     Args:

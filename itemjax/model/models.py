@@ -22,7 +22,8 @@ Compute dtype (flax convention): a model's ``dtype`` field (default float32) is 
 propagation and of the returned embeddings (so of the objectives' score products);
 parameters stay float32 (``param_dtype``) and the objectives compute the loss in float32.
 ``dtype=jnp.bfloat16`` halves memory traffic on GPU / TPU; on CPU the csr backend has no
-bfloat16 kernel (JAX falls back to a slow generic one), so bfloat16 is for the segment backend.
+bfloat16 kernel (JAX falls back to a slow generic one), so bfloat16 is for the segment backend
+(the native backend has one, summing in float32; not timed against float32 yet).
 New models cast with :func:`compute_cast`.
 """
 

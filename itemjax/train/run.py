@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from itemjax import native
 from itemjax.objective import sampling
 from itemjax.parallel.distributed import barrier, initialize, is_writer, make_mesh, stop_peers_on_error
 from itemjax.train.placement import Placement
@@ -266,7 +267,8 @@ def _fit_in(config: TrainConfig, on_evaluation, out: pathlib.Path, saved, writer
     if saved is None and writer:
         write_json_atomic(out / "config.json", {
             "config": config.to_dict(),
-            "environment": {**environment(), "placement": placement.describe()},
+            # native_kernel: whether --backend native runs the C++ kernel here, or why not
+            "environment": {**environment(), "placement": placement.describe(), "native_kernel": native.status()},
             "dataset": {"name": split.name, "files": prep.raw.files, "stats": split.stats()},
         })
     ckpts = RunCheckpoints(out)

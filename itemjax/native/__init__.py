@@ -1,0 +1,177 @@
+"""The native CPU CSR kernel: ``M @ x`` and ``M^T @ x`` for a CSR matrix ``M``, called from XLA through ``jax.ffi``.
+
+The kernel (``itemjax/native/csr_spmm.cc``) is compiled at ``pip install`` into
+``itemjax/native/_csr_spmm<EXT_SUFFIX>`` (an optional setuptools extension, see ``setup.py``): a plain
+shared library of XLA FFI handlers, loaded here with :mod:`ctypes` (it is not a Python module) and
+registered once per process with :func:`jax.ffi.register_ffi_target` for the CPU platform. When the
+library is missing (no C++ compiler at install time), cannot be loaded, or ``ITEMJAX_NATIVE=0`` is
+set, :func:`available` is False, :func:`unavailable_reason` says why, and the callers in
+:mod:`itemjax.graph.propagation` and :mod:`itemjax.graph.ppr` fall back to the pure-JAX ``"csr"`` /
+``"device"`` paths after one line on stderr (:func:`notice_fallback`).
+
+:func:`spmm` is the raw product (no gradient rule; the differentiable wrappers are in
+:mod:`itemjax.graph.propagation`). Element types: ``x`` float32, bfloat16 or float64 (``data`` is
+cast to float32, float32 and float64 respectively, and the sums run in that type, so bfloat16 inputs
+are summed in float32 and rounded once); ``indptr`` and ``indices`` int32. Threads: output rows are
+split into ranges of about equal cost; ``threads=0`` means ``ITEMJAX_NATIVE_THREADS`` when set,
+else the CPUs the process may use, fewer for small products. Each output element is summed by one
+thread in entry order, so the result does not depend on the thread count.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.machinery
+import os
+import pathlib
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from itemjax.runio import log
+
+#: File name stem of the compiled library (``_csr_spmm.cpython-311-x86_64-linux-gnu.so`` on Linux).
+LIBRARY_STEM = "_csr_spmm"
+#: ``ItemjaxNativeAbiVersion()`` of the library this module calls (bumped when a handler's signature changes).
+ABI_VERSION = 1
+#: FFI target name and C symbol of each ``(transpose, x dtype)``.
+TARGETS = {
+    (False, "float32"): ("itemjax_csr_spmm_f32", "ItemjaxCsrSpmmF32"),
+    (False, "bfloat16"): ("itemjax_csr_spmm_bf16", "ItemjaxCsrSpmmBf16"),
+    (False, "float64"): ("itemjax_csr_spmm_f64", "ItemjaxCsrSpmmF64"),
+    (True, "float32"): ("itemjax_csr_spmm_t_f32", "ItemjaxCsrSpmmTF32"),
+    (True, "bfloat16"): ("itemjax_csr_spmm_t_bf16", "ItemjaxCsrSpmmTBf16"),
+    (True, "float64"): ("itemjax_csr_spmm_t_f64", "ItemjaxCsrSpmmTF64"),
+}
+#: How to build the kernel, named by the fallback notice.
+FIX = ("install a C++ compiler (e.g. apt-get install g++) and reinstall itemjax (in a checkout: "
+       "pip install --force-reinstall --no-deps -e .)")
+
+_lock = threading.Lock()
+_state: dict = {}  # "library", "path", "reason" once loaded (see _load)
+_noticed: set = set()  # fallbacks already reported (one line each per process)
+
+
+def library_path() -> pathlib.Path | None:
+    """The compiled library next to this module (the first match of :data:`LIBRARY_STEM` plus an
+    extension-module suffix of this interpreter), or None when it was not built."""
+    here = pathlib.Path(__file__).resolve().parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        candidate = here / f"{LIBRARY_STEM}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _open_and_register() -> dict:
+    """``{"library", "path", "reason"}``: the loaded library with its targets registered, or
+    ``library=None`` and the reason it is unavailable."""
+    if os.environ.get("ITEMJAX_NATIVE", "").strip() == "0":
+        return {"library": None, "path": None, "reason": "disabled by ITEMJAX_NATIVE=0"}
+    path = library_path()
+    if path is None:
+        return {"library": None, "path": None,
+                "reason": f"itemjax/native/{LIBRARY_STEM}*.so was not built when itemjax was installed"}
+    try:
+        library = ctypes.CDLL(str(path))
+        library.ItemjaxNativeAbiVersion.restype = ctypes.c_int
+        version = library.ItemjaxNativeAbiVersion()
+    except (OSError, AttributeError) as error:
+        return {"library": None, "path": path, "reason": f"{path.name} could not be loaded ({error})"}
+    if version != ABI_VERSION:
+        return {"library": None, "path": path,
+                "reason": f"{path.name} is a stale build (ABI {version}, this itemjax needs {ABI_VERSION})"}
+    try:
+        for name, symbol in TARGETS.values():
+            jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+    except Exception as error:  # noqa: BLE001 - any failure here means: use the fallback, and say why
+        return {"library": None, "path": path, "reason": f"registering {path.name} with XLA failed ({error})"}
+    return {"library": library, "path": path, "reason": None}
+
+
+def _load() -> dict:
+    with _lock:
+        if not _state:
+            _state.update(_open_and_register())
+        return _state
+
+
+def available() -> bool:
+    """Whether the native kernel is built, loaded and registered with XLA (loads it on first call)."""
+    return _load()["library"] is not None
+
+
+def unavailable_reason() -> str | None:
+    """Why the native kernel cannot be used (None when :func:`available`)."""
+    return _load()["reason"]
+
+
+def status() -> dict:
+    """``{"available": bool, "path": str | None, "reason": str | None}`` (recorded in a run's config.json)."""
+    state = _load()
+    return {"available": state["library"] is not None, "path": None if state["path"] is None else str(state["path"]),
+            "reason": state["reason"]}
+
+
+def fix() -> str:
+    """What to do to use the kernel: unset ``ITEMJAX_NATIVE=0``, or :data:`FIX`."""
+    reason = unavailable_reason() or ""
+    return "unset ITEMJAX_NATIVE" if reason.startswith("disabled") else FIX
+
+
+def notice_fallback(what: str, fallback: str) -> None:
+    """One line on stderr, once per process and ``what``: the native kernel is unavailable (the cause),
+    ``fallback`` runs instead, and how to build it."""
+    with _lock:
+        if what in _noticed:
+            return
+        _noticed.add(what)
+    log(f"itemjax: {what}: the native CSR kernel is unavailable ({unavailable_reason()}); using {fallback} "
+        f"instead (same values); to use it, {fix()}")
+
+
+def supported_dtype(dtype) -> bool:
+    """Whether :func:`spmm` takes ``x`` of this dtype without a cast (float32, bfloat16, float64)."""
+    return jnp.dtype(dtype).name in ("float32", "bfloat16", "float64")
+
+
+def spmm(indptr, indices, data, x, *, transpose: bool = False, n_cols: int | None = None, threads: int = 0):
+    """``M @ x`` (or ``M^T @ x`` with ``transpose``) for the CSR matrix ``M`` of ``indptr``, ``indices``, ``data``.
+
+    Args:
+      indptr: int32 ``[m + 1]``; indices: int32 ``[nnz]`` (column ids in ``[0, n)``; an entry outside is
+        skipped); data: ``[nnz]``, cast to float32 (float64 when ``x`` is float64).
+      x: ``[n, d]`` (``[m, d]`` with ``transpose``), float32, bfloat16 or float64.
+      transpose: multiply by ``M^T``; ``n_cols`` (= ``n``, the columns of ``M``) is then required.
+      threads: threads of the kernel; 0 = automatic (module docstring).
+
+    Returns:
+      ``[m, d]`` (``[n, d]`` with ``transpose``) in ``x.dtype``. No gradient rule: differentiate
+      through :func:`itemjax.graph.propagation.csr_matmul` or :func:`~itemjax.graph.propagation.propagate`.
+    Raises:
+      RuntimeError when the kernel is unavailable (check :func:`available` first);
+      TypeError / ValueError for an unsupported dtype or shape.
+    """
+    if not available():
+        raise RuntimeError(f"the native CSR kernel is unavailable ({unavailable_reason()}); to use it, {fix()}")
+    x = jnp.asarray(x)
+    if not supported_dtype(x.dtype):
+        raise TypeError(f"native spmm takes float32, bfloat16 or float64 x, got {x.dtype}; cast it first")
+    if x.ndim != 2:
+        raise ValueError(f"native spmm needs a 2-D x [rows, d], got shape {x.shape}")
+    m = indptr.shape[0] - 1
+    if transpose:
+        if n_cols is None:
+            raise ValueError("native spmm with transpose=True needs n_cols (the columns of the matrix)")
+        out_rows = int(n_cols)
+        if x.shape[0] != m:
+            raise ValueError(f"native spmm transpose: x has {x.shape[0]} rows, the matrix {m}")
+    else:
+        out_rows = m
+    accumulate = jnp.float64 if x.dtype == jnp.float64 else jnp.float32
+    name, _ = TARGETS[(bool(transpose), jnp.dtype(x.dtype).name)]
+    call = jax.ffi.ffi_call(name, jax.ShapeDtypeStruct((out_rows, x.shape[1]), x.dtype), vmap_method="sequential")
+    return call(jnp.asarray(indptr, jnp.int32), jnp.asarray(indices, jnp.int32), jnp.asarray(data, accumulate), x,
+                threads=np.int64(threads))

@@ -1,0 +1,379 @@
+// Native CSR sparse x dense products for XLA on CPU, called from JAX through the XLA FFI.
+//
+//   forward:    Y[r, :] = sum_{j in indptr[r] .. indptr[r+1]-1} data[j] * X[indices[j], :]     (Y = M X)
+//   transpose:  Y[c, :] = sum_{(r, j): indices[j] = c}          data[j] * X[r, :]              (Y = M^T X)
+//
+// M is an [m, n] CSR matrix (indptr int32 [m + 1], indices int32 [nnz], data [nnz]); X and Y are
+// dense row-major. Element types (X / data / accumulator): f32 / f32 / f32, bf16 / f32 / f32 (the
+// sum is kept in float32 and rounded to bfloat16 once per output element), f64 / f64 / f64.
+//
+// Threads: the output rows are split into contiguous ranges of about equal cost (nonzeros + rows),
+// one std::thread each. Every output element is summed by one thread in increasing entry order
+// (forward: j ascending; transpose: row r ascending), so results do not depend on the thread count.
+// The number of threads is the call's "threads" attribute when > 0, else ITEMJAX_NATIVE_THREADS when
+// set to a positive integer, else the CPUs this process may run on; in the automatic case small
+// products use fewer threads (kMinWorkPerThread multiply-adds each at least).
+//
+// Robustness: an entry whose column index lies outside [0, n) is skipped, and row bounds are
+// clamped to [0, nnz], so malformed input cannot read out of bounds.
+//
+// The handlers are plain C symbols (XLA_FFI_DEFINE_HANDLER_SYMBOL); itemjax/native/__init__.py loads
+// this library with ctypes and registers each with jax.ffi.register_ffi_target.
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#if defined(__linux__)
+#include <sched.h>
+#endif
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+// Runtime dispatch between an AVX2+FMA build and the portable baseline of the hot loops (x86-64 Linux
+// with glibc, whose ifunc resolver picks the clone once at load time). The library itself is built
+// without -march, so it runs on any x86-64 CPU.
+#if defined(__x86_64__) && defined(__linux__) && defined(__GLIBC__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define ITEMJAX_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
+#endif
+#endif
+#ifndef ITEMJAX_MULTIVERSION
+#define ITEMJAX_MULTIVERSION
+#endif
+
+#if defined(__GNUC__)
+#define ITEMJAX_INLINE inline __attribute__((always_inline))
+#define ITEMJAX_PREFETCH(address) __builtin_prefetch(address, 0, 3)
+#else
+#define ITEMJAX_INLINE inline
+#define ITEMJAX_PREFETCH(address) ((void)0)
+#endif
+
+namespace {
+
+constexpr int64_t kMinWorkPerThread = int64_t{1} << 16;  // multiply-adds (automatic thread count)
+constexpr int64_t kMaxThreads = 256;
+constexpr int64_t kPrefetchDistance = 4;  // entries ahead whose X row is prefetched
+
+// ---------------------------------------------------------------------------- element types
+
+struct Bf16 {
+  uint16_t bits;
+};
+
+ITEMJAX_INLINE float Load(float v) { return v; }
+ITEMJAX_INLINE double Load(double v) { return v; }
+ITEMJAX_INLINE float Load(Bf16 v) {
+  const uint32_t word = static_cast<uint32_t>(v.bits) << 16;
+  float out;
+  std::memcpy(&out, &word, sizeof(out));
+  return out;
+}
+
+template <typename T>
+ITEMJAX_INLINE T Store(typename std::conditional<std::is_same<T, double>::value, double, float>::type v) {
+  if constexpr (std::is_same<T, Bf16>::value) {
+    uint32_t word;
+    std::memcpy(&word, &v, sizeof(word));
+    if ((word & 0x7fffffffu) > 0x7f800000u) return Bf16{static_cast<uint16_t>((word >> 16) | 0x40u)};  // quiet NaN
+    word += 0x7fffu + ((word >> 16) & 1u);  // round to nearest, ties to even
+    return Bf16{static_cast<uint16_t>(word >> 16)};
+  } else {
+    return static_cast<T>(v);
+  }
+}
+
+// ---------------------------------------------------------------------------- row kernels
+
+// Rows [r0, r1) of Y = M X. acc: scratch of d accumulators (unused when X is the accumulator type).
+template <typename X, typename Acc>
+ITEMJAX_INLINE void ForwardRows(int64_t r0, int64_t r1, const int32_t* indptr, const int32_t* indices,
+                                const Acc* data, const X* x, X* y, int64_t nnz, int64_t n, int64_t d,
+                                Acc* acc) {
+  constexpr bool kDirect = std::is_same<X, Acc>::value;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t begin = std::clamp<int64_t>(indptr[r], 0, nnz);
+    const int64_t end = std::clamp<int64_t>(indptr[r + 1], begin, nnz);
+    Acc* __restrict out = kDirect ? reinterpret_cast<Acc*>(y + r * d) : acc;
+    for (int64_t k = 0; k < d; ++k) out[k] = Acc(0);
+    for (int64_t j = begin; j < end; ++j) {
+      if (j + kPrefetchDistance < end) {
+        const uint32_t ahead = static_cast<uint32_t>(indices[j + kPrefetchDistance]);
+        if (ahead < static_cast<uint64_t>(n)) ITEMJAX_PREFETCH(x + static_cast<int64_t>(ahead) * d);
+      }
+      const uint32_t c = static_cast<uint32_t>(indices[j]);
+      if (c >= static_cast<uint64_t>(n)) continue;
+      const Acc v = data[j];
+      const X* __restrict row = x + static_cast<int64_t>(c) * d;
+      for (int64_t k = 0; k < d; ++k) out[k] += v * Load(row[k]);
+    }
+    if constexpr (!kDirect) {
+      X* __restrict target = y + r * d;
+      for (int64_t k = 0; k < d; ++k) target[k] = Store<X>(out[k]);
+    }
+  }
+}
+
+// Output rows [c0, c1) of Y = M^T X (M has m rows): every entry of M is visited, those whose column
+// falls in [c0, c1) are accumulated. acc: (c1 - c0) * d accumulators (unused when X is the accumulator
+// type: Y's rows are summed in place).
+template <typename X, typename Acc>
+ITEMJAX_INLINE void TransposeRows(int64_t c0, int64_t c1, const int32_t* indptr, const int32_t* indices,
+                                  const Acc* data, const X* x, X* y, int64_t nnz, int64_t m, int64_t d,
+                                  Acc* acc) {
+  constexpr bool kDirect = std::is_same<X, Acc>::value;
+  Acc* __restrict out = kDirect ? reinterpret_cast<Acc*>(y + c0 * d) : acc;
+  const int64_t span = c1 - c0;
+  for (int64_t k = 0; k < span * d; ++k) out[k] = Acc(0);
+  const uint64_t width = static_cast<uint64_t>(span);
+  for (int64_t r = 0; r < m; ++r) {
+    const int64_t begin = std::clamp<int64_t>(indptr[r], 0, nnz);
+    const int64_t end = std::clamp<int64_t>(indptr[r + 1], begin, nnz);
+    const X* __restrict row = x + r * d;
+    for (int64_t j = begin; j < end; ++j) {
+      const uint64_t local = static_cast<uint64_t>(static_cast<int64_t>(indices[j]) - c0);
+      if (local >= width) continue;  // another thread's column, or out of range
+      const Acc v = data[j];
+      Acc* __restrict target = out + static_cast<int64_t>(local) * d;
+      for (int64_t k = 0; k < d; ++k) target[k] += v * Load(row[k]);
+    }
+  }
+  if constexpr (!kDirect) {
+    X* __restrict target = y + c0 * d;
+    for (int64_t k = 0; k < span * d; ++k) target[k] = Store<X>(out[k]);
+  }
+}
+
+// Non-template entry points, one per element type, so that each is compiled once per target clone
+// (the template bodies are inlined into them).
+#define ITEMJAX_ROW_FUNCTIONS(SUFFIX, X, ACC)                                                                \
+  ITEMJAX_MULTIVERSION void ForwardRows##SUFFIX(int64_t r0, int64_t r1, const int32_t* indptr,              \
+                                                const int32_t* indices, const ACC* data, const X* x, X* y,  \
+                                                int64_t nnz, int64_t n, int64_t d, ACC* acc) {              \
+    ForwardRows<X, ACC>(r0, r1, indptr, indices, data, x, y, nnz, n, d, acc);                               \
+  }                                                                                                          \
+  ITEMJAX_MULTIVERSION void TransposeRows##SUFFIX(int64_t c0, int64_t c1, const int32_t* indptr,            \
+                                                  const int32_t* indices, const ACC* data, const X* x,      \
+                                                  X* y, int64_t nnz, int64_t m, int64_t d, ACC* acc) {      \
+    TransposeRows<X, ACC>(c0, c1, indptr, indices, data, x, y, nnz, m, d, acc);                             \
+  }
+
+ITEMJAX_ROW_FUNCTIONS(F32, float, float)
+ITEMJAX_ROW_FUNCTIONS(Bf16, Bf16, float)
+ITEMJAX_ROW_FUNCTIONS(F64, double, double)
+
+#undef ITEMJAX_ROW_FUNCTIONS
+
+template <typename X>
+struct Kernels;
+template <>
+struct Kernels<float> {
+  static constexpr auto forward = ForwardRowsF32;
+  static constexpr auto transpose = TransposeRowsF32;
+};
+template <>
+struct Kernels<Bf16> {
+  static constexpr auto forward = ForwardRowsBf16;
+  static constexpr auto transpose = TransposeRowsBf16;
+};
+template <>
+struct Kernels<double> {
+  static constexpr auto forward = ForwardRowsF64;
+  static constexpr auto transpose = TransposeRowsF64;
+};
+
+// ---------------------------------------------------------------------------- threads
+
+int64_t AvailableCpus() {
+#if defined(__linux__)
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    const int count = CPU_COUNT(&set);
+    if (count > 0) return count;
+  }
+#endif
+  const unsigned count = std::thread::hardware_concurrency();
+  return count > 0 ? static_cast<int64_t>(count) : 1;
+}
+
+int64_t EnvThreads() {
+  const char* text = std::getenv("ITEMJAX_NATIVE_THREADS");
+  if (text == nullptr || *text == '\0') return 0;
+  char* end = nullptr;
+  errno = 0;
+  const long long value = std::strtoll(text, &end, 10);
+  if (errno != 0 || end == text || *end != '\0' || value <= 0) return 0;  // not a positive integer: ignored
+  return static_cast<int64_t>(value);
+}
+
+// Threads for `rows` output rows and `work` multiply-adds: `requested` when > 0, else automatic.
+int64_t ThreadCount(int64_t requested, int64_t rows, int64_t work) {
+  int64_t count = requested;
+  if (count <= 0) {
+    count = EnvThreads();
+    if (count <= 0) count = AvailableCpus();
+    count = std::min(count, std::max<int64_t>(1, work / kMinWorkPerThread));
+  }
+  return std::max<int64_t>(1, std::min({count, rows, kMaxThreads}));
+}
+
+// Runs task(t) for t in [0, count): t = 0 on the calling thread, the others on new threads (inline
+// when a thread cannot be started). Returns after every task finished.
+template <typename Task>
+void RunTasks(int64_t count, const Task& task) {
+  std::vector<std::thread> threads;
+  threads.reserve(static_cast<size_t>(std::max<int64_t>(0, count - 1)));
+  int64_t next = 1;
+  try {
+    for (; next < count; ++next) threads.emplace_back([&task, next] { task(next); });
+  } catch (const std::exception&) {
+    for (; next < count; ++next) task(next);  // e.g. a thread limit: run the rest here
+  }
+  task(0);
+  for (std::thread& thread : threads) thread.join();
+}
+
+// Boundaries [0 = b_0 <= b_1 <= ... <= b_count = rows] of `count` ranges of rows with about equal
+// cost(r) summed, given the prefix sums cost_prefix(r) = cost of rows [0, r) (non-decreasing).
+template <typename Prefix>
+std::vector<int64_t> Split(int64_t rows, int64_t count, const Prefix& cost_prefix) {
+  std::vector<int64_t> bounds(static_cast<size_t>(count + 1), rows);
+  bounds[0] = 0;
+  const double total = static_cast<double>(cost_prefix(rows));
+  for (int64_t t = 1; t < count; ++t) {
+    const double target = total * static_cast<double>(t) / static_cast<double>(count);
+    int64_t lo = bounds[t - 1], hi = rows;  // first r in [lo, rows] with cost_prefix(r) >= target
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (static_cast<double>(cost_prefix(mid)) < target) lo = mid + 1; else hi = mid;
+    }
+    bounds[t] = lo;
+  }
+  return bounds;
+}
+
+// ---------------------------------------------------------------------------- handlers
+
+ffi::Error CheckShapes(const char* name, ffi::AnyBuffer::Dimensions indptr, int64_t nnz, int64_t data_size,
+                       ffi::AnyBuffer::Dimensions x, ffi::AnyBuffer::Dimensions y, bool transpose) {
+  auto fail = [name](const std::string& what) {
+    return ffi::Error::InvalidArgument(std::string(name) + ": " + what);
+  };
+  if (indptr.size() != 1) return fail("indptr must be 1-D");
+  if (x.size() != 2 || y.size() != 2) return fail("x and the output must be 2-D");
+  if (x[1] != y[1]) return fail("x and the output must have the same number of columns");
+  if (data_size != nnz) return fail("indices and data must have the same length");
+  const int64_t m = indptr[0] - 1;  // rows of M
+  if (m < 0) return fail("indptr must have at least one element");
+  if ((transpose ? x[0] : y[0]) != m) {
+    return fail(transpose ? "x must have one row per row of the matrix (len(indptr) - 1)"
+                          : "the output must have one row per row of the matrix (len(indptr) - 1)");
+  }
+  return ffi::Error::Success();
+}
+
+template <typename X, typename Acc, ffi::DataType XType, ffi::DataType AccType>
+ffi::Error Spmm(ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::S32> indices, ffi::Buffer<AccType> data,
+                ffi::Buffer<XType> x, ffi::ResultBuffer<XType> y, int64_t threads, bool transpose) {
+  const char* name = transpose ? "itemjax csr_spmm_t" : "itemjax csr_spmm";
+  if (ffi::Error error = CheckShapes(name, indptr.dimensions(), static_cast<int64_t>(indices.element_count()),
+                                             static_cast<int64_t>(data.element_count()), x.dimensions(),
+                                             y->dimensions(), transpose);
+      error.failure()) {
+    return error;
+  }
+  const int64_t m = indptr.dimensions()[0] - 1;
+  const int64_t nnz = static_cast<int64_t>(indices.element_count());
+  const int64_t d = x.dimensions()[1];
+  const int64_t out_rows = y->dimensions()[0];
+  const int32_t* ip = indptr.typed_data();
+  const int32_t* ix = indices.typed_data();
+  const Acc* values = reinterpret_cast<const Acc*>(data.typed_data());
+  const X* xs = reinterpret_cast<const X*>(x.typed_data());
+  X* ys = reinterpret_cast<X*>(y->typed_data());
+  if (out_rows == 0 || d == 0) return ffi::Error::Success();
+
+  constexpr bool kDirect = std::is_same<X, Acc>::value;
+  try {
+    if (!transpose) {
+      const int64_t count = ThreadCount(threads, m, nnz * d);
+      auto prefix = [ip, nnz](int64_t r) {
+        return std::clamp<int64_t>(ip[r], 0, nnz) + r;  // nonzeros + rows before row r
+      };
+      const std::vector<int64_t> bounds = count > 1 ? Split(m, count, prefix) : std::vector<int64_t>{0, m};
+      RunTasks(count, [&](int64_t t) {
+        std::vector<Acc> acc(kDirect ? 0 : static_cast<size_t>(d));
+        Kernels<X>::forward(bounds[t], bounds[t + 1], ip, ix, values, xs, ys, nnz, x.dimensions()[0], d,
+                            acc.data());
+      });
+    } else {
+      const int64_t n = out_rows;
+      const int64_t count = ThreadCount(threads, n, nnz * d);
+      std::vector<int64_t> bounds{0, n};
+      if (count > 1) {  // balance by column counts (+1 per output row)
+        std::vector<int64_t> column_prefix(static_cast<size_t>(n + 1), 0);
+        const int64_t first = std::clamp<int64_t>(ip[0], 0, nnz);
+        const int64_t last = std::clamp<int64_t>(ip[m], first, nnz);
+        for (int64_t j = first; j < last; ++j) {
+          const uint32_t c = static_cast<uint32_t>(ix[j]);
+          if (c < static_cast<uint64_t>(n)) ++column_prefix[c + 1];
+        }
+        for (int64_t c = 0; c < n; ++c) column_prefix[c + 1] += column_prefix[c];
+        bounds = Split(n, count, [&column_prefix](int64_t c) { return column_prefix[c] + c; });
+      }
+      RunTasks(count, [&](int64_t t) {
+        const int64_t c0 = bounds[t], c1 = bounds[t + 1];
+        std::vector<Acc> acc(kDirect ? 0 : static_cast<size_t>((c1 - c0) * d));
+        Kernels<X>::transpose(c0, c1, ip, ix, values, xs, ys, nnz, m, d, acc.data());
+      });
+    }
+  } catch (const std::exception& error) {  // e.g. std::bad_alloc of the scratch
+    return ffi::Error::Internal(std::string(name) + ": " + error.what());
+  }
+  return ffi::Error::Success();
+}
+
+template <typename X, typename Acc, ffi::DataType XType, ffi::DataType AccType>
+ffi::Error Forward(ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::S32> indices, ffi::Buffer<AccType> data,
+                   ffi::Buffer<XType> x, ffi::ResultBuffer<XType> y, int64_t threads) {
+  return Spmm<X, Acc, XType, AccType>(indptr, indices, data, x, y, threads, false);
+}
+
+template <typename X, typename Acc, ffi::DataType XType, ffi::DataType AccType>
+ffi::Error Transpose(ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::S32> indices, ffi::Buffer<AccType> data,
+                     ffi::Buffer<XType> x, ffi::ResultBuffer<XType> y, int64_t threads) {
+  return Spmm<X, Acc, XType, AccType>(indptr, indices, data, x, y, threads, true);
+}
+
+}  // namespace
+
+#define ITEMJAX_BIND(XTYPE, ACCTYPE)          \
+  ffi::Ffi::Bind()                            \
+      .Arg<ffi::Buffer<ffi::S32>>()           \
+      .Arg<ffi::Buffer<ffi::S32>>()           \
+      .Arg<ffi::Buffer<ffi::ACCTYPE>>()       \
+      .Arg<ffi::Buffer<ffi::XTYPE>>()         \
+      .Ret<ffi::Buffer<ffi::XTYPE>>()         \
+      .Attr<int64_t>("threads")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ItemjaxCsrSpmmF32, (Forward<float, float, ffi::F32, ffi::F32>), ITEMJAX_BIND(F32, F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ItemjaxCsrSpmmBf16, (Forward<Bf16, float, ffi::BF16, ffi::F32>), ITEMJAX_BIND(BF16, F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ItemjaxCsrSpmmF64, (Forward<double, double, ffi::F64, ffi::F64>), ITEMJAX_BIND(F64, F64));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ItemjaxCsrSpmmTF32, (Transpose<float, float, ffi::F32, ffi::F32>), ITEMJAX_BIND(F32, F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ItemjaxCsrSpmmTBf16, (Transpose<Bf16, float, ffi::BF16, ffi::F32>), ITEMJAX_BIND(BF16, F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ItemjaxCsrSpmmTF64, (Transpose<double, double, ffi::F64, ffi::F64>), ITEMJAX_BIND(F64, F64));
+
+// ABI version of this library's handlers (their arguments and attributes), checked by the loader so
+// that a stale build from an older checkout is rebuilt rather than called with the wrong signature.
+extern "C" int ItemjaxNativeAbiVersion() { return 1; }
