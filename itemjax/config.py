@@ -32,9 +32,9 @@ PROTOCOLS = ("transductive", "inductive", "inductive-items")  # itemjax.evaluati
 #: ``user_sampling``: "degree" draws training interactions uniformly (users in proportion to
 #: their degree), "uniform" draws a user uniformly, then one of its positives (BPR/BCE) or its list.
 LOSS_DEFAULTS = {
-    "bpr": dict(batch_size=1024, lr=2e-3, l2=1e-3, user_sampling="uniform"),
+    "bpr": dict(batch_size=1024, lr=5e-3, l2=1e-3, user_sampling="uniform", lr_schedule="plateau"),
     "bce": dict(batch_size=2048, lr=1e-3, l2=1e-4, user_sampling="degree"),
-    "item": dict(batch_size=256, lr=1e-3, l2=1e-4, user_sampling="uniform"),
+    "item": dict(batch_size=256, lr=5e-3, l2=1e-4, user_sampling="uniform", lr_schedule="plateau", weight_decay=0.1),
     "neuralndcg": dict(batch_size=256, lr=1e-3, l2=1e-4, user_sampling="uniform"),
     "softmax": dict(batch_size=256, lr=1e-3, l2=1e-4, user_sampling="uniform"),
 }
@@ -43,9 +43,10 @@ LOSS_DEFAULTS = {
 #: Per-(model, loss) defaults over :data:`LOSS_DEFAULTS`, chosen on ml-100k validation NDCG@20
 #: by the tuned architecture table (docs/results.md): models that score with concatenated,
 #: row-normalised layers want a softer ITEM temperature and about 10x LightGCN's L2.
-MODEL_LOSS_DEFAULTS = {
-    **{(m, "bpr"): dict(l2=1e-2, lr=5e-4) for m in ("mf", "ngcf", "sage")},
-    **{(m, "item"): dict(tau=0.3, l2=1e-3) for m in ("mf", "ngcf", "sage")},
+MODEL_LOSS_DEFAULTS = {  # tuned before the schedules existed (2026-12-02): constant lr, no weight decay
+    **{(m, "bpr"): dict(l2=1e-2, lr=5e-4, lr_schedule="constant") for m in ("mf", "ngcf", "sage")},
+    **{(m, "item"): dict(tau=0.3, l2=1e-3, lr=1e-3, lr_schedule="constant", weight_decay=0.0)
+       for m in ("mf", "ngcf", "sage")},
 }
 
 
@@ -114,11 +115,12 @@ class TrainConfig:
                          group=_TRAIN)
     batch_size: Optional[int] = option(None, "triples per step for bpr (default 1024) and bce (2048), users per step "
                                        "for item, neuralndcg and softmax (default 256)", group=_TRAIN)
-    lr: Optional[float] = option(None, "Adam learning rate (default: 2e-3 bpr, 1e-3 bce and list-wise; 5e-4 bpr on "
-                                 "mf/ngcf/sage)", group=_TRAIN)
+    lr: Optional[float] = option(None, "Adam learning rate (default: 5e-3 bpr and item, 1e-3 bce, neuralndcg and "
+                                 "softmax; 5e-4 bpr and 1e-3 item on mf/ngcf/sage)", group=_TRAIN)
     l2: Optional[float] = option(None, "L2 on ego embeddings (default: 1e-3 bpr, 1e-4 bce and list-wise; 1e-2 bpr and "
                                  "1e-3 item on mf/ngcf/sage)", group=_TRAIN)
-    lr_schedule: str = option("constant", "learning-rate schedule: constant; cosine (from --lr down to --lr-min-ratio "
+    lr_schedule: Optional[str] = option(None, "learning-rate schedule (default: plateau for bpr and item on lightgcn "
+                              "and gat, constant otherwise): constant; cosine (from --lr down to --lr-min-ratio "
                               "x --lr over --decay-epochs after the warmup, or over the --time-budget when it is set "
                               "and --decay-epochs is not); exponential (halved every --decay-epochs, floored at "
                               "--lr-min-ratio x --lr); plateau (halved after --lr-patience evaluations without a "
@@ -132,9 +134,10 @@ class TrainConfig:
                                            "(required)", group=_TRAIN)
     lr_min_ratio: float = option(0.0, "floor of --lr-schedule cosine and exponential, as a fraction of --lr",
                                  group=_TRAIN)
-    weight_decay: float = option(0.0, "decoupled weight decay (AdamW, optax.adamw): every step shrinks every "
-                                 "parameter by lr x this, whether or not its row was in the batch (0: off; the --l2 "
-                                 "penalty acts only on the rows a step samples)", group=_TRAIN)
+    weight_decay: Optional[float] = option(None, "decoupled weight decay (AdamW, optax.adamw): every step shrinks "
+                                           "every parameter by lr x this, whether or not its row was in the batch "
+                                           "(default: 0.1 for item on lightgcn and gat, else 0; the --l2 penalty acts "
+                                           "only on the rows a step samples)", group=_TRAIN)
     clip_norm: Optional[float] = option(None, "clip each step's gradient to this global L2 norm before Adam "
                                         "(optax.clip_by_global_norm; default: off)", group=_TRAIN)
     user_sampling: Optional[str] = option(
@@ -259,6 +262,8 @@ class TrainConfig:
         """Validate, then fill the options left as None from :data:`LOSS_DEFAULTS`."""
         self.validate()
         defaults = {**_GLOBAL_DEFAULTS, **LOSS_DEFAULTS[self.loss], **MODEL_LOSS_DEFAULTS.get((self.model, self.loss), {})}
+        if self.valid_frac == 0:  # the plateau rule reads validation: without it the default schedule is constant
+            defaults["lr_schedule"] = defaults["lr_schedule"] if defaults["lr_schedule"] != "plateau" else "constant"
         fill = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         return dataclasses.replace(self, **fill).validate()
 
@@ -295,7 +300,7 @@ class TrainConfig:
              f"unknown --user-sampling {self.user_sampling!r}; choose one of {', '.join(USER_SAMPLINGS)}")
         need(self.rank_estimate in RANK_ESTIMATES,
              f"unknown --rank-estimate {self.rank_estimate!r}; choose one of {', '.join(RANK_ESTIMATES)}")
-        need(self.lr_schedule in LR_SCHEDULES,
+        need(self.lr_schedule is None or self.lr_schedule in LR_SCHEDULES,
              f"unknown --lr-schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
         need(self.warmup_epochs >= 0, f"--warmup-epochs must be >= 0 (got {self.warmup_epochs})")
         need(self.decay_epochs is None or self.decay_epochs > 0, f"--decay-epochs must be > 0 (got {self.decay_epochs})")
@@ -308,7 +313,7 @@ class TrainConfig:
         need(not (self.lr_schedule == "plateau" and self.valid_frac == 0),
              "--lr-schedule plateau halves the learning rate when validation stops improving: it needs --valid-frac > 0")
         need(0 <= self.lr_min_ratio < 1, f"--lr-min-ratio must be in [0, 1) (got {self.lr_min_ratio})")
-        need(self.weight_decay >= 0, f"--weight-decay must be >= 0 (got {self.weight_decay})")
+        need(self.weight_decay is None or self.weight_decay >= 0, f"--weight-decay must be >= 0 (got {self.weight_decay})")
         need(self.clip_norm is None or self.clip_norm > 0, f"--clip-norm must be > 0 (got {self.clip_norm})")
         need(self.tau_start is None or self.tau_start > 0, f"--tau-start must be > 0 (got {self.tau_start})")
         need(self.tau_epochs >= 0, f"--tau-epochs must be >= 0 (got {self.tau_epochs})")
@@ -403,11 +408,16 @@ class TrainConfig:
 
 
 #: Defaults of options that are None-able only so that a model can override them.
-_GLOBAL_DEFAULTS = {"tau": 0.1}
+_GLOBAL_DEFAULTS = {"tau": 0.1, "lr_schedule": "constant", "weight_decay": 0.0}
 
 #: Options that never change what a run computes (bookkeeping, display, where files live).
 BOOKKEEPING = frozenset({"out", "resume", "progress", "data_dir", "eval_chunk", "distributed", "coordinator_address",
                          "num_processes", "process_id", "heartbeat_timeout", "tensorboard", "diagnostics"})
+
+
+#: What every run had before these options existed (2026-12-04): a run whose config.json lacks one
+#: trained with this value (constant learning rate, no weight decay, no popularity guard).
+BEFORE_OPTION = {"lr_schedule": "constant", "weight_decay": 0.0, "popularity_guard": 0.0}
 
 
 def config_diff(current: dict, saved: dict, *, ignore=()) -> dict:
@@ -415,7 +425,8 @@ def config_diff(current: dict, saved: dict, *, ignore=()) -> dict:
     ``config.json["config"]``) differ, options in ``ignore`` aside.
 
     Both sides are compared in their JSON form (tuples as lists). An option missing from an
-    older run's config.json is taken at the default it had then: today's field default, or for
+    older run's config.json is taken at the default it had then: :data:`BEFORE_OPTION` for the
+    options whose arrival changed what a run computes, else today's field default, or for
     per-loss options (``None`` fields), the resolved value of ``current`` (so that it is not a
     difference). Used by ``--resume``, the table scripts, recommend and the tests.
     """
@@ -430,6 +441,8 @@ def config_diff(current: dict, saved: dict, *, ignore=()) -> dict:
             continue
         if key in saved:
             old = saved[key]
+        elif key in BEFORE_OPTION:
+            old = BEFORE_OPTION[key]
         elif field_defaults.get(key) is not None:
             old = field_defaults[key]
         else:
