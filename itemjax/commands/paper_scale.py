@@ -32,10 +32,12 @@ from itemjax.runio import best_validation, options_slug, write_json_atomic
 #: how an interrupted command continues (printed on Ctrl-C)
 RESUME = RERUN
 
-#: the variants each loss is tuned over, on top of its defaults (the same count per loss)
+#: the variants each loss is tuned over, on top of its defaults (the same count per loss, each grid
+#: reaching lr 1e-2 and both schedules: the defaults' plateau rule and a cosine over the run's budget;
+#: BPR's large batches because one BPR step costs one full-graph propagation whatever its batch)
 VARIANTS = {
-    "bpr": ("", "--batch-size 8192 --lr 5e-3", "--batch-size 16384 --lr 1e-2"),
-    "item": ("", "--lr 3e-3", "--lr 1e-2"),
+    "bpr": ("", "--batch-size 16384 --lr 1e-2", "--batch-size 16384 --lr 1e-2 --lr-schedule cosine"),
+    "item": ("", "--lr 1e-2", "--lr 1e-2 --lr-schedule cosine"),
 }
 
 #: published rows for the same split and model (quoted, never mixed into ours)
