@@ -96,7 +96,7 @@ def test_toml_config_and_flags_layer_over_the_defaults(tmp_path):
     good.write_text('loss = "item"\ntau = 0.2\nks = [5, 20]\nout = "ignored"\n')
     config = train.config_from_args(train.parser().parse_args(["--config", str(good), "--tau", "0.4"]))
     assert (config.loss, config.tau, config.ks, config.out) == ("item", 0.4, (5, 20), None)
-    assert config.lr == 1e-3  # ITEM's default, resolved after the file
+    assert config.lr == 5e-3  # ITEM's default, resolved after the file
 
 
 @pytest.mark.parametrize("case,argv,words", FLAG_CASES, ids=[c[0] for c in FLAG_CASES])

@@ -221,7 +221,8 @@ def test_host_lr_scale_closed_forms():
             0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
     # a cosine with --decay-epochs is step-driven (in optax), even with a budget
     assert not host_scaled(TrainConfig(loss="item", lr_schedule="cosine", decay_epochs=5, time_budget=100.0).resolve())
-    assert not host_scaled(TrainConfig(loss="item").resolve())
+    assert host_scaled(TrainConfig(loss="item").resolve())  # the default: plateau
+    assert not host_scaled(TrainConfig(loss="item", lr_schedule="constant").resolve())
 
 
 def test_factor_at_replays_the_changes_by_step():

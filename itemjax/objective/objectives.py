@@ -427,7 +427,6 @@ def neuralndcg_objective(params, apply_fn, batch: Batch, key, step, *, n_users: 
     (:func:`itemjax.objective.listwise_losses.neural_ndcg_loss`). ``k = None`` is the whole list.
     """
     share = hard_share(step) if callable(hard_share) else hard_share
-    tau = tau(step) if callable(tau) else tau
     lists = user_lists(params, apply_fn, batch, key, share, n_users=n_users, n_pos=n_pos, n_neg=n_neg,
                        shared_negatives=shared_negatives, users_by_degree=users_by_degree, id_dropout=id_dropout)
     loss = neural_ndcg_loss(lists.scores, lists.labels, where=lists.where, temperature=temperature,
@@ -447,7 +446,6 @@ def softmax_objective(params, apply_fn, batch: Batch, key, step, *, n_users: int
     log(N Q(n))`` (:func:`negative_log_counts`; the positive is not corrected), else ``c_n = 0``.
     """
     share = hard_share(step) if callable(hard_share) else hard_share
-    tau = tau(step) if callable(tau) else tau
     lists = user_lists(params, apply_fn, batch, key, share, n_users=n_users, n_pos=n_pos, n_neg=n_neg,
                        shared_negatives=shared_negatives, users_by_degree=users_by_degree, id_dropout=id_dropout)
     log_q = 0.0
