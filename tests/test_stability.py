@@ -126,7 +126,7 @@ def test_diagnostics_match_numpy_references(tiny_problem):
                          tau_k=2.0).resolve()
     state = create_state(config, model, graph, data, jax.random.PRNGKey(0))
     batch, key = Batch(graph=graph, data=data), jax.random.PRNGKey(5)
-    valid = sp.csr_matrix((rng_valid := np.random.default_rng(1).random((30, 40)) < 0.05) & ~train.toarray().astype(bool),
+    valid = sp.csr_matrix((np.random.default_rng(1).random((30, 40)) < 0.05) & ~train.toarray().astype(bool),
                           dtype=np.float32)
     diag = Diagnostics(config, 4, train, valid)
     user_emb, item_emb = embed(state.apply_fn, state.params, graph)
@@ -265,7 +265,6 @@ def test_plateau_schedule_halves_after_lr_patience_stalled_evaluations(tiny_csv,
 
 @pytest.mark.integration
 def test_popularity_guard_keeps_a_run_on_the_popularity_ranking_from_stopping(tiny_csv, tmp_path):
-    from itemjax.data.datasets import load_dataset
     from itemjax.evaluation.evaluate import evaluate, popularity_embeddings
     from itemjax.train.run import fit, prepare
 
@@ -287,9 +286,8 @@ def test_cosine_over_the_time_budget_follows_the_budget_used(tiny_csv, tmp_path,
     from test_budget import TickingClock
 
     monkeypatch.setattr(itemjax.train.run, "_clock", TickingClock())  # 0.25 s per clock reading
-    summary = fit_budget = itemjax.train.run.fit(_tiny(tiny_csv, tmp_path / "run", lr=1e-2, lr_schedule="cosine",
-                                                       time_budget=20.0, epochs=100000, batch_size=4096,
-                                                       lr_min_ratio=0.1))
+    summary = itemjax.train.run.fit(_tiny(tiny_csv, tmp_path / "run", lr=1e-2, lr_schedule="cosine",
+                                          time_budget=20.0, epochs=100000, batch_size=4096, lr_min_ratio=0.1))
     records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     lrs = [r["lr"] for r in records]
     assert summary["stop_reason"] == "time budget"
@@ -298,7 +296,6 @@ def test_cosine_over_the_time_budget_follows_the_budget_used(tiny_csv, tmp_path,
         progress = (r["elapsed"] - 0.5) / 20.0
         assert r["lr"] == pytest.approx(1e-2 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))),
                                         rel=1e-5)
-    del fit_budget
 
 
 def write_clustered_interactions(path, *, n_users=400, n_items=300, n_clusters=8, per_user=20, popular=30, seed=0):
