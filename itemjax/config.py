@@ -123,10 +123,11 @@ class TrainConfig:
                               "and gat, constant otherwise): constant; cosine (from --lr down to --lr-min-ratio "
                               "x --lr over --decay-epochs after the warmup, or over the --time-budget when it is set "
                               "and --decay-epochs is not); exponential (halved every --decay-epochs, floored at "
-                              "--lr-min-ratio x --lr); plateau (halved after --lr-patience evaluations without a "
+                              "--lr-min-ratio x --lr); plateau (halved after --lr-patience epochs without a "
                               "validation gain, floored at --lr-min-ratio x --lr)", group=_TRAIN, choices=LR_SCHEDULES)
-    lr_patience: int = option(3, "--lr-schedule plateau: evaluations without a validation gain before the learning "
-                              "rate halves (keep it below --patience)", group=_TRAIN)
+    lr_patience: int = option(15, "--lr-schedule plateau: epochs without a validation gain (since the best or the last "
+                              "halving, checked at evaluations) before the learning rate halves; at most "
+                              "10 halvings (lr / 1024); keep it below --patience x --eval-every", group=_TRAIN)
     warmup_epochs: float = option(0.0, "linear learning-rate warmup from 0 over this many epochs, before any "
                                   "--lr-schedule (0: off)", group=_TRAIN)
     decay_epochs: Optional[float] = option(None, "--lr-schedule cosine: epochs of the cosine after the warmup (default: "

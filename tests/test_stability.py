@@ -214,6 +214,8 @@ def test_host_lr_scale_closed_forms():
     plateau = TrainConfig(loss="item", lr_schedule="plateau", lr_min_ratio=0.1).resolve()
     assert host_scaled(plateau)
     assert [host_lr_scale(plateau, progress=0.0, halvings=h) for h in (0, 1, 3, 4, 10)] == [1.0, 0.5, 0.125, 0.1, 0.1]
+    unfloored = TrainConfig(loss="item", lr_schedule="plateau").resolve()
+    assert [host_lr_scale(unfloored, progress=0.0, halvings=h) for h in (9, 10, 40)] == [2 ** -9, 2 ** -10, 2 ** -10]
     budget = TrainConfig(loss="item", lr_schedule="cosine", time_budget=100.0, lr_min_ratio=0.2).resolve()
     assert host_scaled(budget)
     for p in (0.0, 0.25, 0.5, 1.0, 1.5):
@@ -241,23 +243,22 @@ def _tiny(csv, out, **kw):
 
 
 @pytest.mark.integration
-def test_plateau_schedule_halves_after_lr_patience_stalled_evaluations(tiny_csv, tmp_path):
+def test_plateau_schedule_halves_after_lr_patience_stalled_epochs(tiny_csv, tmp_path):
     from itemjax.runio import read_jsonl
     from itemjax.train.run import fit
 
     summary = fit(_tiny(tiny_csv, tmp_path / "run", lr=3e-2, lr_schedule="plateau", lr_patience=2, popularity_guard=0.0,
                         refit=True))
     records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
-    # reference: replay the rule on the validation values; the factor changes from the next epoch on
-    best, bad, halvings, expected = None, 0, 0, []
+    # reference: replay the rule on the validation values (halve once 2 epochs have passed since the best
+    # epoch or the last halving without a gain); the factor changes from the next epoch on
+    best, best_epoch, halved, halvings, expected = None, 0, 0, 0, []
     for r in records:
         expected.append(3e-2 * 0.5 ** halvings)
         if best is None or r["ndcg@20"] > best:
-            best, bad = r["ndcg@20"], 0
-        else:
-            bad += 1
-            if bad % 2 == 0:
-                halvings += 1
+            best, best_epoch = r["ndcg@20"], r["epoch"]
+        elif r["epoch"] - max(best_epoch, halved) >= 2 and halvings < 10:
+            halvings, halved = halvings + 1, r["epoch"]
     np.testing.assert_allclose([r["lr"] for r in records], expected, rtol=1e-6)
     assert halvings >= 1, "the test needs at least one stalled stretch"
     assert summary["refit_steps"] == summary["selected_step"]

@@ -43,6 +43,7 @@ from itemjax.runio import (append_jsonl, default_out, environment, log, read_jso
                            write_json_atomic, write_table)
 from itemjax.train.tracking import Tracker
 from itemjax.train.step import (
+    MAX_HALVINGS,
     create_state,
     host_lr_scale,
     host_scaled,
@@ -273,7 +274,8 @@ def _fit_in(config: TrainConfig, on_evaluation, out: pathlib.Path, saved, writer
         })
     ckpts = RunCheckpoints(out)
     meta = {"epoch": 0, "best_value": None, "best_epoch": 0, "bad_evals": 0, "train_seconds": 0.0,
-            "eval_seconds": 0.0, "stopped_early": False, "stop_reason": None, "lr_halvings": 0, "lr_scales": []}
+            "eval_seconds": 0.0, "stopped_early": False, "stop_reason": None, "lr_halvings": 0, "lr_scales": [],
+            "lr_halved_epoch": 0}
     if config.resume and ckpts.latest_step("latest") is not None:
         restored, restored_meta = ckpts.restore("latest", _checkpointable(state))
         meta.update(restored_meta)
@@ -387,9 +389,12 @@ def _fit_in(config: TrainConfig, on_evaluation, out: pathlib.Path, saved, writer
                             f"{config.popularity_guard:.0%} (if it stays there, raise --lr)")
                 else:
                     meta["bad_evals"] += 1
-                    if config.lr_schedule == "plateau" and meta["bad_evals"] % config.lr_patience == 0:
+                    since = max(meta["best_epoch"], meta["lr_halved_epoch"])
+                    if (config.lr_schedule == "plateau" and epoch - since >= config.lr_patience
+                            and meta["lr_halvings"] < MAX_HALVINGS):
                         meta["lr_halvings"] += 1  # applied from the next epoch on (set_lr_scale)
-                        log(f"epoch {epoch}: no {select} gain for {meta['bad_evals']} evaluations; learning rate "
+                        meta["lr_halved_epoch"] = epoch
+                        log(f"epoch {epoch}: no {select} gain since epoch {meta['best_epoch']}; learning rate "
                             f"x{host_lr_scale(config, progress=0.0, halvings=meta['lr_halvings']):g}")
                     if meta["bad_evals"] >= config.patience:
                         meta.update(stopped_early=True, stop_reason="early stopping")

@@ -99,17 +99,21 @@ def learning_rate(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, base, warmup), main], [warmup])
 
 
+#: ``--lr-schedule plateau`` halves at most this many times (to lr / 1024): a stalled model keeps training
+MAX_HALVINGS = 10
+
+
 def host_lr_scale(config: TrainConfig, *, progress: float, halvings: int) -> float:
     """The host's factor on :func:`learning_rate` (1 unless :func:`host_scaled`).
 
-    ``plateau``: ``max(m, 0.5 ** halvings)`` (``halvings``: how often validation stalled for
-    ``lr_patience`` evaluations); ``cosine`` over a time budget: ``m + (1 - m) * (1 + cos(pi * p)) / 2``
+    ``plateau``: ``max(m, 0.5 ** min(halvings, MAX_HALVINGS))`` (``halvings``: how often validation
+    stalled for ``lr_patience`` epochs); ``cosine`` over a time budget: ``m + (1 - m) * (1 + cos(pi * p)) / 2``
     with ``p = min(1, progress)`` the share of the budget spent (training + validation seconds).
     ``m = lr_min_ratio``.
     """
     m = config.lr_min_ratio
     if config.lr_schedule == "plateau":
-        return max(m, 0.5 ** halvings)
+        return max(m, 0.5 ** min(halvings, MAX_HALVINGS))
     if host_scaled(config):
         return m + (1.0 - m) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
     return 1.0
