@@ -86,8 +86,10 @@ class Diagnostics:
         self.users = users
         degree = np.asarray(train.sum(axis=0)).ravel()
         self.train_rows = train[users].tocsr()
-        self.popular_top = _top20(np.broadcast_to(degree.astype(np.float64), (len(users), degree.size)).copy(),
-                                  self.train_rows)
+        self.popular_top = np.concatenate([
+            _top20(np.broadcast_to(degree.astype(np.float64), (rows.stop - rows.start, degree.size)).copy(),
+                   self.train_rows[rows])
+            for rows in _chunks(len(users))]) if len(users) else np.zeros((0, 20), np.int64)
 
     def _measure_impl(self, apply_fn, params, batch, key, step):
         out = {}
@@ -131,11 +133,17 @@ class Diagnostics:
         out["emb/item_top_share"] = _top_share(item_emb.astype(jnp.float32))
         record = {k: float(v) for k, v in jax.device_get(out).items()}
         if len(self.users):
-            scores = np.asarray(jnp.matmul(user_emb[self.users], item_emb.T), np.float64)
-            model_top = _top20(scores, self.train_rows)
+            model_top = np.concatenate([
+                _top20(np.asarray(jnp.matmul(user_emb[self.users[rows]], item_emb.T), np.float64), self.train_rows[rows])
+                for rows in _chunks(len(self.users))])
             overlap = [np.intersect1d(a, b).size for a, b in zip(model_top, self.popular_top)]
             record["popularity_overlap@20"] = float(np.mean(overlap) / 20)
         return record
+
+
+def _chunks(n: int, size: int = 128):
+    """Slices of ``range(n)`` of ``size`` rows: the host holds ``size x n_items`` float64 scores at a time."""
+    return [slice(start, min(n, start + size)) for start in range(0, n, size)]
 
 
 def _top20(scores: np.ndarray, exclude) -> np.ndarray:
