@@ -104,6 +104,28 @@ def test_products_match_float64_reference_for_every_thread_count():
 
 
 @needs_kernel
+@pytest.mark.parametrize("d", [16, 32, 64, 128])
+def test_fixed_width_rows_equal_the_generic_loop_bitwise(d):
+    """Widths 16, 32, 64, 128 run the register-accumulator kernel; split into two generic widths (d - 8
+    and 8 columns) the same sums are added in the same order, so the results are bitwise equal."""
+    matrix = random_csr(m=300, n=200, density=0.08, seed=12)
+    indptr, indices, data = device_arrays(matrix)
+    x32 = np.float32(np.random.default_rng(12).normal(size=(matrix.shape[1], d)))
+    fixed = [np.asarray(native.spmm(indptr, indices, data, jnp.asarray(x32), threads=t)) for t in (1, 2, 0)]
+    generic = np.concatenate([np.asarray(native.spmm(indptr, indices, data, jnp.asarray(x32[:, :d - 8]))),
+                              np.asarray(native.spmm(indptr, indices, data, jnp.asarray(x32[:, d - 8:])))], axis=1)
+    m64 = scipy.sparse.csr_matrix((np.asarray(data, np.float64), matrix.indices, matrix.indptr), shape=matrix.shape)
+    np.testing.assert_allclose(fixed[0], m64 @ np.float64(x32), rtol=RTOL, atol=ATOL)
+    for y in fixed[1:] + [generic]:
+        np.testing.assert_array_equal(y, fixed[0])
+    xb = jnp.asarray(x32, jnp.bfloat16)
+    yb = native.spmm(indptr, indices, data, xb)
+    y32 = native.spmm(indptr, indices, data, xb.astype(jnp.float32))
+    np.testing.assert_array_equal(np.asarray(yb.astype(jnp.float32)),
+                                  np.asarray(y32.astype(jnp.bfloat16).astype(jnp.float32)))
+
+
+@needs_kernel
 def test_empty_matrix_and_out_of_range_entries():
     indptr = jnp.zeros((5,), jnp.int32)  # 4 rows, no entries
     x = jnp.ones((3, 2), jnp.float32)

@@ -124,6 +124,71 @@ ITEMJAX_INLINE void ForwardRows(int64_t r0, int64_t r1, const int32_t* indptr, c
   }
 }
 
+// Rows [r0, r1) of Y = M X for a compile-time width D (a multiple of 8), float32 sums: the row's D
+// sums stay in D / 8 registers of 8 floats for the whole row (the generic loop above reads and writes
+// its accumulators through memory at every entry), and every cache line of the X row kDistance entries
+// ahead is prefetched (the generic loop fetches the first line only). Same order of additions as
+// ForwardRows (entries ascending, one accumulator per output element), so the results are identical.
+#if defined(__GNUC__)
+#define ITEMJAX_FIXED_WIDTH 1
+#pragma GCC diagnostic ignored "-Wpsabi"  // 32-byte vectors in inlined helpers only: no ABI is crossed
+typedef float F8 __attribute__((vector_size(32)));
+typedef uint16_t U16x8 __attribute__((vector_size(16)));
+typedef uint32_t U32x8 __attribute__((vector_size(32)));
+
+ITEMJAX_INLINE F8 Load8(const float* p) {
+  F8 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+ITEMJAX_INLINE F8 Load8(const Bf16* p) {
+  U16x8 half;
+  std::memcpy(&half, p, sizeof(half));
+  const U32x8 word = __builtin_convertvector(half, U32x8) << 16;
+  F8 v;
+  std::memcpy(&v, &word, sizeof(v));
+  return v;
+}
+
+constexpr int64_t kFixedPrefetchDistance = 8;  // entries ahead whose whole X row is prefetched
+
+template <int D, typename X>
+ITEMJAX_INLINE void ForwardRowsFixed(int64_t r0, int64_t r1, const int32_t* indptr, const int32_t* indices,
+                                     const float* data, const X* x, X* y, int64_t nnz, int64_t n) {
+  static_assert(D % 8 == 0, "D must be a multiple of 8");
+  constexpr int kVectors = D / 8;
+  constexpr int kLines = static_cast<int>((D * sizeof(X) + 63) / 64);
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t begin = std::clamp<int64_t>(indptr[r], 0, nnz);
+    const int64_t end = std::clamp<int64_t>(indptr[r + 1], begin, nnz);
+    F8 acc[kVectors];
+    for (int i = 0; i < kVectors; ++i) acc[i] = F8{};
+    for (int64_t j = begin; j < end; ++j) {
+      if (j + kFixedPrefetchDistance < end) {
+        const uint32_t ahead = static_cast<uint32_t>(indices[j + kFixedPrefetchDistance]);
+        if (ahead < static_cast<uint64_t>(n)) {
+          const char* line = reinterpret_cast<const char*>(x + static_cast<int64_t>(ahead) * D);
+          for (int l = 0; l < kLines; ++l) ITEMJAX_PREFETCH(line + 64 * l);
+        }
+      }
+      const uint32_t c = static_cast<uint32_t>(indices[j]);
+      if (c >= static_cast<uint64_t>(n)) continue;
+      const float v = data[j];
+      const X* row = x + static_cast<int64_t>(c) * D;
+      for (int i = 0; i < kVectors; ++i) acc[i] += v * Load8(row + 8 * i);
+    }
+    X* target = y + r * D;
+    if constexpr (std::is_same<X, float>::value) {
+      std::memcpy(target, acc, sizeof(acc));
+    } else {
+      float sums[D];
+      std::memcpy(sums, acc, sizeof(acc));
+      for (int k = 0; k < D; ++k) target[k] = Store<X>(sums[k]);
+    }
+  }
+}
+#endif
+
 // Output rows [c0, c1) of Y = M^T X (M has m rows): every entry of M is visited, those whose column
 // falls in [c0, c1) are accumulated. acc: (c1 - c0) * d accumulators (unused when X is the accumulator
 // type: Y's rows are summed in place).
@@ -173,6 +238,54 @@ ITEMJAX_ROW_FUNCTIONS(Bf16, Bf16, float)
 ITEMJAX_ROW_FUNCTIONS(F64, double, double)
 
 #undef ITEMJAX_ROW_FUNCTIONS
+
+#if defined(ITEMJAX_FIXED_WIDTH)
+// Fixed-width forward entry points: FixedF32_<D>, FixedBf16_<D> for D in kFixedWidths.
+#define ITEMJAX_FIXED_FUNCTION(SUFFIX, X, D)                                                                 \
+  ITEMJAX_MULTIVERSION void Fixed##SUFFIX##_##D(int64_t r0, int64_t r1, const int32_t* indptr,             \
+                                                const int32_t* indices, const float* data, const X* x, X* y, \
+                                                int64_t nnz, int64_t n) {                                   \
+    ForwardRowsFixed<D, X>(r0, r1, indptr, indices, data, x, y, nnz, n);                                    \
+  }
+ITEMJAX_FIXED_FUNCTION(F32, float, 16)
+ITEMJAX_FIXED_FUNCTION(F32, float, 32)
+ITEMJAX_FIXED_FUNCTION(F32, float, 64)
+ITEMJAX_FIXED_FUNCTION(F32, float, 128)
+ITEMJAX_FIXED_FUNCTION(Bf16, Bf16, 16)
+ITEMJAX_FIXED_FUNCTION(Bf16, Bf16, 32)
+ITEMJAX_FIXED_FUNCTION(Bf16, Bf16, 64)
+ITEMJAX_FIXED_FUNCTION(Bf16, Bf16, 128)
+#undef ITEMJAX_FIXED_FUNCTION
+
+using FixedKernel32 = void (*)(int64_t, int64_t, const int32_t*, const int32_t*, const float*, const float*, float*,
+                               int64_t, int64_t);
+using FixedKernel16 = void (*)(int64_t, int64_t, const int32_t*, const int32_t*, const float*, const Bf16*, Bf16*,
+                               int64_t, int64_t);
+
+// The fixed-width forward kernel for width d, or nullptr (then the generic ForwardRows runs).
+template <typename X>
+auto FixedForward(int64_t d) {
+  if constexpr (std::is_same<X, float>::value) {
+    switch (d) {
+      case 16: return FixedKernel32{FixedF32_16};
+      case 32: return FixedKernel32{FixedF32_32};
+      case 64: return FixedKernel32{FixedF32_64};
+      case 128: return FixedKernel32{FixedF32_128};
+      default: return FixedKernel32{nullptr};
+    }
+  } else if constexpr (std::is_same<X, Bf16>::value) {
+    switch (d) {
+      case 16: return FixedKernel16{FixedBf16_16};
+      case 32: return FixedKernel16{FixedBf16_32};
+      case 64: return FixedKernel16{FixedBf16_64};
+      case 128: return FixedKernel16{FixedBf16_128};
+      default: return FixedKernel16{nullptr};
+    }
+  } else {
+    return static_cast<void (*)()>(nullptr);
+  }
+}
+#endif
 
 template <typename X>
 struct Kernels;
@@ -312,6 +425,14 @@ ffi::Error Spmm(ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::S32> indices, ffi
         return std::clamp<int64_t>(ip[r], 0, nnz) + r;  // nonzeros + rows before row r
       };
       const std::vector<int64_t> bounds = count > 1 ? Split(m, count, prefix) : std::vector<int64_t>{0, m};
+#if defined(ITEMJAX_FIXED_WIDTH)
+      if constexpr (!std::is_same<X, double>::value) {
+        if (const auto fixed = FixedForward<X>(d); fixed != nullptr) {
+          RunTasks(count, [&](int64_t t) { fixed(bounds[t], bounds[t + 1], ip, ix, values, xs, ys, nnz, x.dimensions()[0]); });
+          return ffi::Error::Success();
+        }
+      }
+#endif
       RunTasks(count, [&](int64_t t) {
         std::vector<Acc> acc(kDirect ? 0 : static_cast<size_t>(d));
         Kernels<X>::forward(bounds[t], bounds[t + 1], ip, ix, values, xs, ys, nnz, x.dimensions()[0], d,
