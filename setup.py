@@ -38,7 +38,7 @@ def jaxlib_include_dir():
 
 #: The library's C symbols (itemjax/native/__init__.py's TARGETS and the ABI check).
 SYMBOLS = ["ItemjaxCsrSpmmF32", "ItemjaxCsrSpmmBf16", "ItemjaxCsrSpmmF64", "ItemjaxCsrSpmmTF32", "ItemjaxCsrSpmmTBf16",
-           "ItemjaxCsrSpmmTF64", "ItemjaxNativeAbiVersion"]
+           "ItemjaxCsrSpmmTF64", "ItemjaxGatForwardF32", "ItemjaxGatBackwardF32", "ItemjaxNativeAbiVersion"]
 
 
 class BuildNative(build_ext):

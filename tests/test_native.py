@@ -259,6 +259,52 @@ def test_attention_equals_csr():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
+@needs_kernel
+@pytest.mark.parametrize("d", [16, 64])
+def test_fused_attention_passes_match_float64_autodiff(x64, d):
+    """Widths 16-128 in float32 run the fused GAT passes (one forward pass, two backward); their value and
+    gradients (x, src, dst) against float64 autodiff of the segment reference, on a graph with isolated
+    nodes and mixed-sign logits; the thread count does not change the bits."""
+    host = build_graph(skewed_train(seed=13))
+    n = host.n_nodes
+    rng = np.random.default_rng(13)
+    x64_, w64 = rng.normal(size=(n, d)), rng.normal(size=(n, d))
+    src64, dst64 = rng.normal(size=(n,)) * 2, rng.normal(size=(n,)) * 2
+
+    def loss(graph, x, src, dst, weights):
+        return jnp.sum(weights * jnp.tanh(propagate_attention(graph, x, src, dst)))
+
+    segment = to_device(host, "segment")
+    want = jax.value_and_grad(loss, argnums=(1, 2, 3))(segment, *(jnp.asarray(a, jnp.float64) for a in
+                                                                  (x64_, src64, dst64, w64)))
+    native_graph = to_device(host, "native")
+    args32 = [jnp.asarray(a, jnp.float32) for a in (x64_, src64, dst64, w64)]
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss, argnums=1))(native_graph, *args32))
+    assert "itemjax_gat_forward_f32" in jaxpr and "itemjax_gat_backward_f32" in jaxpr
+    assert "itemjax_csr_spmm" not in jaxpr
+    got = jax.jit(jax.value_and_grad(loss, argnums=(1, 2, 3)))(native_graph, *args32)
+    np.testing.assert_allclose(float(got[0]), float(want[0]), rtol=1e-5)
+    for a, b in zip(got[1], want[1]):
+        assert a.dtype == jnp.float32
+        np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b), rtol=1e-4, atol=2e-5)
+    isolated = np.asarray(jnp.diff(native_graph.indptr)) == 0
+    y = propagate_attention(native_graph, *args32[:3])
+    assert isolated.any() and np.all(np.asarray(y)[isolated] == 0)
+    # one thread against the automatic count: bitwise equal
+    arrays = (native_graph.indptr, native_graph.indices, *args32[:3])
+    one = native.gat_forward(*arrays, negative_slope=0.2, threads=1)
+    auto = native.gat_forward(*arrays, negative_slope=0.2, threads=2)
+    for a, b in zip(one, auto):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    y_bar = jnp.asarray(w64, jnp.float32)
+    back_one = native.gat_backward(*arrays, *one, y_bar, negative_slope=0.2, threads=1)
+    back_two = native.gat_backward(*arrays, *one, y_bar, negative_slope=0.2, threads=2)
+    for a, b in zip(back_one, back_two):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ValueError, match="width|d in"):
+        native.gat_forward(*arrays[:2], args32[0][:, :8], *args32[1:3], negative_slope=0.2)
+
+
 def test_config_accepts_native():
     assert TrainConfig(backend="native").backend == "native"
     assert TrainConfig(ppr_backend="native").ppr_backend == "native"

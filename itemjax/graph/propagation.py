@@ -422,6 +422,29 @@ def _csr_attention(native: bool, n_nodes: int, negative_slope: float, indptr, in
 _csr_attention.defvjp(_attention_fwd, _attention_bwd)
 
 
+def _native_attention_fwd(negative_slope, indptr, indices, x, src_score, dst_score):
+    y, row_max, den = native_kernel.gat_forward(indptr, indices, x, src_score, dst_score, negative_slope=negative_slope)
+    return y, (indptr, indices, x, src_score, dst_score, y, row_max, den)
+
+
+def _native_attention_bwd(negative_slope, residuals, y_bar):
+    indptr, indices, x, src_score, dst_score, y, row_max, den = residuals
+    x_bar, src_bar, dst_bar = native_kernel.gat_backward(indptr, indices, x, src_score, dst_score, y, row_max, den,
+                                                         y_bar, negative_slope=negative_slope)
+    return None, None, x_bar, src_bar, dst_bar
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _native_attention(negative_slope: float, indptr, indices, x, src_score, dst_score):
+    """:func:`propagate_attention` in one native pass per row forward and two backward
+    (:func:`itemjax.native.gat_forward`, :func:`itemjax.native.gat_backward`: the softmax, its
+    normalisation and the weighted sum fused, no per-edge array in memory)."""
+    return _native_attention_fwd(negative_slope, indptr, indices, x, src_score, dst_score)[0]
+
+
+_native_attention.defvjp(_native_attention_fwd, _native_attention_bwd)
+
+
 def propagate_attention(
     graph: DeviceGraph, x: jax.Array, src_score: jax.Array, dst_score: jax.Array, negative_slope: float = 0.2
 ) -> jax.Array:
@@ -453,7 +476,12 @@ def propagate_attention(
       and its data are the same logits with the two ends swapped, recomputed from the node
       scores. ``m_r`` gets no gradient (the softmax does not depend on it). The CSR arrays
       hold no padding, so padded edges never enter.
-    * ``"native"``: ``"csr"``'s computation with its four products on the native kernel.
+    * ``"native"``: for float32 ``x`` of width 16, 32, 64 or 128, fused native passes over the CSR
+      rows (:func:`itemjax.native.gat_forward` / :func:`~itemjax.native.gat_backward`): the forward
+      computes ``m_r``, ``w``, ``den_r`` and ``y_r`` in one pass per row; the backward makes one pass
+      over rows ``r`` (``dst_bar``, gathering ``x_c``) and one over rows ``c`` (``x_bar`` and
+      ``src_bar``, gathering ``y_bar_r``: by the pattern's symmetry the column sums are row sums).
+      Other widths and dtypes: ``"csr"``'s computation with its four products on the native kernel.
 
     Args:
       graph: the device graph; only its structure is read (not ``data`` / ``weights``).
@@ -470,6 +498,8 @@ def propagate_attention(
     src_score, dst_score = (jnp.asarray(s, x.dtype) for s in (src_score, dst_score))
     if graph.backend == "segment":
         return _segment_attention(graph, x, src_score, dst_score, negative_slope)
+    if graph.backend == "native" and _native_usable() and native_kernel.gat_supported(x):
+        return _native_attention(float(negative_slope), graph.indptr, graph.indices, x, src_score, dst_score)
     if graph.backend in ("csr", "native"):
         rows = graph.receivers[: graph.indices.shape[0]]  # CSR row of each entry (real edges come first)
         return _csr_attention(graph.backend == "native", graph.n_nodes, float(negative_slope), graph.indptr,

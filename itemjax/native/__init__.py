@@ -35,7 +35,7 @@ from itemjax.runio import log
 #: File name stem of the compiled library (``_csr_spmm.cpython-311-x86_64-linux-gnu.so`` on Linux).
 LIBRARY_STEM = "_csr_spmm"
 #: ``ItemjaxNativeAbiVersion()`` of the library this module calls (bumped when a handler's signature changes).
-ABI_VERSION = 1
+ABI_VERSION = 2
 #: FFI target name and C symbol of each ``(transpose, x dtype)``.
 TARGETS = {
     (False, "float32"): ("itemjax_csr_spmm_f32", "ItemjaxCsrSpmmF32"),
@@ -45,6 +45,13 @@ TARGETS = {
     (True, "bfloat16"): ("itemjax_csr_spmm_t_bf16", "ItemjaxCsrSpmmTBf16"),
     (True, "float64"): ("itemjax_csr_spmm_t_f64", "ItemjaxCsrSpmmTF64"),
 }
+#: FFI target name and C symbol of the fused GAT attention passes (float32; :func:`gat_forward`, :func:`gat_backward`).
+GAT_TARGETS = {
+    "forward": ("itemjax_gat_forward_f32", "ItemjaxGatForwardF32"),
+    "backward": ("itemjax_gat_backward_f32", "ItemjaxGatBackwardF32"),
+}
+#: Feature widths the GAT passes are compiled for (their sums held in registers).
+GAT_WIDTHS = (16, 32, 64, 128)
 #: How to build the kernel, named by the fallback notice.
 FIX = ("install a C++ compiler (e.g. apt-get install g++) and reinstall itemjax (in a checkout: "
        "pip install --force-reinstall --no-deps -e .)")
@@ -84,7 +91,7 @@ def _open_and_register() -> dict:
         return {"library": None, "path": path,
                 "reason": f"{path.name} is a stale build (ABI {version}, this itemjax needs {ABI_VERSION})"}
     try:
-        for name, symbol in TARGETS.values():
+        for name, symbol in (*TARGETS.values(), *GAT_TARGETS.values()):
             jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
     except Exception as error:  # noqa: BLE001 - any failure here means: use the fallback, and say why
         return {"library": None, "path": path, "reason": f"registering {path.name} with XLA failed ({error})"}
@@ -175,3 +182,65 @@ def spmm(indptr, indices, data, x, *, transpose: bool = False, n_cols: int | Non
     call = jax.ffi.ffi_call(name, jax.ShapeDtypeStruct((out_rows, x.shape[1]), x.dtype), vmap_method="sequential")
     return call(jnp.asarray(indptr, jnp.int32), jnp.asarray(indices, jnp.int32), jnp.asarray(data, accumulate), x,
                 threads=np.int64(threads))
+
+
+def gat_supported(x) -> bool:
+    """Whether :func:`gat_forward` / :func:`gat_backward` take ``x`` (the kernel is available, ``x`` is a
+    float32 ``[n, d]`` array with ``d`` in :data:`GAT_WIDTHS`); other inputs use the composed CSR path."""
+    return (available() and jnp.dtype(x.dtype) == jnp.float32 and x.ndim == 2
+            and int(x.shape[1]) in GAT_WIDTHS)
+
+
+def _gat_arguments(indptr, indices, x, src_score, dst_score):
+    if not gat_supported(x):
+        raise ValueError(f"the native GAT passes take float32 x [n, d] with d in {GAT_WIDTHS} (and a built kernel); "
+                         f"got {x.dtype} {tuple(x.shape)}: use itemjax.graph.propagation.propagate_attention")
+    return (jnp.asarray(indptr, jnp.int32), jnp.asarray(indices, jnp.int32), x,
+            jnp.asarray(src_score, jnp.float32), jnp.asarray(dst_score, jnp.float32))
+
+
+def gat_forward(indptr, indices, x, src_score, dst_score, *, negative_slope: float, threads: int = 0):
+    """One head of GAT attention propagation over a square CSR pattern, one pass per row.
+
+    For the entries ``c`` of row ``r`` (``pre = dst[r] + src[c]``, ``l = LeakyReLU(pre)``)::
+
+        m_r = max_c l_rc,  w_rc = exp(l_rc - m_r),  den_r = sum_c w_rc,  y_r = sum_c (w_rc / den_r) x_c
+
+    (``m_r = 0``, ``den_r = 1``, ``y_r = 0`` on a row without entries).
+
+    Args:
+      indptr: int32 ``[n + 1]``; indices: int32 ``[nnz]``; x: float32 ``[n, d]``, ``d`` in :data:`GAT_WIDTHS`;
+      src_score, dst_score: ``[n]``; negative_slope: LeakyReLU slope; threads: 0 = automatic.
+    Returns:
+      ``(y [n, d], row_max [n], den [n])``, float32; the last two are :func:`gat_backward`'s residuals.
+    """
+    args = _gat_arguments(indptr, indices, x, src_score, dst_score)
+    n, d = x.shape
+    out = (jax.ShapeDtypeStruct((n, d), jnp.float32), jax.ShapeDtypeStruct((n,), jnp.float32),
+           jax.ShapeDtypeStruct((n,), jnp.float32))
+    call = jax.ffi.ffi_call(GAT_TARGETS["forward"][0], out, vmap_method="sequential")
+    return call(*args, slope=np.float32(negative_slope), threads=np.int64(threads))
+
+
+def gat_backward(indptr, indices, x, src_score, dst_score, y, row_max, den, y_bar, *, negative_slope: float,
+                 threads: int = 0):
+    """The VJP of :func:`gat_forward` for a SYMMETRIC pattern (``c in N(r)`` iff ``r in N(c)``), two passes.
+
+    With ``alpha_rc = w_rc / den_r``, ``q_r = y_bar_r . y_r``, ``lambda_rc = dLeakyReLU/dpre`` and the softmax's
+    ``l_bar_rc = alpha_rc (y_bar_r . x_c - q_r)``::
+
+        dst_bar_r = sum_{c in N(r)} lambda_rc l_bar_rc                 (rows r; gathers x_c)
+        src_bar_c = sum_{r in N(c)} lambda_rc l_bar_rc,  x_bar_c = sum_{r in N(c)} alpha_rc y_bar_r
+                                                                       (rows c; gathers y_bar_r)
+
+    Returns ``(x_bar [n, d], src_bar [n], dst_bar [n])``, float32. On a non-symmetric pattern the column sums
+    would be wrong: use :func:`itemjax.graph.propagation.propagate_attention`, which only calls this on the
+    (symmetric) bipartite graph.
+    """
+    args = _gat_arguments(indptr, indices, x, src_score, dst_score)
+    n, d = x.shape
+    out = (jax.ShapeDtypeStruct((n, d), jnp.float32), jax.ShapeDtypeStruct((n,), jnp.float32),
+           jax.ShapeDtypeStruct((n,), jnp.float32))
+    call = jax.ffi.ffi_call(GAT_TARGETS["backward"][0], out, vmap_method="sequential")
+    return call(*args, jnp.asarray(y, jnp.float32), jnp.asarray(row_max, jnp.float32), jnp.asarray(den, jnp.float32),
+                jnp.asarray(y_bar, jnp.float32), slope=np.float32(negative_slope), threads=np.int64(threads))

@@ -305,6 +305,203 @@ struct Kernels<double> {
   static constexpr auto transpose = TransposeRowsF64;
 };
 
+// ---------------------------------------------------------------------------- GAT attention
+//
+// One head of additive attention over a CSR graph whose pattern is symmetric (c in N(r) <=> r in N(c)),
+// float32, width d = 8 * V (V vectors of 8 floats held in registers). For the entry (r, c) of row r:
+//
+//   pre_rc = dst[r] + src[c],  l_rc = LeakyReLU(pre_rc) (slope below 0; 1 at 0),  lambda_rc = dl/dpre
+//   m_r = max_c l_rc (0 on a row without entries),  w_rc = exp(l_rc - m_r),  den_r = sum_c w_rc (1 if none)
+//   alpha_rc = w_rc / den_r,  y_r = sum_c alpha_rc x_c                                  (forward, one pass)
+//
+// Backward, from y_bar, with q_r = y_bar_r . y_r and the softmax's l_bar_rc = alpha_rc (y_bar_r . x_c - q_r):
+//
+//   dst_bar_r = sum_{c in N(r)} lambda_rc l_bar_rc              (pass A over rows r: gathers x_c)
+//   src_bar_c = sum_{r in N(c)} lambda_rc l_bar_rc              (pass B over rows c: gathers y_bar_r;
+//   x_bar_c   = sum_{r in N(c)} alpha_rc y_bar_r                 the pattern's symmetry turns the column sums
+//                                                                into row sums, with no scatter)
+//
+// Each output element is summed by one thread in entry order; dot products sum 8 lanes, then the lanes.
+#if defined(ITEMJAX_FIXED_WIDTH)
+ITEMJAX_INLINE float HorizontalSum(const F8& v) {
+  float lanes[8];
+  std::memcpy(lanes, &v, sizeof(lanes));
+  return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+}
+
+ITEMJAX_INLINE float Leaky(float pre, float slope) { return pre >= 0.0f ? pre : slope * pre; }
+
+ITEMJAX_INLINE void PrefetchRow(const float* row, int lines) {
+  const char* line = reinterpret_cast<const char*>(row);
+  for (int l = 0; l < lines; ++l) ITEMJAX_PREFETCH(line + 64 * l);
+}
+
+template <int V>
+ITEMJAX_INLINE void GatForwardRows(int64_t r0, int64_t r1, const int32_t* indptr, const int32_t* indices,
+                                   const float* x, const float* src, const float* dst, float slope, int64_t nnz,
+                                   int64_t n, float* y, float* row_max, float* denominator) {
+  constexpr int D = 8 * V;
+  constexpr int kLines = (D * 4 + 63) / 64;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t begin = std::clamp<int64_t>(indptr[r], 0, nnz);
+    const int64_t end = std::clamp<int64_t>(indptr[r + 1], begin, nnz);
+    const float dr = dst[r];
+    float mx = 0.0f;
+    bool any = false;
+    for (int64_t j = begin; j < end; ++j) {
+      const uint32_t c = static_cast<uint32_t>(indices[j]);
+      if (c >= static_cast<uint64_t>(n)) continue;
+      const float l = Leaky(dr + src[c], slope);
+      mx = any ? std::max(mx, l) : l;
+      any = true;
+    }
+    F8 acc[V];
+    for (int i = 0; i < V; ++i) acc[i] = F8{};
+    float den = 0.0f;
+    for (int64_t j = begin; j < end; ++j) {
+      if (j + kFixedPrefetchDistance < end) {
+        const uint32_t ahead = static_cast<uint32_t>(indices[j + kFixedPrefetchDistance]);
+        if (ahead < static_cast<uint64_t>(n)) PrefetchRow(x + static_cast<int64_t>(ahead) * D, kLines);
+      }
+      const uint32_t c = static_cast<uint32_t>(indices[j]);
+      if (c >= static_cast<uint64_t>(n)) continue;
+      const float w = std::exp(Leaky(dr + src[c], slope) - mx);
+      den += w;
+      const float* row = x + static_cast<int64_t>(c) * D;
+      for (int i = 0; i < V; ++i) acc[i] += w * Load8(row + 8 * i);
+    }
+    if (!(den > 0.0f)) den = 1.0f;  // no entries: y_r = 0
+    for (int i = 0; i < V; ++i) acc[i] /= den;
+    std::memcpy(y + r * D, acc, sizeof(acc));
+    row_max[r] = mx;
+    denominator[r] = den;
+  }
+}
+
+// Pass A: dst_bar over rows [r0, r1), and q_r = y_bar_r . y_r into q.
+template <int V>
+ITEMJAX_INLINE void GatBackwardRowsA(int64_t r0, int64_t r1, const int32_t* indptr, const int32_t* indices,
+                                     const float* x, const float* src, const float* dst, const float* y,
+                                     const float* row_max, const float* denominator, const float* y_bar,
+                                     float slope, int64_t nnz, int64_t n, float* q, float* dst_bar) {
+  constexpr int D = 8 * V;
+  constexpr int kLines = (D * 4 + 63) / 64;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t begin = std::clamp<int64_t>(indptr[r], 0, nnz);
+    const int64_t end = std::clamp<int64_t>(indptr[r + 1], begin, nnz);
+    F8 g[V];
+    F8 dot_y = F8{};
+    for (int i = 0; i < V; ++i) {
+      g[i] = Load8(y_bar + r * D + 8 * i);
+      dot_y += g[i] * Load8(y + r * D + 8 * i);
+    }
+    const float qr = HorizontalSum(dot_y);
+    q[r] = qr;
+    const float dr = dst[r], mx = row_max[r], inv = 1.0f / denominator[r];
+    float sum = 0.0f;
+    for (int64_t j = begin; j < end; ++j) {
+      if (j + kFixedPrefetchDistance < end) {
+        const uint32_t ahead = static_cast<uint32_t>(indices[j + kFixedPrefetchDistance]);
+        if (ahead < static_cast<uint64_t>(n)) PrefetchRow(x + static_cast<int64_t>(ahead) * D, kLines);
+      }
+      const uint32_t c = static_cast<uint32_t>(indices[j]);
+      if (c >= static_cast<uint64_t>(n)) continue;
+      const float pre = dr + src[c];
+      const float alpha = std::exp(Leaky(pre, slope) - mx) * inv;
+      const float* row = x + static_cast<int64_t>(c) * D;
+      F8 dot = F8{};
+      for (int i = 0; i < V; ++i) dot += g[i] * Load8(row + 8 * i);
+      sum += (pre >= 0.0f ? 1.0f : slope) * alpha * (HorizontalSum(dot) - qr);
+    }
+    dst_bar[r] = sum;
+  }
+}
+
+// Pass B: x_bar and src_bar over rows [c0, c1) (as columns: their entries r are the edges c -> r).
+template <int V>
+ITEMJAX_INLINE void GatBackwardRowsB(int64_t c0, int64_t c1, const int32_t* indptr, const int32_t* indices,
+                                     const float* x, const float* src, const float* dst, const float* row_max,
+                                     const float* denominator, const float* y_bar, const float* q, float slope,
+                                     int64_t nnz, int64_t n, float* x_bar, float* src_bar) {
+  constexpr int D = 8 * V;
+  constexpr int kLines = (D * 4 + 63) / 64;
+  for (int64_t c = c0; c < c1; ++c) {
+    const int64_t begin = std::clamp<int64_t>(indptr[c], 0, nnz);
+    const int64_t end = std::clamp<int64_t>(indptr[c + 1], begin, nnz);
+    F8 xc[V], acc[V];
+    for (int i = 0; i < V; ++i) {
+      xc[i] = Load8(x + c * D + 8 * i);
+      acc[i] = F8{};
+    }
+    const float sc = src[c];
+    float sum = 0.0f;
+    for (int64_t j = begin; j < end; ++j) {
+      if (j + kFixedPrefetchDistance < end) {
+        const uint32_t ahead = static_cast<uint32_t>(indices[j + kFixedPrefetchDistance]);
+        if (ahead < static_cast<uint64_t>(n)) PrefetchRow(y_bar + static_cast<int64_t>(ahead) * D, kLines);
+      }
+      const uint32_t r = static_cast<uint32_t>(indices[j]);
+      if (r >= static_cast<uint64_t>(n)) continue;
+      const float pre = dst[r] + sc;
+      const float alpha = std::exp(Leaky(pre, slope) - row_max[r]) / denominator[r];
+      const float* row = y_bar + static_cast<int64_t>(r) * D;
+      F8 dot = F8{};
+      for (int i = 0; i < V; ++i) {
+        const F8 g = Load8(row + 8 * i);
+        acc[i] += alpha * g;
+        dot += xc[i] * g;
+      }
+      sum += (pre >= 0.0f ? 1.0f : slope) * alpha * (HorizontalSum(dot) - q[r]);
+    }
+    std::memcpy(x_bar + c * D, acc, sizeof(acc));
+    src_bar[c] = sum;
+  }
+}
+
+#define ITEMJAX_GAT_FUNCTIONS(V)                                                                             \
+  ITEMJAX_MULTIVERSION void GatForward##V(int64_t r0, int64_t r1, const int32_t* ip, const int32_t* ix,      \
+                                          const float* x, const float* src, const float* dst, float slope,   \
+                                          int64_t nnz, int64_t n, float* y, float* mx, float* den) {         \
+    GatForwardRows<V>(r0, r1, ip, ix, x, src, dst, slope, nnz, n, y, mx, den);                              \
+  }                                                                                                          \
+  ITEMJAX_MULTIVERSION void GatBackwardA##V(int64_t r0, int64_t r1, const int32_t* ip, const int32_t* ix,    \
+                                            const float* x, const float* src, const float* dst,              \
+                                            const float* y, const float* mx, const float* den,               \
+                                            const float* y_bar, float slope, int64_t nnz, int64_t n,         \
+                                            float* q, float* dst_bar) {                                      \
+    GatBackwardRowsA<V>(r0, r1, ip, ix, x, src, dst, y, mx, den, y_bar, slope, nnz, n, q, dst_bar);         \
+  }                                                                                                          \
+  ITEMJAX_MULTIVERSION void GatBackwardB##V(int64_t c0, int64_t c1, const int32_t* ip, const int32_t* ix,    \
+                                            const float* x, const float* src, const float* dst,              \
+                                            const float* mx, const float* den, const float* y_bar,           \
+                                            const float* q, float slope, int64_t nnz, int64_t n,             \
+                                            float* x_bar, float* src_bar) {                                  \
+    GatBackwardRowsB<V>(c0, c1, ip, ix, x, src, dst, mx, den, y_bar, q, slope, nnz, n, x_bar, src_bar);     \
+  }
+ITEMJAX_GAT_FUNCTIONS(2)
+ITEMJAX_GAT_FUNCTIONS(4)
+ITEMJAX_GAT_FUNCTIONS(8)
+ITEMJAX_GAT_FUNCTIONS(16)
+#undef ITEMJAX_GAT_FUNCTIONS
+
+struct GatKernels {
+  decltype(&GatForward2) forward;
+  decltype(&GatBackwardA2) backward_a;
+  decltype(&GatBackwardB2) backward_b;
+};
+
+// The kernels for width d (16, 32, 64 or 128), or all nullptr.
+GatKernels GatKernelsFor(int64_t d) {
+  switch (d) {
+    case 16: return {GatForward2, GatBackwardA2, GatBackwardB2};
+    case 32: return {GatForward4, GatBackwardA4, GatBackwardB4};
+    case 64: return {GatForward8, GatBackwardA8, GatBackwardB8};
+    case 128: return {GatForward16, GatBackwardA16, GatBackwardB16};
+    default: return {nullptr, nullptr, nullptr};
+  }
+}
+#endif
+
 // ---------------------------------------------------------------------------- threads
 
 int64_t AvailableCpus() {
@@ -465,6 +662,106 @@ ffi::Error Spmm(ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::S32> indices, ffi
   return ffi::Error::Success();
 }
 
+// GAT handlers (widths 16, 32, 64, 128; the Python side calls them for those only). Rows are split by
+// entries + rows, as the forward product's.
+ffi::Error CheckGat(const char* name, ffi::AnyBuffer::Dimensions indptr, int64_t nnz,
+                    ffi::AnyBuffer::Dimensions x, int64_t src_size, int64_t dst_size, int64_t d) {
+  auto fail = [name](const std::string& what) {
+    return ffi::Error::InvalidArgument(std::string(name) + ": " + what);
+  };
+  if (indptr.size() != 1 || x.size() != 2) return fail("indptr must be 1-D and x 2-D");
+  const int64_t n = indptr[0] - 1;
+  if (n < 0 || x[0] != n) return fail("x must have one row per row of the (square) matrix");
+  if (src_size != n || dst_size != n) return fail("src and dst must have one score per row");
+#if defined(ITEMJAX_FIXED_WIDTH)
+  if (GatKernelsFor(d).forward == nullptr) return fail("the width of x must be 16, 32, 64 or 128");
+#else
+  (void)d;
+  return fail("this build has no GAT kernels (it needs GCC or Clang)");
+#endif
+  (void)nnz;
+  return ffi::Error::Success();
+}
+
+std::vector<int64_t> RowBounds(int64_t count, int64_t rows, const int32_t* ip, int64_t nnz) {
+  if (count <= 1) return {0, rows};
+  return Split(rows, count, [ip, nnz](int64_t r) { return std::clamp<int64_t>(ip[r], 0, nnz) + r; });
+}
+
+ffi::Error GatForwardF32(ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::S32> indices, ffi::Buffer<ffi::F32> x,
+                         ffi::Buffer<ffi::F32> src, ffi::Buffer<ffi::F32> dst, ffi::ResultBuffer<ffi::F32> y,
+                         ffi::ResultBuffer<ffi::F32> row_max, ffi::ResultBuffer<ffi::F32> denominator, float slope,
+                         int64_t threads) {
+  const char* name = "itemjax gat_forward";
+  const int64_t nnz = static_cast<int64_t>(indices.element_count());
+  const int64_t d = x.dimensions().size() == 2 ? x.dimensions()[1] : 0;
+  if (ffi::Error error = CheckGat(name, indptr.dimensions(), nnz, x.dimensions(),
+                                  static_cast<int64_t>(src.element_count()),
+                                  static_cast<int64_t>(dst.element_count()), d);
+      error.failure()) {
+    return error;
+  }
+#if defined(ITEMJAX_FIXED_WIDTH)
+  const int64_t n = x.dimensions()[0];
+  if (n == 0) return ffi::Error::Success();
+  const int32_t* ip = indptr.typed_data();
+  const GatKernels kernels = GatKernelsFor(d);
+  try {
+    const int64_t count = ThreadCount(threads, n, nnz * d);
+    const std::vector<int64_t> bounds = RowBounds(count, n, ip, nnz);
+    RunTasks(count, [&](int64_t t) {
+      kernels.forward(bounds[t], bounds[t + 1], ip, indices.typed_data(), x.typed_data(), src.typed_data(),
+                      dst.typed_data(), slope, nnz, n, y->typed_data(), row_max->typed_data(),
+                      denominator->typed_data());
+    });
+  } catch (const std::exception& error) {
+    return ffi::Error::Internal(std::string(name) + ": " + error.what());
+  }
+#endif
+  return ffi::Error::Success();
+}
+
+ffi::Error GatBackwardF32(ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::S32> indices, ffi::Buffer<ffi::F32> x,
+                          ffi::Buffer<ffi::F32> src, ffi::Buffer<ffi::F32> dst, ffi::Buffer<ffi::F32> y,
+                          ffi::Buffer<ffi::F32> row_max, ffi::Buffer<ffi::F32> denominator,
+                          ffi::Buffer<ffi::F32> y_bar, ffi::ResultBuffer<ffi::F32> x_bar,
+                          ffi::ResultBuffer<ffi::F32> src_bar, ffi::ResultBuffer<ffi::F32> dst_bar, float slope,
+                          int64_t threads) {
+  const char* name = "itemjax gat_backward";
+  const int64_t nnz = static_cast<int64_t>(indices.element_count());
+  const int64_t d = x.dimensions().size() == 2 ? x.dimensions()[1] : 0;
+  if (ffi::Error error = CheckGat(name, indptr.dimensions(), nnz, x.dimensions(),
+                                  static_cast<int64_t>(src.element_count()),
+                                  static_cast<int64_t>(dst.element_count()), d);
+      error.failure()) {
+    return error;
+  }
+#if defined(ITEMJAX_FIXED_WIDTH)
+  const int64_t n = x.dimensions()[0];
+  if (n == 0) return ffi::Error::Success();
+  const int32_t* ip = indptr.typed_data();
+  const GatKernels kernels = GatKernelsFor(d);
+  try {
+    std::vector<float> q(static_cast<size_t>(n));
+    const int64_t count = ThreadCount(threads, n, nnz * d);
+    const std::vector<int64_t> bounds = RowBounds(count, n, ip, nnz);
+    RunTasks(count, [&](int64_t t) {
+      kernels.backward_a(bounds[t], bounds[t + 1], ip, indices.typed_data(), x.typed_data(), src.typed_data(),
+                         dst.typed_data(), y.typed_data(), row_max.typed_data(), denominator.typed_data(),
+                         y_bar.typed_data(), slope, nnz, n, q.data(), dst_bar->typed_data());
+    });
+    RunTasks(count, [&](int64_t t) {  // after every q_r is known
+      kernels.backward_b(bounds[t], bounds[t + 1], ip, indices.typed_data(), x.typed_data(), src.typed_data(),
+                         dst.typed_data(), row_max.typed_data(), denominator.typed_data(), y_bar.typed_data(),
+                         q.data(), slope, nnz, n, x_bar->typed_data(), src_bar->typed_data());
+    });
+  } catch (const std::exception& error) {
+    return ffi::Error::Internal(std::string(name) + ": " + error.what());
+  }
+#endif
+  return ffi::Error::Success();
+}
+
 template <typename X, typename Acc, ffi::DataType XType, ffi::DataType AccType>
 ffi::Error Forward(ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::S32> indices, ffi::Buffer<AccType> data,
                    ffi::Buffer<XType> x, ffi::ResultBuffer<XType> y, int64_t threads) {
@@ -495,6 +792,35 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ItemjaxCsrSpmmTF32, (Transpose<float, float, ffi::
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ItemjaxCsrSpmmTBf16, (Transpose<Bf16, float, ffi::BF16, ffi::F32>), ITEMJAX_BIND(BF16, F32));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ItemjaxCsrSpmmTF64, (Transpose<double, double, ffi::F64, ffi::F64>), ITEMJAX_BIND(F64, F64));
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ItemjaxGatForwardF32, GatForwardF32,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("slope")
+                                  .Attr<int64_t>("threads"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ItemjaxGatBackwardF32, GatBackwardF32,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("slope")
+                                  .Attr<int64_t>("threads"));
+
 // ABI version of this library's handlers (their arguments and attributes), checked by the loader so
 // that a stale build from an older checkout is rebuilt rather than called with the wrong signature.
-extern "C" int ItemjaxNativeAbiVersion() { return 1; }
+extern "C" int ItemjaxNativeAbiVersion() { return 2; }
