@@ -3,6 +3,7 @@
 
     python benchmarks/peers.py                                  # ml-100k and gowalla, 20 repeats
     python benchmarks/peers.py --datasets ml-100k --repeats 5 --out benchmarks/out/peers_smoke.json
+    python benchmarks/peers.py --datasets gowalla --backends csr,native    # both CPU backends of itemjax
 
 Needs the ``peers`` extra (``pip install -e ".[peers]"``: torch 2.13.0 CPU and torch_geometric).
 A step is forward + backward + Adam update of LightGCN (dim 64, 3 layers, mean of the layers)
@@ -230,16 +231,18 @@ def bench_dataset(dataset: str, args, torch) -> list:
     from itemjax.train.run import prepare
     from step_time import host_graph, median_seconds, step_runner
 
-    config = TrainConfig(dataset=dataset, model="lightgcn", loss="bpr", dim=args.dim, layers=args.layers,
-                         batch_size=args.batch_size, valid_frac=0.0, progress=False).resolve()
-    prep = prepare(config)
+    runs = {}
+    for backend in args.backends.split(","):
+        config = TrainConfig(dataset=dataset, model="lightgcn", loss="bpr", dim=args.dim, layers=args.layers,
+                             batch_size=args.batch_size, valid_frac=0.0, progress=False,
+                             **({} if backend == "default" else {"backend": backend})).resolve()
+        prep = prepare(config)
+        runs[f"itemjax ({prep.batch.graph.backend})"], state = step_runner(config, prep)
     graph = host_graph(prep)
-    run_itemjax, state = step_runner(config, prep)
     ids = state.params["ids"]
     user_init, item_init = np.asarray(ids["user_embedding"]), np.asarray(ids["item_embedding"])
     users, pos, neg = (torch.as_tensor(a) for a in shared_batch(prep, config))
 
-    runs = {"itemjax": run_itemjax}
     for layout in args.torch_layouts.split(","):
         model = TorchSparseLightGCN(torch_adjacency(graph, layout), user_init, item_init, config.layers)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -258,14 +261,14 @@ def bench_dataset(dataset: str, args, torch) -> list:
     load_after = os.getloadavg()
     common = dict(dataset=dataset, n_users=graph.n_users, n_items=graph.n_items, n_train=int(prep.split.train.nnz),
                   n_edges=graph.n_edges, batch_size=config.batch_size, dim=config.dim, layers=config.layers,
-                  lr=config.lr, l2=config.l2, backend=prep.batch.graph.backend, load_before=load_before,
+                  lr=config.lr, l2=config.l2, load_before=load_before,
                   load_after=load_after, wall_seconds=seconds, jax_devices=[str(d) for d in jax.devices()])
     rows = [dict(common, impl=name, median_seconds=median) for name, median in medians.items()]
     torch_rows = [r for r in rows if r["impl"].startswith("torch.sparse")]
     best_torch = min(torch_rows, key=lambda r: r["median_seconds"]) if torch_rows else None
     pyg = next((r for r in rows if r["impl"] == "PyG"), None)
     for r in rows:
-        if r["impl"] == "itemjax":
+        if r["impl"].startswith("itemjax"):
             r["vs_torch"] = r["median_seconds"] / best_torch["median_seconds"] if best_torch else None
             r["vs_torch_impl"] = best_torch["impl"] if best_torch else None
             r["vs_pyg"] = r["median_seconds"] / pyg["median_seconds"] if pyg else None
@@ -287,6 +290,9 @@ def main(argv=None):
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--torch-layouts", default="coo,csr", help="sparse layouts of the torch port, comma-separated")
     p.add_argument("--no-pyg", action="store_true", help="skip PyG's LightGCN")
+    p.add_argument("--backends", default="default",
+                   help="itemjax propagation backends to time, comma-separated (csr, native, segment; default: the "
+                        "run's default on this platform)")
     p.add_argument("--out", default=str(pathlib.Path(__file__).parent / "out" / "peers.json"))
     args = p.parse_args(argv)
     for layout in args.torch_layouts.split(","):
@@ -305,17 +311,18 @@ def main(argv=None):
             if r["dataset"] == dataset:
                 print(f"{dataset} {r['impl']}: {r['median_seconds'] * 1e3:.1f} ms", flush=True)
 
-    print("\n| dataset | itemjax (ms) | torch.sparse (ms) | PyG (ms) | itemjax / torch | itemjax / PyG | load |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| dataset | itemjax (backend) | itemjax (ms) | torch.sparse (ms) | PyG (ms) | itemjax / torch | "
+          "itemjax / PyG | load |")
+    print("|---|---|---|---|---|---|---|---|")
     for dataset in args.datasets.split(","):
         mine = [r for r in rows if r["dataset"] == dataset]
-        ij = next(r for r in mine if r["impl"] == "itemjax")
         torch_ms = ", ".join(f"{r['median_seconds'] * 1e3:.1f} {r['impl'].split()[-1]}" for r in mine
                              if r["impl"].startswith("torch.sparse")) or "–"
         pyg = next((r for r in mine if r["impl"] == "PyG"), None)
         pyg_ms = "–" if pyg is None else f"{pyg['median_seconds'] * 1e3:.1f}"
-        print(f"| {dataset} | {ij['median_seconds'] * 1e3:.1f} | {torch_ms} | {pyg_ms} | {_ratio(ij['vs_torch'])} | "
-              f"{_ratio(ij['vs_pyg'])} | {ij['load_before'][0]:.2f} |")
+        for ij in (r for r in mine if r["impl"].startswith("itemjax")):
+            print(f"| {dataset} | {ij['impl'].split()[-1].strip('()')} | {ij['median_seconds'] * 1e3:.1f} | {torch_ms} | "
+                  f"{pyg_ms} | {_ratio(ij['vs_torch'])} | {_ratio(ij['vs_pyg'])} | {ij['load_before'][0]:.2f} |")
 
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
