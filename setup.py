@@ -1,9 +1,14 @@
-"""Build of the optional native CSR kernel (itemjax/native/csr_spmm.cc); everything else is in pyproject.toml.
+"""Build of the optional native libraries; everything else is in pyproject.toml.
+
+* ``itemjax/native/csr_spmm.cc`` -> ``itemjax/native/_csr_spmm*.so``: the CSR kernel of ``--backend native``.
+* ``itemjax/native/ppr_push.cc`` -> ``itemjax/native/_ppr_push*.so``: forward-push PPR tables of
+  ``--ppr-backend push``; plain C++ (no jaxlib headers), loaded with ctypes by itemjax/native/ppr_push.py.
 
 The kernel is an XLA FFI handler library compiled against the headers shipped with jaxlib (a build
 requirement, see [build-system] in pyproject.toml). It is an optional extension: without a C++
 compiler (or without jaxlib's headers) the build prints a warning and itemjax installs without it,
-and ``--backend native`` falls back to the pure-JAX csr path (itemjax/native/__init__.py).
+and ``--backend native`` falls back to the pure-JAX csr path (itemjax/native/__init__.py). The push library is
+optional in the same way: without it ``--ppr-backend push`` falls back to the device backend.
 Flags: -O3 -std=c++17 and no -march, so that a built wheel runs on any CPU of its platform (the hot
 loops carry an AVX2 clone chosen at load time on x86-64 Linux).
 """
@@ -39,12 +44,26 @@ def jaxlib_include_dir():
 #: The library's C symbols (itemjax/native/__init__.py's TARGETS and the ABI check).
 SYMBOLS = ["ItemjaxCsrSpmmF32", "ItemjaxCsrSpmmBf16", "ItemjaxCsrSpmmF64", "ItemjaxCsrSpmmTF32", "ItemjaxCsrSpmmTBf16",
            "ItemjaxCsrSpmmTF64", "ItemjaxGatForwardF32", "ItemjaxGatBackwardF32", "ItemjaxNativeAbiVersion"]
+#: The push library's C symbols (itemjax/native/ppr_push.py).
+PUSH_SYMBOLS = ["ItemjaxPprPushTable", "ItemjaxPprPushScores", "ItemjaxPprPushAbiVersion"]
+#: Extension name of the push library (plain C++, no jaxlib headers).
+PUSH_EXTENSION = "itemjax.native._ppr_push"
 
 
 class BuildNative(build_ext):
     """build_ext that finds jaxlib's FFI headers at build time and skips the kernel (with a warning) without them."""
 
     def build_extension(self, ext):
+        if ext.name == PUSH_EXTENSION:
+            if self.compiler.compiler_type == "msvc":
+                ext.extra_compile_args = ["/O2", "/std:c++17", "/EHsc"]
+            else:
+                ext.extra_compile_args = ["-O3", "-std=c++17", "-g0"]
+                if sys.platform.startswith("linux"):
+                    ext.extra_compile_args.append("-pthread")
+                    ext.extra_link_args = ["-pthread"]
+            super().build_extension(ext)
+            return
         include = jaxlib_include_dir()
         if include is None:
             print("warning: itemjax: jaxlib's XLA FFI headers not found; building without the native CSR kernel "
@@ -62,11 +81,12 @@ class BuildNative(build_ext):
     def get_export_symbols(self, ext):
         # a ctypes library of FFI handlers, not a Python module: its C symbols instead of PyInit_
         # (used by MSVC's linker only; on Unix every extern "C" symbol is exported)
-        return SYMBOLS
+        return PUSH_SYMBOLS if ext.name == PUSH_EXTENSION else SYMBOLS
 
 
 setup(
     ext_modules=[Extension("itemjax.native._csr_spmm", sources=["itemjax/native/csr_spmm.cc"], language="c++",
-                           optional=True)],
+                           optional=True),
+                 Extension(PUSH_EXTENSION, sources=["itemjax/native/ppr_push.cc"], language="c++", optional=True)],
     cmdclass={"build_ext": BuildNative},
 )

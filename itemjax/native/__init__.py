@@ -128,15 +128,17 @@ def fix() -> str:
     return "unset ITEMJAX_NATIVE" if reason.startswith("disabled") else FIX
 
 
-def notice_fallback(what: str, fallback: str) -> None:
-    """One line on stderr, once per process and ``what``: the native kernel is unavailable (the cause),
-    ``fallback`` runs instead, and how to build it."""
+def notice_fallback(what: str, fallback: str, *, library: str = "the native CSR kernel", reason: str | None = None,
+                    how: str | None = None, values: str = "same values") -> None:
+    """One line on stderr, once per process and ``what``: ``library`` is unavailable (``reason``, default
+    :func:`unavailable_reason`), ``fallback`` runs instead (``values``: how its results compare), and how to
+    build it (``how``, default :func:`fix`). :mod:`itemjax.native.ppr_push` passes its own library's."""
     with _lock:
         if what in _noticed:
             return
         _noticed.add(what)
-    log(f"itemjax: {what}: the native CSR kernel is unavailable ({unavailable_reason()}); using {fallback} "
-        f"instead (same values); to use it, {fix()}")
+    log(f"itemjax: {what}: {library} is unavailable ({unavailable_reason() if reason is None else reason}); "
+        f"using {fallback} instead ({values}); to use it, {fix() if how is None else how}")
 
 
 def supported_dtype(dtype) -> bool:

@@ -1,0 +1,195 @@
+"""Forward-push PPR (``itemjax/native/ppr_push.cc``) through :mod:`ctypes`: the ``"push"`` backend of
+:mod:`itemjax.graph.ppr`.
+
+The C++ source is compiled at ``pip install`` into ``itemjax/native/_ppr_push<EXT_SUFFIX>``, a second
+optional setuptools extension (``setup.py``; plain C++17, no jaxlib headers): a shared library with a
+plain C interface, not a Python module. When it is missing (no C++ compiler at install time), cannot be
+loaded, is a stale build, or ``ITEMJAX_NATIVE=0`` is set, :func:`available` is False, :func:`unavailable_reason`
+says why, and :mod:`itemjax.graph.ppr` runs its ``"device"`` backend after one line on stderr
+(:func:`notice_fallback`).
+
+Forward push from a source ``s`` on an undirected graph (Andersen, Chung & Lang 2006, non-lazy as in
+PPRGo): ``p = 0, r = e_s``; while some node ``v`` has ``r(v) > eps * deg(v)``: ``p(v) += alpha r(v)``,
+each neighbour ``w`` gets ``r(w) += (1 - alpha) r(v) / deg(v)``, ``r(v) = 0`` (an isolated node absorbs
+its share). At the end ``0 <= pi_s(w) - p(w) <= eps * deg(w)`` for every node ``w``, with ``pi_s`` the PPR
+vector of ``pi_s = alpha e_s + (1 - alpha) W^T pi_s``, ``W = D^-1 A``. Per source the work is at most
+``1 / (alpha * eps)`` edge visits, independent of the graph's size. ``p`` and ``r`` are float64.
+
+Threads: sources are spread over threads by an atomic counter, each output row is computed by one
+thread, so results do not depend on the thread count; ``threads=0`` means ``ITEMJAX_NATIVE_THREADS``
+when set, else the CPUs the process may use.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.machinery
+import os
+import pathlib
+import threading
+
+import numpy as np
+
+from itemjax import native
+
+#: File name stem of the compiled library (``_ppr_push.cpython-311-x86_64-linux-gnu.so`` on Linux).
+LIBRARY_STEM = "_ppr_push"
+#: ``ItemjaxPprPushAbiVersion()`` of the library this module calls (bumped when a signature changes).
+ABI_VERSION = 1
+#: How to build the library, named by the fallback notice.
+FIX = native.FIX
+#: Return codes of the C functions (ppr_push.cc).
+_ERRORS = {1: "invalid argument", 2: "out of memory", 3: "internal failure"}
+
+_lock = threading.Lock()
+_state: dict = {}  # "library", "path", "reason" once loaded (see _load)
+
+_I64P = np.ctypeslib.ndpointer(np.int64, flags="C_CONTIGUOUS")
+_I32P = np.ctypeslib.ndpointer(np.int32, flags="C_CONTIGUOUS")
+_F64P = np.ctypeslib.ndpointer(np.float64, flags="C_CONTIGUOUS")
+
+
+def library_path() -> pathlib.Path | None:
+    """The compiled library next to this module (the first match of :data:`LIBRARY_STEM` plus an
+    extension-module suffix of this interpreter), or None when it was not built."""
+    here = pathlib.Path(__file__).resolve().parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        candidate = here / f"{LIBRARY_STEM}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _open() -> dict:
+    """``{"library", "path", "reason"}``: the loaded library with its signatures declared, or
+    ``library=None`` and the reason it is unavailable."""
+    if os.environ.get("ITEMJAX_NATIVE", "").strip() == "0":
+        return {"library": None, "path": None, "reason": "disabled by ITEMJAX_NATIVE=0"}
+    path = library_path()
+    if path is None:
+        return {"library": None, "path": None,
+                "reason": f"itemjax/native/{LIBRARY_STEM}*.so was not built when itemjax was installed"}
+    try:
+        library = ctypes.CDLL(str(path))
+        library.ItemjaxPprPushAbiVersion.restype = ctypes.c_int
+        version = library.ItemjaxPprPushAbiVersion()
+        library.ItemjaxPprPushTable.restype = ctypes.c_int
+        library.ItemjaxPprPushTable.argtypes = [
+            _I64P, _I32P, ctypes.c_int64, ctypes.c_int64, ctypes.c_double, ctypes.c_double, ctypes.c_int64,
+            ctypes.c_int64, _I32P, ctypes.c_int64, _I32P, ctypes.c_int64]
+        library.ItemjaxPprPushScores.restype = ctypes.c_int
+        library.ItemjaxPprPushScores.argtypes = [
+            _I64P, _I32P, ctypes.c_int64, ctypes.c_double, ctypes.c_double, _I32P, ctypes.c_int64, _F64P,
+            ctypes.c_int64]
+    except (OSError, AttributeError) as error:
+        return {"library": None, "path": path, "reason": f"{path.name} could not be loaded ({error})"}
+    if version != ABI_VERSION:
+        return {"library": None, "path": path,
+                "reason": f"{path.name} is a stale build (ABI {version}, this itemjax needs {ABI_VERSION})"}
+    return {"library": library, "path": path, "reason": None}
+
+
+def _load() -> dict:
+    with _lock:
+        if not _state:
+            _state.update(_open())
+        return _state
+
+
+def available() -> bool:
+    """Whether the push library is built and loaded (loads it on first call)."""
+    return _load()["library"] is not None
+
+
+def unavailable_reason() -> str | None:
+    """Why the push library cannot be used (None when :func:`available`)."""
+    return _load()["reason"]
+
+
+def status() -> dict:
+    """``{"available": bool, "path": str | None, "reason": str | None}`` (recorded in a run's config.json)."""
+    state = _load()
+    return {"available": state["library"] is not None, "path": None if state["path"] is None else str(state["path"]),
+            "reason": state["reason"]}
+
+
+def fix() -> str:
+    """What to do to use the library: unset ``ITEMJAX_NATIVE=0``, or :data:`FIX`."""
+    reason = unavailable_reason() or ""
+    return "unset ITEMJAX_NATIVE" if reason.startswith("disabled") else FIX
+
+
+def notice_fallback(what: str, fallback: str) -> None:
+    """One line on stderr, once per process and ``what`` (:func:`itemjax.native.notice_fallback`): the push
+    library is unavailable (the cause), ``fallback`` runs instead, and how to build it."""
+    native.notice_fallback(what, fallback, library="the native forward-push PPR library", reason=unavailable_reason(),
+                           how=fix(), values="exact power-iteration scores, not the push's approximation")
+
+
+def _library():
+    state = _load()
+    if state["library"] is None:
+        raise RuntimeError(f"the native forward-push PPR library is unavailable ({state['reason']}); to use it, {fix()}")
+    return state["library"]
+
+
+def _graph_arrays(indptr, indices) -> tuple[np.ndarray, np.ndarray]:
+    indptr = np.ascontiguousarray(indptr, dtype=np.int64)
+    indices = np.ascontiguousarray(indices, dtype=np.int32)
+    if indptr.ndim != 1 or indptr.size < 1 or indices.ndim != 1:
+        raise ValueError("indptr must be 1-D with n_nodes + 1 entries and indices 1-D")
+    return indptr, indices
+
+
+def _check(code: int, name: str) -> None:
+    if code != 0:
+        raise (MemoryError if code == 2 else ValueError)(f"{name}: {_ERRORS.get(code, f'error {code}')}")
+
+
+def table(indptr, indices, n_users: int, n_items: int, users, *, alpha: float, eps: float, lo: int, hi: int,
+          threads: int = 0) -> np.ndarray:
+    """Hard-negative windows by forward push: int32 ``[len(users), hi - lo]``.
+
+    Args:
+      indptr, indices: CSR of the bipartite graph ``A = [[0, R], [R^T, 0]]`` (int64 ``[n_users + n_items + 1]``,
+        int32 ``[2 nnz(R)]``; users are nodes ``0 .. n_users-1``, item ``i`` is node ``n_users + i``; sorted
+        neighbour lists make the training-row test a binary search).
+      users: int ``[b]`` user ids in ``[0, n_users)``.
+      alpha, eps: restart probability in ``(0, 1]`` and residual threshold ``> 0`` (module docstring).
+      lo, hi: ranks kept, ``0 <= lo < hi``.
+      threads: 0 = automatic (module docstring).
+    Returns:
+      Row ``k``: the items ranked ``lo .. hi-1`` among user ``users[k]``'s candidates (items with ``p > 0`` outside
+      its training row, i.e. not its neighbours), by decreasing ``p``, ties by increasing item id; ``-1`` past the
+      last candidate.
+    Raises:
+      RuntimeError when the library is unavailable; ValueError for invalid arguments (checked in C as well).
+    """
+    library = _library()
+    indptr, indices = _graph_arrays(indptr, indices)
+    users = np.ascontiguousarray(users, dtype=np.int32).reshape(-1)
+    out = np.empty((users.size, int(hi) - int(lo)), np.int32)
+    if users.size == 0:
+        return out
+    code = library.ItemjaxPprPushTable(indptr, indices, int(n_users), int(n_items), float(alpha), float(eps), int(lo),
+                                       int(hi), users, users.size, out, int(threads))
+    _check(code, "ItemjaxPprPushTable")
+    return out
+
+
+def scores(indptr, indices, sources, *, alpha: float, eps: float, threads: int = 0) -> np.ndarray:
+    """Forward-push estimates ``p`` of each source: float64 ``[len(sources), n_nodes]`` (0 on untouched nodes).
+
+    ``indptr``, ``indices``: CSR of an undirected graph (int64 ``[n_nodes + 1]``, int32); ``sources``: int node ids.
+    """
+    library = _library()
+    indptr, indices = _graph_arrays(indptr, indices)
+    n_nodes = indptr.size - 1
+    sources = np.ascontiguousarray(sources, dtype=np.int32).reshape(-1)
+    out = np.zeros((sources.size, n_nodes), np.float64)
+    if sources.size == 0:
+        return out
+    code = library.ItemjaxPprPushScores(indptr, indices, n_nodes, float(alpha), float(eps), sources, sources.size, out,
+                                        int(threads))
+    _check(code, "ItemjaxPprPushScores")
+    return out
