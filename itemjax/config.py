@@ -12,8 +12,13 @@ LOSS_NAMES = ("bpr", "bce", "item", "neuralndcg", "softmax")
 BACKEND_NAMES = ("auto", "segment", "csr", "native")  # native: itemjax.native's C++ kernel (CPU; csr when not built)
 NEG_SAMPLERS = ("uniform", "ppr", "mixed", "mixgcf")
 PPR_SAMPLERS = ("ppr", "mixed")  # the samplers that need the PPR candidate table
-# itemjax.graph.ppr: JAX block power iteration, the same with the native kernel's products, or host scipy
-PPR_BACKENDS = ("device", "scipy", "native")
+# itemjax.graph.ppr: JAX block power iteration, the same with the native kernel's products, host scipy, or the
+# native forward push (approximate: --ppr-eps)
+PPR_BACKENDS = ("device", "scipy", "native", "push")
+#: Default residual threshold of the forward push (``--ppr-eps``, ``eps`` of itemjax.graph.ppr): the largest eps
+#: whose windows overlap the exact ones by >= 0.95 on ml-100k (0.967); larger catalogues need a smaller one (gowalla:
+#: 0.71 at 2e-6, 0.97 at 1e-7), see docs/design.md#ppr-hard-negatives.
+PPR_PUSH_EPS = 2e-6
 SSL_METHODS = ("none", "sgl-ed")
 SPLIT_METHODS = ("random", "temporal", "time-cut")  # itemjax.data.split
 SSL_MODELS = ("lightgcn", "ngcf")  # models whose propagation reads the graph's (dropped) edge weights
@@ -184,7 +189,13 @@ class TrainConfig:
                               "default device; on CPU one core, about 2x faster than scipy on gowalla), scipy (the "
                               "host, one core) or native (device's iteration on itemjax's C++ CPU kernel; device "
                               "when it was not built); same table up to swaps of tied items "
-                              "(docs/design.md#ppr-hard-negatives)", group=_ITEM, choices=PPR_BACKENDS)
+                              "(docs/design.md#ppr-hard-negatives); push: approximate PPR by forward push in "
+                              "itemjax's C++ library, threads, residual threshold --ppr-eps (device when it was not "
+                              "built)", group=_ITEM, choices=PPR_BACKENDS)
+    ppr_eps: float = option(PPR_PUSH_EPS, "--ppr-backend push: residual threshold eps of the forward push (push node v "
+                            "while its residual r(v) > eps * deg(v); each PPR score is underestimated by at most "
+                            "eps * deg(item)); smaller: closer to the exact table, slower; the default suits ml-100k, "
+                            "gowalla-sized catalogues want about 1e-7 (docs/design.md#ppr-hard-negatives)", group=_ITEM)
     curriculum_epochs: int = option(0, "raise the PPR share linearly from 0 over this many epochs (0: off)",
                                     group=_ITEM, flag="--curriculum")
     shared_negatives: bool = option(False, "one negative set per batch for all its users (a single matmul)",
@@ -357,6 +368,7 @@ class TrainConfig:
         need(self.ppr_backend in PPR_BACKENDS,
              f"unknown --ppr-backend {self.ppr_backend!r}; choose one of {', '.join(PPR_BACKENDS)}")
         need(0 < self.ppr_alpha < 1, f"--ppr-alpha must be in (0, 1) (got {self.ppr_alpha})")
+        need(self.ppr_eps > 0, f"--ppr-eps must be > 0 (got {self.ppr_eps}); e.g. --ppr-eps {PPR_PUSH_EPS:g}")
         need(len(self.ppr_window) == 2, f"--ppr-window must be two ranks LO,HI (got {','.join(map(str, self.ppr_window))})")
         lo, hi = self.ppr_window
         need(0 <= lo < hi, f"--ppr-window must be LO,HI with 0 <= LO < HI (got {lo},{hi})")

@@ -4,7 +4,8 @@ Every backend (``"device"``: JAX, ``"scipy"``: host, ``"native"``: the device it
 kernel, or device itself where the kernel is not built) is checked against the references, and the
 device path against the scipy path: scores within ``rtol = 1e-5, atol = 1e-9`` (float32
 rounding; on CPU they are bitwise equal), tables equal except for swaps of candidates whose
-scipy scores tie within that tolerance.
+scipy scores tie within that tolerance. The approximate ``"push"`` backend (forward push) has its own
+tests in tests/test_ppr_push.py.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from itemjax.graph.ppr import PAD, cached_hard_negative_table, hard_negative_tab
 
 #: device vs scipy scores: float32 rounding of the same operations
 DEVICE_RTOL, DEVICE_ATOL = 1e-5, 1e-9
+#: the backends that run the power iteration (the approximate "push" is tested in tests/test_ppr_push.py)
+EXACT_BACKENDS = tuple(backend for backend in PPR_BACKENDS if backend != "push")
 
 # ----------------------------------------------------------------------------------------------
 # graphs and float64 references
@@ -97,7 +100,7 @@ def reference_ranking(train, user, alpha):
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", PPR_BACKENDS)
+@pytest.mark.parametrize("backend", EXACT_BACKENDS)
 @pytest.mark.parametrize("alpha", [0.15, 0.5])
 def test_ppr_scores_match_linear_solve(alpha, backend):
     train = random_train(0)
@@ -111,7 +114,7 @@ def test_ppr_scores_match_linear_solve(alpha, backend):
     assert got[1:].max() > 1e-3
 
 
-@pytest.mark.parametrize("backend", PPR_BACKENDS)
+@pytest.mark.parametrize("backend", EXACT_BACKENDS)
 @pytest.mark.parametrize("n_iter, tol", [(1, 0.0), (2, 0.0), (4, 0.0), (7, 0.0), (50, 2e-3)])
 def test_ppr_scores_follow_power_iteration_and_its_stopping_rule(n_iter, tol, backend):
     train = random_train(1, n_users=15, n_items=20, density=0.2)
@@ -123,7 +126,7 @@ def test_ppr_scores_follow_power_iteration_and_its_stopping_rule(n_iter, tol, ba
     assert np.abs(got - converged).max() > 1e-5  # truncated: the check above is not trivially met
 
 
-@pytest.mark.parametrize("backend", PPR_BACKENDS)
+@pytest.mark.parametrize("backend", EXACT_BACKENDS)
 def test_ppr_scores_of_a_block_equal_rows_of_all_users(backend):
     train = random_train(2, n_users=150, n_items=50, density=0.08).tolil()
     # user 5 and item 48 form their own component: its increments decay slowest (a 2-cycle), so
@@ -143,7 +146,7 @@ def test_ppr_scores_of_a_block_equal_rows_of_all_users(backend):
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", PPR_BACKENDS)
+@pytest.mark.parametrize("backend", EXACT_BACKENDS)
 @pytest.mark.parametrize("window", [(0, 5), (3, 12), (10, 30)])
 def test_table_is_the_window_of_the_reference_ranking(window, backend):
     lo, hi = window
@@ -166,7 +169,7 @@ def test_table_is_the_window_of_the_reference_ranking(window, backend):
     assert n_exact >= 0.8 * train.shape[0]  # ties are rare: mostly the exact same list
 
 
-@pytest.mark.parametrize("backend", PPR_BACKENDS)
+@pytest.mark.parametrize("backend", EXACT_BACKENDS)
 def test_users_with_few_candidates_are_padded(backend):
     # users 0, 1 share items 0, 1, 2; user 2 is isolated; user 3 owns item 3 alone; item 4 unused
     train = sp.csr_matrix(
@@ -183,7 +186,7 @@ def test_users_with_few_candidates_are_padded(backend):
     assert table.shape == (4, 3) and np.all(table == PAD)
 
 
-@pytest.mark.parametrize("backend", PPR_BACKENDS)
+@pytest.mark.parametrize("backend", EXACT_BACKENDS)
 def test_blocks_give_the_same_table_as_one_block(backend):
     train = random_train(4, n_users=130, n_items=70, density=0.06)
     one_block = hard_negative_table(train, window=(2, 20), block_size=1000, backend=backend, progress=False)
@@ -259,7 +262,7 @@ def test_ties_are_broken_by_item_id_on_both_backends():
     scores = ppr_scores(train, np.arange(train.shape[0]), backend="scipy")
     tied = (scores[:, 10:-1:10] == scores[:, 9:-2:10]) & (scores[:, 9:-2:10] > 0)
     assert tied.mean() > 0.9  # the copied items do tie exactly
-    for backend in PPR_BACKENDS:
+    for backend in EXACT_BACKENDS:
         table = hard_negative_table(train, window=(0, 89), backend=backend, progress=False)
         for u in range(train.shape[0]):
             position = {int(item): k for k, item in enumerate(table[u]) if item != PAD}

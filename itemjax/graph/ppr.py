@@ -1,4 +1,5 @@
-"""Personalized PageRank (PPR) hard-negative tables, on the device (JAX) or the host (scipy.sparse).
+"""Personalized PageRank (PPR) hard-negative tables, on the device (JAX), the host (scipy.sparse), or approximately
+by forward push (native C++).
 
 Graph: the training bipartite graph with ``n_nodes = n_users + n_items`` nodes (users first),
 adjacency ``A = [[0, R], [R^T, 0]]`` where ``R`` is the binarised ``[n_users, n_items]`` training
@@ -22,7 +23,8 @@ training row. Ranked by decreasing score, ties by increasing item id; ties acros
 edges are cut arbitrarily.
 
 Three backends compute the same iteration (``backend=`` of :func:`ppr_scores` and
-:func:`hard_negative_table`, ``--ppr-backend`` of a run):
+:func:`hard_negative_table`, ``--ppr-backend`` of a run), a fourth (``"push"``) approximates ``pi_u``
+by another algorithm:
 
 * ``"scipy"``: on the host, one core; a user's column leaves the iterate when it stops.
 * ``"device"``: jitted JAX on the default device (:func:`_device_ranking`, one compilation per
@@ -60,6 +62,23 @@ Three backends compute the same iteration (``backend=`` of :func:`ppr_scores` an
   the same CSR entry order, so the scores agree with the other two to float32 rounding. Where
   the kernel is not built (or JAX does not compute on the CPU) it logs one line and runs
   ``"device"``.
+* ``"push"``: approximate PPR by forward push (Andersen, Chung & Lang 2006, the non-lazy variant of
+  PPRGo), per user, in itemjax's native C++ library (:mod:`itemjax.native.ppr_push`; users spread
+  over threads, float64). On the bipartite graph above (``deg`` = node degree)::
+
+      p = 0, r = e_u;  while some node v has r(v) > eps * deg(v):
+          p(v) += alpha r(v);  r(w) += (1 - alpha) r(v) / deg(v) for each neighbour w;  r(v) = 0
+
+  (an isolated node absorbs its ``(1 - alpha) r(v)``, as ``W``'s zero rows do). Since ``pi_u = p +
+  sum_v r(v) pi_v`` and ``deg(v) pi_v(w) = deg(w) pi_w(v)`` (``A`` symmetric), at the end
+  ``0 <= pi_u(w) - p(w) <= eps * deg(w)`` for every node ``w``: ``p`` underestimates, and popular
+  items by more. Each push removes at least ``alpha * eps * deg(v)`` of the residual mass 1, so a
+  user costs at most ``1 / (alpha * eps)`` edge visits whatever the graph's size (power iteration:
+  ``2 nnz(R)`` per iteration). Candidates are the items with ``p > 0`` outside the training row,
+  ranked by decreasing ``p``, ties by item id, window as above; ``n_iter`` and ``tol`` do not apply,
+  ``eps`` (``--ppr-eps``) does. The table differs from the exact one where the error reorders
+  candidates (overlap with the exact windows measured in docs/design.md). Where the library is not
+  built it logs one line and runs ``"device"`` (exact scores).
 """
 
 from __future__ import annotations
@@ -77,10 +96,10 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from itemjax.config import PPR_BACKENDS
+from itemjax.config import PPR_BACKENDS, PPR_PUSH_EPS
 from itemjax.errors import ConfigError
 from itemjax.graph.propagation import csr_matmul, native_available
-from itemjax.native import notice_fallback
+from itemjax.native import notice_fallback, ppr_push
 from itemjax.runio import atomic_file
 
 #: Padding value in hard-negative tables: "no candidate in this slot".
@@ -132,13 +151,24 @@ def _walk_operators(train: sp.csr_matrix, alpha: float) -> _WalkOperators:
     return _WalkOperators(train, items_from_users, users_from_items, user_scale.astype(np.float32))
 
 
-def _check_ppr_params(alpha, n_iter, tol) -> None:
+def _check_ppr_params(alpha, n_iter, tol, eps=PPR_PUSH_EPS) -> None:
     if not 0.0 < alpha <= 1.0:
         raise ConfigError(f"PPR alpha={alpha} is outside (0, 1]; use a restart probability such as 0.15")
     if int(n_iter) != n_iter or n_iter < 1:
         raise ConfigError(f"PPR n_iter={n_iter} must be an integer >= 1")
     if not tol >= 0.0:
         raise ConfigError(f"PPR tol={tol} must be >= 0")
+    _check_eps(eps)
+
+
+def _check_eps(eps) -> None:
+    try:
+        positive = float(eps) > 0.0
+    except (TypeError, ValueError):
+        positive = False
+    if not positive:
+        raise ConfigError(f"PPR eps={eps!r} must be a number > 0 (the forward push's residual threshold); pass e.g. "
+                          f"eps={PPR_PUSH_EPS:g} (--ppr-eps {PPR_PUSH_EPS:g}), smaller for a table closer to the exact one")
 
 
 def _item_ppr_block(ops: _WalkOperators, users: np.ndarray, alpha: float, n_iter: int, tol: float) -> np.ndarray:
@@ -206,6 +236,54 @@ def _use_native(backend: str) -> bool:
         return True
     notice_fallback("--ppr-backend native", "the device backend")
     return False
+
+
+def _use_push(backend: str) -> bool:
+    """Whether ``backend`` (checked) runs the forward push: ``"push"`` where the library is available; a
+    ``"push"`` that is not (one line on stderr, once) runs ``"device"``."""
+    if backend != "push":
+        return False
+    if ppr_push.available():
+        return True
+    ppr_push.notice_fallback("--ppr-backend push", "the device backend")
+    return False
+
+
+def effective_backend(backend: str) -> str:
+    """The backend that computes a ``backend`` table here: ``"device"`` for a ``"push"`` whose library is not
+    built (after the one-line notice, :func:`_use_push`), else ``backend`` (``"native"`` stays: its fallback
+    computes the same values). The on-disk cache keys a table by this, so that a fallback's exact table is
+    not later read back as a push table."""
+    _check_backend(backend)
+    return "device" if backend == "push" and not _use_push(backend) else backend
+
+
+def _bipartite_csr(matrix: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """CSR of ``A = [[0, R], [R^T, 0]]`` for the forward push: ``(indptr int64 [n_users + n_items + 1],
+    indices int32 [2 nnz])``, users first (item ``i`` is node ``n_users + i``), each row's neighbours sorted
+    (``matrix`` is canonical, :func:`_binary_csr`)."""
+    n_users = matrix.shape[0]
+    items = sp.csr_matrix(matrix.T)
+    items.sort_indices()
+    indptr = np.concatenate([matrix.indptr.astype(np.int64), matrix.nnz + items.indptr[1:].astype(np.int64)])
+    indices = np.concatenate([matrix.indices.astype(np.int32) + np.int32(n_users), items.indices.astype(np.int32)])
+    return indptr, indices
+
+
+def _push_table(matrix: sp.csr_matrix, users: np.ndarray, lo: int, hi: int, alpha: float, eps: float,
+                block_size: int, progress: bool) -> np.ndarray:
+    """int32 ``[len(users), hi - lo]``: the push windows of ``users`` (module docstring), ``block_size`` users
+    per call into the library (each call spreads its users over the threads; the bar advances per call)."""
+    n_users, n_items = matrix.shape
+    indptr, indices = _bipartite_csr(matrix)
+    table = np.full((len(users), hi - lo), PAD, np.int32)
+    with tqdm(total=len(users), desc="PPR hard negatives (push)", unit="user", disable=not progress) as bar:
+        for start in range(0, len(users), block_size):
+            chunk = users[start:start + block_size]
+            table[start:start + len(chunk)] = ppr_push.table(indptr, indices, n_users, n_items, chunk, alpha=alpha,
+                                                             eps=eps, lo=lo, hi=hi)
+            bar.update(len(chunk))
+    return table
 
 
 def device_slots(block: int) -> int:
@@ -388,7 +466,7 @@ def _device_table(ops: _WalkOperators, lo: int, hi: int, alpha: float, n_iter: i
 
 
 def ppr_scores(train: sp.csr_matrix, users: np.ndarray, *, alpha: float = 0.15, n_iter: int = 50,
-               tol: float = 1e-6, backend: str = "device") -> np.ndarray:
+               tol: float = 1e-6, backend: str = "device", eps: float = PPR_PUSH_EPS) -> np.ndarray:
     """Item part of the PPR vectors of a block of users.
 
     ``pi_u = alpha e_u + (1 - alpha) W^T pi_u`` on the bipartite graph (module docstring), by
@@ -402,17 +480,25 @@ def ppr_scores(train: sp.csr_matrix, users: np.ndarray, *, alpha: float = 0.15, 
         backend compiles once per ``b``).
       alpha: restart probability in ``(0, 1]``.
       backend: ``"device"`` (JAX), ``"native"`` (JAX with the native kernel) or ``"scipy"`` (host);
-        equal to float32 rounding (module docstring).
+        equal to float32 rounding (module docstring). ``"push"``: the forward push's estimate ``p``
+        with ``0 <= pi_u - p <= eps * deg`` (computed in float64, returned rounded to float32; the
+        device backend's where the library is not built).
+      eps: the push's residual threshold, ``> 0`` (``"push"`` only).
     Returns:
       float32 ``[b, n_items]``: ``pi_u[n_users + i]`` for every item ``i`` (0 for items not
-      reachable from ``u`` within the iterations run; all 0 for a user without edges).
+      reachable from ``u`` within the iterations run, or not reached by the push; all 0 for a user
+      without edges).
     """
-    _check_ppr_params(alpha, n_iter, tol)
-    _check_backend(backend)
+    _check_ppr_params(alpha, n_iter, tol, eps)
+    backend = effective_backend(backend)
     matrix = _binary_csr(train)
     users = np.asarray(users, dtype=np.int64).reshape(-1)
     if users.size and (users.min() < 0 or users.max() >= matrix.shape[0]):
         raise ConfigError(f"user ids must lie in [0, {matrix.shape[0]}); got {users.min()}..{users.max()}")
+    if backend == "push":
+        indptr, indices = _bipartite_csr(matrix)
+        scores = ppr_push.scores(indptr, indices, users, alpha=alpha, eps=eps)
+        return np.ascontiguousarray(scores[:, matrix.shape[0]:], dtype=np.float32)
     ops = _walk_operators(matrix, alpha)
     if backend in ("device", "native"):
         operators, alpha32, tol32 = _device_args(ops, alpha, tol)
@@ -454,7 +540,7 @@ def _candidate_window(scores: np.ndarray, train_rows: sp.csr_matrix, lo: int, hi
 
 
 def hard_negative_table(train: sp.csr_matrix, *, window=(10, 100), alpha: float = 0.15, n_iter: int = 50,
-                        tol: float = 1e-6, backend: str = "device", block_size: int = 1024,
+                        tol: float = 1e-6, backend: str = "device", eps: float = PPR_PUSH_EPS, block_size: int = 1024,
                         progress: bool = True) -> np.ndarray:
     """PPR hard-negative candidates of every user.
 
@@ -465,29 +551,36 @@ def hard_negative_table(train: sp.csr_matrix, *, window=(10, 100), alpha: float 
       train: ``[n_users, n_items]`` sparse training interactions.
       window: ``(lo, hi)`` with ``0 <= lo < hi``: skip the ``lo`` closest candidates (often the
         user's held-out positives), keep the next ``hi - lo``.
-      alpha, n_iter, tol: PPR parameters (:func:`ppr_scores`).
+      alpha, n_iter, tol: PPR parameters (:func:`ppr_scores`; ``n_iter`` and ``tol`` do not apply to ``"push"``).
       backend: ``"device"`` (JAX, jitted once per block shape), ``"native"`` (the same with the native
         kernel's products, several threads) or ``"scipy"`` (host, one core).
         The tables agree up to swaps of candidates whose scores tie within float32 rounding
-        (module docstring).
+        (module docstring). ``"push"``: approximate, ranked by the forward push's ``p`` (native C++,
+        users over threads; ``"device"`` where the library is not built).
+      eps: the push's residual threshold, ``> 0``: ``0 <= pi_u(i) - p(i) <= eps * deg(i)``, and a user
+        costs at most ``1 / (alpha * eps)`` edge visits (``"push"`` only; default
+        :data:`itemjax.config.PPR_PUSH_EPS`, chosen in docs/design.md).
       block_size: users per block. ``"scipy"``: peak memory is about ``16 bytes * block_size *
         n_items`` (scores and their ranking) plus the power iteration's ``3 * 4 bytes * 64 *
         n_nodes``. ``"device"``: about ``4 bytes * (2 block_size n_items + s (4 n_items + 3
         n_users))`` per block with ``s`` = :func:`device_slots` columns, two blocks in flight
         (0.4 GB per block of 1024 on Gowalla); a larger block spends less of its time draining
-        (its last users leave columns idle). Results do not depend on it.
+        (its last users leave columns idle). ``"push"``: users per call into the library (memory: the
+        graph's CSR and, per thread, ``22 bytes * n_nodes``). Results do not depend on it.
       progress: show a tqdm bar over users.
     Returns:
       int32 ``[n_users, hi - lo]``. A user with ``c < hi`` candidates has ``max(0, c - lo)``
       items followed by ``-1`` padding (:data:`PAD`); a user without edges is all ``-1``.
     """
     lo, hi = _check_window(window)
-    _check_ppr_params(alpha, n_iter, tol)
-    _check_backend(backend)
+    _check_ppr_params(alpha, n_iter, tol, eps)
     if int(block_size) != block_size or block_size < 1:
         raise ConfigError(f"block_size={block_size} must be an integer >= 1")
+    backend = effective_backend(backend)
     matrix = _binary_csr(train)
     n_users = matrix.shape[0]
+    if backend == "push":
+        return _push_table(matrix, np.arange(n_users), lo, hi, alpha, float(eps), int(block_size), progress)
     ops = _walk_operators(matrix, alpha)
     if backend in ("device", "native"):
         return _device_table(ops, lo, hi, alpha, int(n_iter), tol, int(block_size), progress, _use_native(backend))
@@ -501,12 +594,42 @@ def hard_negative_table(train: sp.csr_matrix, *, window=(10, 100), alpha: float 
     return table
 
 
+def hard_negative_rows(train: sp.csr_matrix, users, *, window=(10, 100), alpha: float = 0.15, n_iter: int = 50,
+                       tol: float = 1e-6, backend: str = "device", eps: float = PPR_PUSH_EPS,
+                       block_size: int = 1024) -> np.ndarray:
+    """Rows of :func:`hard_negative_table` for some users only: int32 ``[len(users), hi - lo]``, row ``k``
+    = the table's row ``users[k]`` (``"push"``: equal; the power-iteration backends: up to the table's swaps
+    of tied candidates, computed with :func:`ppr_scores` and ranked on the host).
+
+    For comparisons on a sample of a large dataset's users (benchmarks/ppr_time.py ``--users``); same
+    parameters as :func:`hard_negative_table`, ``block_size`` users at a time (memory ``O(block_size *
+    n_nodes)`` for the power-iteration backends).
+    """
+    lo, hi = _check_window(window)
+    _check_ppr_params(alpha, n_iter, tol, eps)
+    backend = effective_backend(backend)
+    matrix = _binary_csr(train)
+    users = np.asarray(users, dtype=np.int64).reshape(-1)
+    if users.size and (users.min() < 0 or users.max() >= matrix.shape[0]):
+        raise ConfigError(f"user ids must lie in [0, {matrix.shape[0]}); got {users.min()}..{users.max()}")
+    if backend == "push":
+        return _push_table(matrix, users, lo, hi, alpha, float(eps), int(block_size), False)
+    rows = np.full((users.size, hi - lo), PAD, np.int32)
+    for start in range(0, users.size, int(block_size)):
+        chunk = users[start:start + int(block_size)]
+        scores = ppr_scores(matrix, chunk, alpha=alpha, n_iter=n_iter, tol=tol, backend=backend)
+        rows[start:start + chunk.size] = _candidate_window(scores, matrix[chunk], lo, hi)
+    return rows
+
+
 # ----------------------------------------------------------------------------------------------
 # on-disk cache
 # ----------------------------------------------------------------------------------------------
 
-#: Parameters of :func:`hard_negative_table` that change its result (and so the cache key).
-_RESULT_PARAMS = {"window": (10, 100), "alpha": 0.15, "n_iter": 50, "tol": 1e-6, "backend": "device"}
+#: Parameters of :func:`hard_negative_table` that change its result (and so the cache key; ``eps`` only for
+#: ``backend="push"``).
+_RESULT_PARAMS = {"window": (10, 100), "alpha": 0.15, "n_iter": 50, "tol": 1e-6, "backend": "device",
+                  "eps": PPR_PUSH_EPS}
 #: Parameters that do not change the result.
 _RUN_PARAMS = {"block_size": 1024, "progress": True}
 
@@ -539,6 +662,10 @@ def table_cache_path(train, *, cache_dir, key: str, **params) -> Path:
     # device backend existed (all scipy) keep their names
     if _check_backend(resolved["backend"]) != "scipy":
         canonical["backend"] = resolved["backend"]
+    # eps changes the push's table only: the other backends' names stay as they were before it existed
+    _check_eps(resolved["eps"])
+    if resolved["backend"] == "push":
+        canonical["eps"] = float(resolved["eps"])
     digest = hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()[:24]
     readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(key))[:48]
     return Path(cache_dir) / f"hard_negatives-{readable}-{digest}.npy"
@@ -549,10 +676,14 @@ def cached_hard_negative_table(train, *, cache_dir, key: str, **params) -> np.nd
 
     The file name is a hash of ``key`` (e.g. the dataset and split name), the content of
     ``train`` (binarised sparsity pattern) and the result parameters (``window``, ``alpha``,
-    ``n_iter``, ``tol``, ``backend``, defaults filled in); ``block_size`` and ``progress`` are passed through
-    but do not enter the hash. A present, readable file of the expected shape is reused;
+    ``n_iter``, ``tol``, ``backend``, and ``eps`` for ``"push"``, defaults filled in); ``block_size`` and
+    ``progress`` are passed through but do not enter the hash. The backend is the one that computes here
+    (:func:`effective_backend`: a ``"push"`` without its library is cached as the ``"device"`` table it
+    falls back to). A present, readable file of the expected shape is reused;
     otherwise the table is computed and written atomically (temporary file + ``os.replace``).
     """
+    if "backend" in params:
+        params = {**params, "backend": effective_backend(params["backend"])}
     path = table_cache_path(train, cache_dir=cache_dir, key=key, **params)
     window = params.get("window", _RESULT_PARAMS["window"])
     expected_shape = (np.shape(train)[0], int(window[1]) - int(window[0]))

@@ -29,6 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from itemjax import native
+from itemjax.native import ppr_push
 from itemjax.objective import sampling
 from itemjax.parallel.distributed import barrier, initialize, is_writer, make_mesh, stop_peers_on_error
 from itemjax.train.placement import Placement
@@ -146,6 +147,7 @@ def prepare(config: TrainConfig, *, out: pathlib.Path | None = None) -> Prepared
             window=tuple(config.ppr_window),
             alpha=config.ppr_alpha,
             backend=config.ppr_backend,
+            eps=config.ppr_eps,
             progress=config.progress,
         )
         hard_seconds = time.perf_counter() - t0
@@ -268,8 +270,10 @@ def _fit_in(config: TrainConfig, on_evaluation, out: pathlib.Path, saved, writer
     if saved is None and writer:
         write_json_atomic(out / "config.json", {
             "config": config.to_dict(),
-            # native_kernel: whether --backend native runs the C++ kernel here, or why not
-            "environment": {**environment(), "placement": placement.describe(), "native_kernel": native.status()},
+            # native_kernel: whether --backend native runs the C++ kernel here, or why not; ppr_push: the same for
+            # --ppr-backend push
+            "environment": {**environment(), "placement": placement.describe(), "native_kernel": native.status(),
+                            "ppr_push": ppr_push.status()},
             "dataset": {"name": split.name, "files": prep.raw.files, "stats": split.stats()},
         })
     ckpts = RunCheckpoints(out)
@@ -537,7 +541,7 @@ def refit(config: TrainConfig, prep: Prepared, placement, n_steps: int, out: pat
         hard = cached_hard_negative_table(
             full, cache_dir=_writable_cache(pathlib.Path(config.data_dir or _data_root()) / ".itemjax-cache"),
             key=f"{split.name}-seed{config.seed}-t{config.test_frac}-v{config.valid_frac}-refit",
-            window=tuple(config.ppr_window), alpha=config.ppr_alpha, backend=config.ppr_backend,
+            window=tuple(config.ppr_window), alpha=config.ppr_alpha, backend=config.ppr_backend, eps=config.ppr_eps,
             progress=config.progress)
     batch = placement.place_batch(Batch(graph=to_device(build_graph(full), config.backend, *prep.features),
                                         data=sampling.make_train_data(full, hard)))
