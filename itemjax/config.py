@@ -104,8 +104,8 @@ class TrainConfig:
     model: str = option("lightgcn", "graph model", group=_MODEL, choices=MODEL_NAMES)
     dim: int = option(64, "embedding size", group=_MODEL)
     layers: int = option(3, "propagation layers", group=_MODEL)
-    backend: str = option("auto", "propagation backend (auto: csr on CPU, segment elsewhere; native: itemjax's C++ "
-                          "CPU kernel, csr when it was not built)", group=_MODEL,
+    backend: str = option("auto", "propagation backend (auto: native on CPU, csr there when the native kernel was not "
+                          "built, segment elsewhere; native: itemjax's C++ CPU kernel; csr: XLA's CSR product)", group=_MODEL,
                           choices=BACKEND_NAMES)
     compute_dtype: str = option("float32", "dtype of propagation and scoring (params and loss stay float32); "
                                 "bfloat16 for GPU/TPU", group=_MODEL, choices=COMPUTE_DTYPES)

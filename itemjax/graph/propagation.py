@@ -56,8 +56,16 @@ BACKENDS = ("segment", "csr", "native")
 
 
 def default_backend() -> str:
-    """``"csr"`` on CPU (XLA's sparse kernel), ``"segment"`` on accelerators (``"native"`` only on request)."""
-    return "csr" if jax.default_backend() == "cpu" else "segment"
+    """``"native"`` on CPU where itemjax's C++ kernel is built (faster than XLA's CSR product on every
+    LightGCN step measured, benchmarks/RESULTS.md), else ``"csr"`` there (XLA's sparse kernel; one line on
+    stderr, once, says why and how to build the kernel); ``"segment"`` on accelerators."""
+    if jax.default_backend() != "cpu":
+        return "segment"
+    if native_kernel.available():
+        return "native"
+    native_kernel.notice_fallback("the default CPU backend", "the csr backend (XLA's CSR product, slower)",
+                                  values="same values, up to float rounding")
+    return "csr"
 
 
 @flax.struct.dataclass

@@ -254,9 +254,10 @@ class GAT(nn.Module):
     (On ml-100k a LightGCN-style layer mean of the un-normalised layers trained far worse
     with the ITEM loss, NDCG@20 ~0.20 against ~0.38 after 20 epochs.) Each head is one
     :func:`~itemjax.graph.propagation.propagate_attention` call on ``graph.backend``: over the
-    padded edges (``segment``) or fused CSR matmuls with a custom VJP (``csr``, the CPU default:
+    padded edges (``segment``) or fused CSR matmuls with a custom VJP (``csr``, XLA's kernel:
     four matmuls per layer and head against LightGCN's two, plus per-edge scalar work; about 3x
-    LightGCN's propagation time per layer on CPU). A node without edges gets ``h^{k+1} = 0``.
+    LightGCN's propagation time per layer on CPU) or the native kernel's fused passes (``native``,
+    the CPU default: one pass per row forward, two backward). A node without edges gets ``h^{k+1} = 0``.
 
     Parameters: the ego tables plus ``K * (heads * dim^2 + 2 * heads * dim)``.
     """
