@@ -61,12 +61,13 @@ _state: dict = {}  # "library", "path", "reason" once loaded (see _load)
 _noticed: set = set()  # fallbacks already reported (one line each per process)
 
 
-def library_path() -> pathlib.Path | None:
-    """The compiled library next to this module (the first match of :data:`LIBRARY_STEM` plus an
-    extension-module suffix of this interpreter), or None when it was not built."""
+def library_path(stem: str = LIBRARY_STEM) -> pathlib.Path | None:
+    """The compiled library ``stem`` next to this module (the first match of ``stem`` plus an
+    extension-module suffix of this interpreter), or None when it was not built; :data:`LIBRARY_STEM`
+    by default (:mod:`itemjax.native.ppr_push` asks for its own)."""
     here = pathlib.Path(__file__).resolve().parent
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        candidate = here / f"{LIBRARY_STEM}{suffix}"
+        candidate = here / f"{stem}{suffix}"
         if candidate.is_file():
             return candidate
     return None

@@ -23,7 +23,6 @@ when set, else the CPUs the process may use.
 from __future__ import annotations
 
 import ctypes
-import importlib.machinery
 import os
 import pathlib
 import threading
@@ -50,14 +49,8 @@ _F64P = np.ctypeslib.ndpointer(np.float64, flags="C_CONTIGUOUS")
 
 
 def library_path() -> pathlib.Path | None:
-    """The compiled library next to this module (the first match of :data:`LIBRARY_STEM` plus an
-    extension-module suffix of this interpreter), or None when it was not built."""
-    here = pathlib.Path(__file__).resolve().parent
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        candidate = here / f"{LIBRARY_STEM}{suffix}"
-        if candidate.is_file():
-            return candidate
-    return None
+    """The compiled push library next to this module, or None when it was not built."""
+    return native.library_path(LIBRARY_STEM)
 
 
 def _open() -> dict:
