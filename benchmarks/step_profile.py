@@ -40,10 +40,17 @@ def trace_events(trace_dir: pathlib.Path) -> list:
     return [e for e in events if e.get("ph") == "X" and "dur" in e and "name" in e]
 
 
-def totals_by_name(events: list) -> dict:
-    """``{name: (total microseconds, count)}`` over ``events``."""
+#: Event names that are not XLA operations: Python frames (``$file:line name``), the executor and jit wrappers.
+NOT_OPERATIONS = ("$", "ThunkExecutor", "PjitFunction")
+
+
+def totals_by_name(events: list, *, operations_only: bool = True) -> dict:
+    """``{name: (total microseconds, count)}`` over ``events`` (the XLA operations' only, unless
+    ``operations_only`` is False: see :data:`NOT_OPERATIONS`)."""
     total, count = collections.defaultdict(float), collections.Counter()
     for e in events:
+        if operations_only and e["name"].startswith(NOT_OPERATIONS):
+            continue
         total[e["name"]] += float(e["dur"])
         count[e["name"]] += 1
     return {name: (total[name], count[name]) for name in total}
@@ -57,6 +64,7 @@ def main(argv=None):
     p.add_argument("--backend", default="auto")
     p.add_argument("--steps", type=int, default=5, help="steps recorded")
     p.add_argument("--top", type=int, default=25, help="names printed")
+    p.add_argument("--all-events", action="store_true", help="also Python frames and executor events")
     p.add_argument("--out", default=str(pathlib.Path(__file__).parent / "out" / "step_profile.json"))
     args = p.parse_args(argv)
 
@@ -79,7 +87,7 @@ def main(argv=None):
             for _ in range(args.steps):
                 run()
         wall = (time.perf_counter() - t0) / args.steps
-        totals = totals_by_name(trace_events(pathlib.Path(tmp)))
+        totals = totals_by_name(trace_events(pathlib.Path(tmp)), operations_only=not args.all_events)
     rows = sorted(({"name": n, "ms_per_step": t / 1e3 / args.steps, "calls_per_step": c / args.steps,
                     "share": t / 1e6 / args.steps / wall} for n, (t, c) in totals.items()),
                   key=lambda r: -r["ms_per_step"])
