@@ -85,8 +85,10 @@ class BuildNative(build_ext):
 
 
 setup(
-    ext_modules=[Extension("itemjax.native._csr_spmm", sources=["itemjax/native/csr_spmm.cc"], language="c++",
+    ext_modules=[Extension("itemjax.native._csr_spmm", sources=["itemjax/native/csr_spmm.cc"],
+                           depends=["itemjax/native/threads.h"], language="c++",
                            optional=True),
-                 Extension(PUSH_EXTENSION, sources=["itemjax/native/ppr_push.cc"], language="c++", optional=True)],
+                 Extension(PUSH_EXTENSION, sources=["itemjax/native/ppr_push.cc"], depends=["itemjax/native/threads.h"],
+                           language="c++", optional=True)],
     cmdclass={"build_ext": BuildNative},
 )

@@ -326,12 +326,12 @@ def test_fallback_when_the_library_is_missing(monkeypatch, capsys):
     capsys.readouterr()
 
     # the loader's own causes
-    monkeypatch.setattr(native, "library_path", lambda: None)
-    assert "was not built" in native._open_and_register()["reason"]
+    monkeypatch.setattr(native.KERNEL, "path", lambda: None)
+    assert "was not built" in native.KERNEL.open()["reason"]
     monkeypatch.setenv("ITEMJAX_NATIVE", "0")
-    assert native._open_and_register()["reason"] == "disabled by ITEMJAX_NATIVE=0"
+    assert native.KERNEL.open()["reason"] == "disabled by ITEMJAX_NATIVE=0"
 
-    monkeypatch.setattr(native, "_state", {"library": None, "path": None, "reason": "simulated: no library"})
+    monkeypatch.setattr(native.KERNEL, "state", {"library": None, "path": None, "reason": "simulated: no library"})
     monkeypatch.setattr(native, "_noticed", set())
     assert not native.available() and not native_available()
     assert native.status() == {"available": False, "path": None, "reason": "simulated: no library"}

@@ -124,7 +124,7 @@ def test_library_is_built_where_a_compiler_is():
         pytest.skip("no C++ compiler on the PATH: the fallback is what this machine runs")
     status = ppr_push.status()
     assert status["available"], f"a C++ compiler is present but the push library is not usable: {status['reason']}"
-    assert ppr_push.library_path() is not None and ppr_push.unavailable_reason() is None
+    assert ppr_push.LIBRARY.path() is not None and ppr_push.unavailable_reason() is None
 
 
 @needs_push
@@ -273,13 +273,13 @@ def test_fallback_without_the_library_runs_the_device_backend(monkeypatch, capsy
     device_path = ppr.table_cache_path(train, cache_dir=tmp_path, key="toy", window=(1, 8), backend="device")
     capsys.readouterr()
 
-    monkeypatch.setattr(ppr_push, "library_path", lambda: None)
-    assert "was not built" in ppr_push._open()["reason"]
+    monkeypatch.setattr(ppr_push.LIBRARY, "path", lambda: None)
+    assert "was not built" in ppr_push.LIBRARY.open()["reason"]
     monkeypatch.setenv("ITEMJAX_NATIVE", "0")
-    assert ppr_push._open()["reason"] == "disabled by ITEMJAX_NATIVE=0"
+    assert ppr_push.LIBRARY.open()["reason"] == "disabled by ITEMJAX_NATIVE=0"
     monkeypatch.delenv("ITEMJAX_NATIVE")
 
-    monkeypatch.setattr(ppr_push, "_state", {"library": None, "path": None, "reason": "simulated: no library"})
+    monkeypatch.setattr(ppr_push.LIBRARY, "state", {"library": None, "path": None, "reason": "simulated: no library"})
     monkeypatch.setattr(native, "_noticed", set())
     assert not ppr_push.available()
     assert ppr_push.status() == {"available": False, "path": None, "reason": "simulated: no library"}

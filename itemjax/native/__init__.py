@@ -56,9 +56,8 @@ GAT_WIDTHS = (16, 32, 64, 128)
 FIX = ("install a C++ compiler (e.g. apt-get install g++) and reinstall itemjax (in a checkout: "
        "pip install --force-reinstall --no-deps -e .)")
 
-_lock = threading.Lock()
-_state: dict = {}  # "library", "path", "reason" once loaded (see _load)
 _noticed: set = set()  # fallbacks already reported (one line each per process)
+_noticed_lock = threading.Lock()
 
 
 def library_path(stem: str = LIBRARY_STEM) -> pathlib.Path | None:
@@ -73,60 +72,112 @@ def library_path(stem: str = LIBRARY_STEM) -> pathlib.Path | None:
     return None
 
 
-def _open_and_register() -> dict:
-    """``{"library", "path", "reason"}``: the loaded library with its targets registered, or
-    ``library=None`` and the reason it is unavailable."""
-    if os.environ.get("ITEMJAX_NATIVE", "").strip() == "0":
-        return {"library": None, "path": None, "reason": "disabled by ITEMJAX_NATIVE=0"}
-    path = library_path()
-    if path is None:
-        return {"library": None, "path": None,
-                "reason": f"itemjax/native/{LIBRARY_STEM}*.so was not built when itemjax was installed"}
-    try:
-        library = ctypes.CDLL(str(path))
-        library.ItemjaxNativeAbiVersion.restype = ctypes.c_int
-        version = library.ItemjaxNativeAbiVersion()
-    except (OSError, AttributeError) as error:
-        return {"library": None, "path": path, "reason": f"{path.name} could not be loaded ({error})"}
-    if version != ABI_VERSION:
-        return {"library": None, "path": path,
-                "reason": f"{path.name} is a stale build (ABI {version}, this itemjax needs {ABI_VERSION})"}
+class NativeLibrary:
+    """One optional compiled library of this package, loaded with :mod:`ctypes` once per process.
+
+    ``name``: what it is called in messages; ``stem``: its file name stem (:func:`library_path`);
+    ``abi_symbol`` / ``abi_version``: the C function returning its ABI version and the version this module
+    calls (a stale build is refused, not called);
+    ``setup(library)``: declares signatures or registers FFI targets, raising on failure. ``state`` holds
+    ``{"library", "path", "reason"}`` once loaded: the library, or ``library=None`` and why it is unavailable
+    (``ITEMJAX_NATIVE=0``, not built, not loadable, stale, setup failed).
+    """
+
+    def __init__(self, name: str, stem: str, abi_symbol: str, abi_version: int, setup):
+        self.name, self.stem, self.abi_symbol, self.abi_version, self.setup = name, stem, abi_symbol, abi_version, setup
+        self.state: dict = {}
+        self._lock = threading.Lock()
+
+    def path(self) -> pathlib.Path | None:
+        """The compiled file, or None when it was not built."""
+        return library_path(self.stem)
+
+    def open(self) -> dict:
+        """Loads the library afresh (no caching): ``{"library", "path", "reason"}``."""
+        if os.environ.get("ITEMJAX_NATIVE", "").strip() == "0":
+            return {"library": None, "path": None, "reason": "disabled by ITEMJAX_NATIVE=0"}
+        path = self.path()
+        if path is None:
+            return {"library": None, "path": None,
+                    "reason": f"itemjax/native/{self.stem}*.so was not built when itemjax was installed"}
+        try:
+            library = ctypes.CDLL(str(path))
+            getattr(library, self.abi_symbol).restype = ctypes.c_int
+            version = getattr(library, self.abi_symbol)()
+        except (OSError, AttributeError) as error:
+            return {"library": None, "path": path, "reason": f"{path.name} could not be loaded ({error})"}
+        if version != self.abi_version:
+            return {"library": None, "path": path,
+                    "reason": f"{path.name} is a stale build (ABI {version}, this itemjax needs {self.abi_version})"}
+        try:
+            self.setup(library)
+        except Exception as error:  # noqa: BLE001 - any failure here means: use the fallback, and say why
+            return {"library": None, "path": path, "reason": f"setting up {path.name} failed ({error})"}
+        return {"library": library, "path": path, "reason": None}
+
+    def load(self) -> dict:
+        """:meth:`open` on first call, the same state after."""
+        with self._lock:
+            if not self.state:
+                self.state.update(self.open())
+            return self.state
+
+    def available(self) -> bool:
+        return self.load()["library"] is not None
+
+    def unavailable_reason(self) -> str | None:
+        return self.load()["reason"]
+
+    def status(self) -> dict:
+        """``{"available": bool, "path": str | None, "reason": str | None}`` (recorded in a run's config.json)."""
+        state = self.load()
+        return {"available": state["library"] is not None,
+                "path": None if state["path"] is None else str(state["path"]), "reason": state["reason"]}
+
+    def fix(self) -> str:
+        """What to do to use the library: unset ``ITEMJAX_NATIVE=0``, or :data:`FIX`."""
+        reason = self.unavailable_reason() or ""
+        return "unset ITEMJAX_NATIVE" if reason.startswith("disabled") else FIX
+
+    def library(self):
+        """The loaded library; RuntimeError naming it, the cause and the fix when unavailable."""
+        state = self.load()
+        if state["library"] is None:
+            raise RuntimeError(f"{self.name} is unavailable ({state['reason']}); to use it, {self.fix()}")
+        return state["library"]
+
+
+def _register_targets(library) -> None:
+    """Registers every FFI handler of the CSR kernel with XLA (CPU)."""
     try:
         for name, symbol in (*TARGETS.values(), *GAT_TARGETS.values()):
             jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
-    except Exception as error:  # noqa: BLE001 - any failure here means: use the fallback, and say why
-        return {"library": None, "path": path, "reason": f"registering {path.name} with XLA failed ({error})"}
-    return {"library": library, "path": path, "reason": None}
+    except Exception as error:
+        raise RuntimeError(f"registering with XLA: {error}") from error
 
 
-def _load() -> dict:
-    with _lock:
-        if not _state:
-            _state.update(_open_and_register())
-        return _state
+#: The CSR kernel's library (``_csr_spmm``).
+KERNEL = NativeLibrary("the native CSR kernel", LIBRARY_STEM, "ItemjaxNativeAbiVersion", ABI_VERSION, _register_targets)
 
 
 def available() -> bool:
     """Whether the native kernel is built, loaded and registered with XLA (loads it on first call)."""
-    return _load()["library"] is not None
+    return KERNEL.available()
 
 
 def unavailable_reason() -> str | None:
     """Why the native kernel cannot be used (None when :func:`available`)."""
-    return _load()["reason"]
+    return KERNEL.unavailable_reason()
 
 
 def status() -> dict:
     """``{"available": bool, "path": str | None, "reason": str | None}`` (recorded in a run's config.json)."""
-    state = _load()
-    return {"available": state["library"] is not None, "path": None if state["path"] is None else str(state["path"]),
-            "reason": state["reason"]}
+    return KERNEL.status()
 
 
 def fix() -> str:
     """What to do to use the kernel: unset ``ITEMJAX_NATIVE=0``, or :data:`FIX`."""
-    reason = unavailable_reason() or ""
-    return "unset ITEMJAX_NATIVE" if reason.startswith("disabled") else FIX
+    return KERNEL.fix()
 
 
 def notice_fallback(what: str, fallback: str, *, library: str = "the native CSR kernel", reason: str | None = None,
@@ -134,7 +185,7 @@ def notice_fallback(what: str, fallback: str, *, library: str = "the native CSR 
     """One line on stderr, once per process and ``what``: ``library`` is unavailable (``reason``, default
     :func:`unavailable_reason`), ``fallback`` runs instead (``values``: how its results compare), and how to
     build it (``how``, default :func:`fix`). :mod:`itemjax.native.ppr_push` passes its own library's."""
-    with _lock:
+    with _noticed_lock:
         if what in _noticed:
             return
         _noticed.add(what)
@@ -164,8 +215,7 @@ def spmm(indptr, indices, data, x, *, transpose: bool = False, n_cols: int | Non
       RuntimeError when the kernel is unavailable (check :func:`available` first);
       TypeError / ValueError for an unsupported dtype or shape.
     """
-    if not available():
-        raise RuntimeError(f"the native CSR kernel is unavailable ({unavailable_reason()}); to use it, {fix()}")
+    KERNEL.library()  # RuntimeError with the cause and the fix when unavailable
     x = jnp.asarray(x)
     if not supported_dtype(x.dtype):
         raise TypeError(f"native spmm takes float32, bfloat16 or float64 x, got {x.dtype}; cast it first")

@@ -31,9 +31,7 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__linux__)
-#include <sched.h>
-#endif
+#include "threads.h"  // AvailableCpus, EnvThreads, kMaxThreads
 
 #include "xla/ffi/api/ffi.h"
 
@@ -62,7 +60,6 @@ namespace ffi = xla::ffi;
 namespace {
 
 constexpr int64_t kMinWorkPerThread = int64_t{1} << 16;  // multiply-adds (automatic thread count)
-constexpr int64_t kMaxThreads = 256;
 constexpr int64_t kPrefetchDistance = 4;  // entries ahead whose X row is prefetched
 
 // ---------------------------------------------------------------------------- element types
@@ -504,28 +501,9 @@ GatKernels GatKernelsFor(int64_t d) {
 
 // ---------------------------------------------------------------------------- threads
 
-int64_t AvailableCpus() {
-#if defined(__linux__)
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
-    const int count = CPU_COUNT(&set);
-    if (count > 0) return count;
-  }
-#endif
-  const unsigned count = std::thread::hardware_concurrency();
-  return count > 0 ? static_cast<int64_t>(count) : 1;
-}
-
-int64_t EnvThreads() {
-  const char* text = std::getenv("ITEMJAX_NATIVE_THREADS");
-  if (text == nullptr || *text == '\0') return 0;
-  char* end = nullptr;
-  errno = 0;
-  const long long value = std::strtoll(text, &end, 10);
-  if (errno != 0 || end == text || *end != '\0' || value <= 0) return 0;  // not a positive integer: ignored
-  return static_cast<int64_t>(value);
-}
+using itemjax_native::AvailableCpus;
+using itemjax_native::EnvThreads;
+using itemjax_native::kMaxThreads;
 
 // Threads for `rows` output rows and `work` multiply-adds: `requested` when > 0, else automatic.
 int64_t ThreadCount(int64_t requested, int64_t rows, int64_t work) {
@@ -792,34 +770,18 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ItemjaxCsrSpmmTF32, (Transpose<float, float, ffi::
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ItemjaxCsrSpmmTBf16, (Transpose<Bf16, float, ffi::BF16, ffi::F32>), ITEMJAX_BIND(BF16, F32));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ItemjaxCsrSpmmTF64, (Transpose<double, double, ffi::F64, ffi::F64>), ITEMJAX_BIND(F64, F64));
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(ItemjaxGatForwardF32, GatForwardF32,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<float>("slope")
-                                  .Attr<int64_t>("threads"));
+// GAT: (indptr, indices, x, src, dst[, y, row_max, den, y_bar]) -> three float32 results; slope, threads.
+#define ITEMJAX_F32 ffi::Buffer<ffi::F32>
+#define ITEMJAX_GAT_INPUTS                                                        \
+  ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::S32>>().Arg<ffi::Buffer<ffi::S32>>() \
+      .Arg<ITEMJAX_F32>().Arg<ITEMJAX_F32>().Arg<ITEMJAX_F32>()
+#define ITEMJAX_GAT_RESULTS \
+  .Ret<ITEMJAX_F32>().Ret<ITEMJAX_F32>().Ret<ITEMJAX_F32>().Attr<float>("slope").Attr<int64_t>("threads")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ItemjaxGatForwardF32, GatForwardF32, ITEMJAX_GAT_INPUTS ITEMJAX_GAT_RESULTS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ItemjaxGatBackwardF32, GatBackwardF32,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<float>("slope")
-                                  .Attr<int64_t>("threads"));
+                              ITEMJAX_GAT_INPUTS.Arg<ITEMJAX_F32>().Arg<ITEMJAX_F32>().Arg<ITEMJAX_F32>()
+                                  .Arg<ITEMJAX_F32>() ITEMJAX_GAT_RESULTS);
 
 // ABI version of this library's handlers (their arguments and attributes), checked by the loader so
 // that a stale build from an older checkout is rebuilt rather than called with the wrong signature.

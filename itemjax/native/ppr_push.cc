@@ -47,9 +47,7 @@
 #include <thread>
 #include <vector>
 
-#if defined(__linux__)
-#include <sched.h>
-#endif
+#include "threads.h"  // AvailableCpus, EnvThreads, kMaxThreads
 
 #if defined(_WIN32)
 #define ITEMJAX_EXPORT extern "C" __declspec(dllexport)
@@ -61,7 +59,6 @@ namespace {
 
 constexpr int32_t kPad = -1;             // "no candidate in this slot" (itemjax.graph.ppr.PAD)
 constexpr int64_t kSourcesPerGrab = 4;   // sources a thread takes from the shared counter at once
-constexpr int64_t kMaxThreads = 256;
 
 enum Status : int { kOk = 0, kInvalid = 1, kNoMemory = 2, kFailed = 3 };
 
@@ -166,28 +163,9 @@ class Pusher {
   std::vector<int32_t> scratch_;
 };
 
-int64_t AvailableCpus() {
-#if defined(__linux__)
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
-    const int count = CPU_COUNT(&set);
-    if (count > 0) return count;
-  }
-#endif
-  const unsigned count = std::thread::hardware_concurrency();
-  return count > 0 ? static_cast<int64_t>(count) : 1;
-}
-
-int64_t EnvThreads() {
-  const char* text = std::getenv("ITEMJAX_NATIVE_THREADS");
-  if (text == nullptr || *text == '\0') return 0;
-  char* end = nullptr;
-  errno = 0;
-  const long long value = std::strtoll(text, &end, 10);
-  if (errno != 0 || end == text || *end != '\0' || value <= 0) return 0;  // not a positive integer: ignored
-  return static_cast<int64_t>(value);
-}
+using itemjax_native::AvailableCpus;
+using itemjax_native::EnvThreads;
+using itemjax_native::kMaxThreads;
 
 int64_t ThreadCount(int64_t requested, int64_t n_sources) {
   int64_t count = requested > 0 ? requested : EnvThreads();

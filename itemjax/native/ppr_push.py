@@ -23,9 +23,6 @@ when set, else the CPUs the process may use.
 from __future__ import annotations
 
 import ctypes
-import os
-import pathlib
-import threading
 
 import numpy as np
 
@@ -35,95 +32,38 @@ from itemjax import native
 LIBRARY_STEM = "_ppr_push"
 #: ``ItemjaxPprPushAbiVersion()`` of the library this module calls (bumped when a signature changes).
 ABI_VERSION = 1
-#: How to build the library, named by the fallback notice.
-FIX = native.FIX
 #: Return codes of the C functions (ppr_push.cc).
 _ERRORS = {1: "invalid argument", 2: "out of memory", 3: "internal failure"}
-
-_lock = threading.Lock()
-_state: dict = {}  # "library", "path", "reason" once loaded (see _load)
 
 _I64P = np.ctypeslib.ndpointer(np.int64, flags="C_CONTIGUOUS")
 _I32P = np.ctypeslib.ndpointer(np.int32, flags="C_CONTIGUOUS")
 _F64P = np.ctypeslib.ndpointer(np.float64, flags="C_CONTIGUOUS")
 
 
-def library_path() -> pathlib.Path | None:
-    """The compiled push library next to this module, or None when it was not built."""
-    return native.library_path(LIBRARY_STEM)
+def _declare(library) -> None:
+    """Declares the C signatures of ppr_push.cc's functions."""
+    library.ItemjaxPprPushTable.restype = ctypes.c_int
+    library.ItemjaxPprPushTable.argtypes = [
+        _I64P, _I32P, ctypes.c_int64, ctypes.c_int64, ctypes.c_double, ctypes.c_double, ctypes.c_int64,
+        ctypes.c_int64, _I32P, ctypes.c_int64, _I32P, ctypes.c_int64]
+    library.ItemjaxPprPushScores.restype = ctypes.c_int
+    library.ItemjaxPprPushScores.argtypes = [
+        _I64P, _I32P, ctypes.c_int64, ctypes.c_double, ctypes.c_double, _I32P, ctypes.c_int64, _F64P,
+        ctypes.c_int64]
 
 
-def _open() -> dict:
-    """``{"library", "path", "reason"}``: the loaded library with its signatures declared, or
-    ``library=None`` and the reason it is unavailable."""
-    if os.environ.get("ITEMJAX_NATIVE", "").strip() == "0":
-        return {"library": None, "path": None, "reason": "disabled by ITEMJAX_NATIVE=0"}
-    path = library_path()
-    if path is None:
-        return {"library": None, "path": None,
-                "reason": f"itemjax/native/{LIBRARY_STEM}*.so was not built when itemjax was installed"}
-    try:
-        library = ctypes.CDLL(str(path))
-        library.ItemjaxPprPushAbiVersion.restype = ctypes.c_int
-        version = library.ItemjaxPprPushAbiVersion()
-        library.ItemjaxPprPushTable.restype = ctypes.c_int
-        library.ItemjaxPprPushTable.argtypes = [
-            _I64P, _I32P, ctypes.c_int64, ctypes.c_int64, ctypes.c_double, ctypes.c_double, ctypes.c_int64,
-            ctypes.c_int64, _I32P, ctypes.c_int64, _I32P, ctypes.c_int64]
-        library.ItemjaxPprPushScores.restype = ctypes.c_int
-        library.ItemjaxPprPushScores.argtypes = [
-            _I64P, _I32P, ctypes.c_int64, ctypes.c_double, ctypes.c_double, _I32P, ctypes.c_int64, _F64P,
-            ctypes.c_int64]
-    except (OSError, AttributeError) as error:
-        return {"library": None, "path": path, "reason": f"{path.name} could not be loaded ({error})"}
-    if version != ABI_VERSION:
-        return {"library": None, "path": path,
-                "reason": f"{path.name} is a stale build (ABI {version}, this itemjax needs {ABI_VERSION})"}
-    return {"library": library, "path": path, "reason": None}
-
-
-def _load() -> dict:
-    with _lock:
-        if not _state:
-            _state.update(_open())
-        return _state
-
-
-def available() -> bool:
-    """Whether the push library is built and loaded (loads it on first call)."""
-    return _load()["library"] is not None
-
-
-def unavailable_reason() -> str | None:
-    """Why the push library cannot be used (None when :func:`available`)."""
-    return _load()["reason"]
-
-
-def status() -> dict:
-    """``{"available": bool, "path": str | None, "reason": str | None}`` (recorded in a run's config.json)."""
-    state = _load()
-    return {"available": state["library"] is not None, "path": None if state["path"] is None else str(state["path"]),
-            "reason": state["reason"]}
-
-
-def fix() -> str:
-    """What to do to use the library: unset ``ITEMJAX_NATIVE=0``, or :data:`FIX`."""
-    reason = unavailable_reason() or ""
-    return "unset ITEMJAX_NATIVE" if reason.startswith("disabled") else FIX
+#: The push library (loaded on first use; see :class:`itemjax.native.NativeLibrary`).
+LIBRARY = native.NativeLibrary("the native forward-push PPR library", LIBRARY_STEM, "ItemjaxPprPushAbiVersion",
+                               ABI_VERSION, _declare)
+#: Whether the library is built and loaded; why not; ``{"available", "path", "reason"}``; how to build it.
+available, unavailable_reason, status, fix = LIBRARY.available, LIBRARY.unavailable_reason, LIBRARY.status, LIBRARY.fix
 
 
 def notice_fallback(what: str, fallback: str) -> None:
     """One line on stderr, once per process and ``what`` (:func:`itemjax.native.notice_fallback`): the push
     library is unavailable (the cause), ``fallback`` runs instead, and how to build it."""
-    native.notice_fallback(what, fallback, library="the native forward-push PPR library", reason=unavailable_reason(),
-                           how=fix(), values="exact power-iteration scores, not the push's approximation")
-
-
-def _library():
-    state = _load()
-    if state["library"] is None:
-        raise RuntimeError(f"the native forward-push PPR library is unavailable ({state['reason']}); to use it, {fix()}")
-    return state["library"]
+    native.notice_fallback(what, fallback, library=LIBRARY.name, reason=unavailable_reason(), how=fix(),
+                           values="exact power-iteration scores, not the push's approximation")
 
 
 def _graph_arrays(indptr, indices) -> tuple[np.ndarray, np.ndarray]:
@@ -158,7 +98,7 @@ def table(indptr, indices, n_users: int, n_items: int, users, *, alpha: float, e
     Raises:
       RuntimeError when the library is unavailable; ValueError for invalid arguments (checked in C as well).
     """
-    library = _library()
+    library = LIBRARY.library()
     indptr, indices = _graph_arrays(indptr, indices)
     users = np.ascontiguousarray(users, dtype=np.int32).reshape(-1)
     out = np.empty((users.size, int(hi) - int(lo)), np.int32)
@@ -175,7 +115,7 @@ def scores(indptr, indices, sources, *, alpha: float, eps: float, threads: int =
 
     ``indptr``, ``indices``: CSR of an undirected graph (int64 ``[n_nodes + 1]``, int32); ``sources``: int node ids.
     """
-    library = _library()
+    library = LIBRARY.library()
     indptr, indices = _graph_arrays(indptr, indices)
     n_nodes = indptr.size - 1
     sources = np.ascontiguousarray(sources, dtype=np.int32).reshape(-1)
