@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import pathlib
@@ -37,7 +38,7 @@ import jax
 
 from itemjax.config import MODEL_NAMES, TrainConfig
 from itemjax.parallel.distributed import make_mesh
-from itemjax.train.placement import Placement
+from itemjax.train.placement import Placement, step_compiler_options
 from itemjax.train.run import prepare
 from itemjax.objective.objectives import Batch
 from itemjax.train.step import create_state, make_model, train_step
@@ -62,7 +63,7 @@ def step_runner(config: TrainConfig, prep):
     batch = placement.place_batch(Batch(graph=prep_graph(prep, config.backend), data=prep.batch.data))
     model = make_model(config, prep.split.n_users, prep.split.n_items)
     state = placement.place_state(create_state(config, model, batch.graph, batch.data, jax.random.PRNGKey(0)))
-    step = placement.jit_step(train_step, state)
+    step = placement.jit_step(train_step, state, step_compiler_options(config.cpu_fusions))
     key = placement.replicate(jax.random.PRNGKey(1))
     current = [state]
 
@@ -98,7 +99,7 @@ def time_steps(config: TrainConfig, prep, repeats: int) -> float:
 def ratio_to(row: dict, steps: list, **reference) -> str:
     """``row``'s step time over the one of the step that differs from it only by ``reference``
     (e.g. ``method="bpr"``), as text; "–" when that step was not timed."""
-    keys = ("dataset", "backend", "users", "model", "method")
+    keys = ("dataset", "backend", "users", "model", "method", "fusions")
     want = {**{k: row[k] for k in keys}, **reference}
     other = next((s for s in steps if all(s[k] == want[k] for k in keys)), None)
     return f"{row['median_seconds'] / other['median_seconds']:.2f}" if other else "–"
@@ -140,6 +141,9 @@ def main():
     p.add_argument("--positives", type=int, default=32)
     p.add_argument("--negatives", type=int, default=256)
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--cpu-fusions", default="default",
+                   help="semicolon-separated --cpu-fusions settings to time (default: each model's own; xla; none; "
+                        "a comma list of YNNPACK fusion kinds)")
     p.add_argument("--out", default=str(pathlib.Path(__file__).parent / "out" / "step_time.json"))
     args = p.parse_args()
     models = args.models.split(",")
@@ -167,24 +171,24 @@ def main():
             print(f"{dataset}: PPR table {ppr_seconds:.2f} s", flush=True)
         for backend in args.backends.split(","):
             for users in (u if u == "default" else int(u) for u in args.users.split(",")):
-                for model in models:
-                    for method in methods:
-                        config = dataclasses.replace(base, model=model, backend=backend,
-                                                     batch_size=None if users == "default" else users,
-                                                     **METHODS[method]).resolve()
-                        median = time_steps(config, prep, args.repeats)
-                        rows.append(dict(dataset=dataset, what="step", model=model, method=method, loss=config.loss,
-                                         backend=backend, users=users, batch_size=config.batch_size,
-                                         median_seconds=median))
-                        print(f"{dataset} {backend} {model} {method} B={config.batch_size}: {median * 1000:.1f} ms",
-                              flush=True)
+                for fusions, model, method in itertools.product(args.cpu_fusions.split(";"), models, methods):
+                    config = dataclasses.replace(base, model=model, backend=backend,
+                                                 batch_size=None if users == "default" else users,
+                                                 cpu_fusions=None if fusions == "default" else fusions,
+                                                 **METHODS[method]).resolve()
+                    median = time_steps(config, prep, args.repeats)
+                    rows.append(dict(dataset=dataset, what="step", model=model, method=method, loss=config.loss,
+                                     backend=backend, users=users, batch_size=config.batch_size, fusions=fusions,
+                                     cpu_fusions=config.cpu_fusions, median_seconds=median))
+                    print(f"{dataset} {backend} {model} {method} B={config.batch_size} fusions {config.cpu_fusions}: "
+                          f"{median * 1000:.1f} ms", flush=True)
 
-    print("\n| dataset | backend | users/step | model | method | step (ms) | / BPR step | / LightGCN step |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| dataset | backend | users/step | model | method | CPU fusions | step (ms) | / BPR step | / LightGCN step |")
+    print("|---|---|---|---|---|---|---|---|---|")
     steps = [r for r in rows if r["what"] == "step"]
     for r in steps:
         users = f"default ({r['batch_size']})" if r["users"] == "default" else r["users"]
-        print(f"| {r['dataset']} | {r['backend']} | {users} | {r['model']} | {r['method']} | "
+        print(f"| {r['dataset']} | {r['backend']} | {users} | {r['model']} | {r['method']} | {r['cpu_fusions']} | "
               f"{r['median_seconds'] * 1e3:.1f} | {ratio_to(r, steps, method='bpr')} | "
               f"{ratio_to(r, steps, model='lightgcn')} |")
     print("\n| dataset | PPR precomputation (s) |\n|---|---|")

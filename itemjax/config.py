@@ -23,6 +23,11 @@ SSL_METHODS = ("none", "sgl-ed")
 SPLIT_METHODS = ("random", "temporal", "time-cut")  # itemjax.data.split
 SSL_MODELS = ("lightgcn", "ngcf")  # models whose propagation reads the graph's (dropped) edge weights
 COMPUTE_DTYPES = ("float32", "bfloat16")
+#: XLA:CPU's YNNPACK library-fusion kinds (``--cpu-fusions``: a comma list of them, ``xla`` or ``none``).
+YNN_FUSION_KINDS = ("dot", "eltwise", "reduce", "individual_dot")
+#: ``--cpu-fusions`` by model when left unset (``xla`` otherwise): GAT's step is 2.2x faster on gowalla without
+#: YNNPACK's fusions, which slow ITEM's LightGCN step (benchmarks/RESULTS.md, "Where GAT's time goes").
+MODEL_CPU_FUSIONS = {"gat": "none"}
 ITEM_METRICS = ("ndcg", "recall", "ndcg+recall")
 POSITIVE_PAIRS = ("smooth", "detach", "exact")  # ITEM: positive-vs-positive terms of the smooth rank
 RANK_ESTIMATES = ("list", "catalogue")  # ITEM: rank within the sampled list, or scaled to all items
@@ -107,6 +112,10 @@ class TrainConfig:
     backend: str = option("auto", "propagation backend (auto: native on CPU, csr there when the native kernel was not "
                           "built, segment elsewhere; native: itemjax's C++ CPU kernel; csr: XLA's CSR product)", group=_MODEL,
                           choices=BACKEND_NAMES)
+    cpu_fusions: Optional[str] = option(
+        None, "XLA:CPU's YNNPACK library fusions in the training step: xla (XLA's own choice), none, or a comma list "
+        f"of {', '.join(YNN_FUSION_KINDS)} (default: none for gat, xla otherwise); ignored on GPU and TPU",
+        group=_MODEL, metavar="KINDS")
     compute_dtype: str = option("float32", "dtype of propagation and scoring (params and loss stay float32); "
                                 "bfloat16 for GPU/TPU", group=_MODEL, choices=COMPUTE_DTYPES)
     # optimisation
@@ -276,6 +285,7 @@ class TrainConfig:
         defaults = {**_GLOBAL_DEFAULTS, **LOSS_DEFAULTS[self.loss], **MODEL_LOSS_DEFAULTS.get((self.model, self.loss), {})}
         if self.valid_frac == 0:  # the plateau rule reads validation: without it the default schedule is constant
             defaults["lr_schedule"] = defaults["lr_schedule"] if defaults["lr_schedule"] != "plateau" else "constant"
+        defaults["cpu_fusions"] = MODEL_CPU_FUSIONS.get(self.model, "xla")
         fill = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         return dataclasses.replace(self, **fill).validate()
 
@@ -290,6 +300,10 @@ class TrainConfig:
         need(self.loss in LOSS_NAMES, f"unknown --loss {self.loss!r}; choose one of {', '.join(LOSS_NAMES)}")
         need(self.backend in BACKEND_NAMES, f"unknown --backend {self.backend!r}; choose one of {', '.join(BACKEND_NAMES)}")
         need(self.neg_sampler in NEG_SAMPLERS, f"unknown --neg-sampler {self.neg_sampler!r}; choose one of {', '.join(NEG_SAMPLERS)}")
+        need(self.cpu_fusions in (None, "xla", "none")
+             or all(kind in YNN_FUSION_KINDS for kind in self.cpu_fusions.split(",")),
+             f"unknown --cpu-fusions {self.cpu_fusions!r}; choose xla, none, or a comma list of "
+             f"{', '.join(YNN_FUSION_KINDS)}")
         need(self.compute_dtype in COMPUTE_DTYPES,
              f"unknown --compute-dtype {self.compute_dtype!r}; choose one of {', '.join(COMPUTE_DTYPES)}")
         need(self.item_metric in ITEM_METRICS, f"unknown --item-metric {self.item_metric!r}; choose one of {', '.join(ITEM_METRICS)}")
@@ -428,9 +442,9 @@ BOOKKEEPING = frozenset({"out", "resume", "progress", "data_dir", "eval_chunk", 
                          "num_processes", "process_id", "heartbeat_timeout", "tensorboard", "diagnostics"})
 
 
-#: What every run had before these options existed (2026-12-04): a run whose config.json lacks one
-#: trained with this value (constant learning rate, no weight decay, no popularity guard).
-BEFORE_OPTION = {"lr_schedule": "constant", "weight_decay": 0.0, "popularity_guard": 0.0}
+#: What every run had before these options existed (2026-12-04; cpu_fusions 2026-12-07): a run whose config.json
+#: lacks one trained with this value (constant learning rate, no weight decay, no popularity guard, XLA's fusions).
+BEFORE_OPTION = {"lr_schedule": "constant", "weight_decay": 0.0, "popularity_guard": 0.0, "cpu_fusions": "xla"}
 
 
 def config_diff(current: dict, saved: dict, *, ignore=()) -> dict:

@@ -100,8 +100,8 @@ def test_budget_inside_the_first_evaluation_interval_stops_within_one_step(tiny_
     clock = StepClock(step_seconds=0.1, eval_seconds=0.5)
     jit_step, evaluate = Placement.jit_step, Placement.evaluate
 
-    def counting_jit_step(self, step_fn, state):
-        step = jit_step(self, step_fn, state)
+    def counting_jit_step(self, step_fn, state, *args, **kwargs):
+        step = jit_step(self, step_fn, state, *args, **kwargs)
 
         def counted(*args):
             clock.steps += 1

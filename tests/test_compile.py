@@ -136,3 +136,36 @@ def test_bfloat16_compute_matches_float32_loosely(loss, neg_sampler):
         a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
         cosine = a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
         assert cosine > 0.99, cosine
+
+
+def test_cpu_fusions_reach_xla_and_keep_the_step():
+    """``--cpu-fusions``: GAT defaults to none, other models to XLA's choice; the option becomes this
+    computation's list of YNNPACK fusion kinds (none: no ``__ynn_fusion`` in the compiled CPU program), and
+    the step computes the same update with and without the fusions (float32 tolerance)."""
+    from itemjax.config import ConfigError
+    from itemjax.train.placement import step_compiler_options
+
+    assert TrainConfig(model="gat").resolve().cpu_fusions == "none"
+    assert TrainConfig(model="lightgcn").resolve().cpu_fusions == "xla"
+    assert TrainConfig(model="gat", cpu_fusions="dot,reduce").resolve().cpu_fusions == "dot,reduce"
+    with pytest.raises(ConfigError, match="--cpu-fusions 'dots'.*individual_dot"):
+        TrainConfig(cpu_fusions="dots").resolve()
+    assert step_compiler_options("xla", "cpu") == {} and step_compiler_options("none", "gpu") == {}
+    assert step_compiler_options("none", "cpu") == {"xla_cpu_experimental_ynn_fusion_type": ""}
+    assert step_compiler_options("dot,individual_dot", "cpu") == {
+        "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+
+    _, batch, state, _, _ = setup("item", "csr")
+    placement = Placement(make_mesh())
+    batch, state = placement.place_batch(batch), placement.place_state(state)
+    key = placement.replicate(jax.random.PRNGKey(1))
+    results, programs = {}, {}
+    for fusions in ("xla", "none"):
+        step = placement.jit_step(train_step, state, step_compiler_options(fusions, "cpu"))
+        with jax.set_mesh(placement.mesh):
+            programs[fusions] = step.jitted.lower(state, batch, key).compile().as_text()
+        results[fusions] = jax.device_get(step(state, batch, key)[0].params)
+    if jax.default_backend() == "cpu":
+        assert "__ynn_fusion" not in programs["none"]
+    for a, b in zip(jax.tree.leaves(results["xla"]), jax.tree.leaves(results["none"])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

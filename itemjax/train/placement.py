@@ -27,7 +27,21 @@ from itemjax.parallel.distributed import DATA_AXIS, ID_TABLES
 from itemjax.evaluation.evaluate import evaluate
 from itemjax.model.models import embed
 
-__all__ = ["Placement", "unpad_params"]
+__all__ = ["Placement", "step_compiler_options", "unpad_params"]
+
+
+def step_compiler_options(cpu_fusions: str, platform: str | None = None) -> dict:
+    """XLA compile options of the training step for ``--cpu-fusions`` (resolved: ``xla``, ``none`` or a comma
+    list of :data:`itemjax.config.YNN_FUSION_KINDS`) on ``platform`` (default: JAX's default backend).
+
+    ``{}`` for ``xla`` and off CPU; else ``{"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT,..."}``
+    (empty for ``none``), which replaces XLA's list of YNNPACK fusion kinds for this one computation, as
+    ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=...`` would for every computation of the process.
+    """
+    if cpu_fusions == "xla" or (platform or jax.default_backend()) != "cpu":
+        return {}
+    kinds = [] if cpu_fusions == "none" else cpu_fusions.split(",")
+    return {"xla_cpu_experimental_ynn_fusion_type": ",".join(f"LIBRARY_FUSION_TYPE_{kind.upper()}" for kind in kinds)}
 
 
 def _is_id_table(path) -> bool:
@@ -159,15 +173,17 @@ class Placement:
 
     # ------------------------------------------------------------------ jitted work
 
-    def jit_step(self, step_fn: Callable, state) -> Callable:
+    def jit_step(self, step_fn: Callable, state, compiler_options: dict | None = None) -> Callable:
         """``step(state, batch, key) -> (state, metrics)``: ``step_fn`` jitted with
-        ``out_shardings = (state_shardings(state), replicated)`` and run under the mesh.
+        ``out_shardings = (state_shardings(state), replicated)`` and ``compiler_options`` (XLA options of
+        this computation, e.g. :func:`step_compiler_options`), run under the mesh.
 
         The new state keeps the placement of the old one, so the second step hits the cache
         of the first (no recompilation); metrics come back replicated. The returned function
         has a ``jitted`` attribute (the :func:`jax.jit` object, e.g. for ``_cache_size()``).
         """
-        jitted = jax.jit(step_fn, out_shardings=(self.state_shardings(state), self.replicated))
+        jitted = jax.jit(step_fn, out_shardings=(self.state_shardings(state), self.replicated),
+                         compiler_options=compiler_options or None)
         mesh = self.mesh
 
         @functools.wraps(step_fn)

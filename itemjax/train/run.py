@@ -32,7 +32,7 @@ from itemjax import native
 from itemjax.native import ppr_push
 from itemjax.objective import sampling
 from itemjax.parallel.distributed import barrier, initialize, is_writer, make_mesh, stop_peers_on_error
-from itemjax.train.placement import Placement
+from itemjax.train.placement import Placement, step_compiler_options
 from itemjax.train.checkpoint import RunCheckpoints
 from itemjax.config import BOOKKEEPING, PPR_SAMPLERS, TrainConfig, config_diff
 from itemjax.errors import ConfigError, NumericalError
@@ -265,7 +265,7 @@ def _fit_in(config: TrainConfig, on_evaluation, out: pathlib.Path, saved, writer
     placement = Placement(make_mesh(), shard_embeddings=config.shard_embeddings)
     batch, state = placement.place_batch(batch), placement.place_state(state)
     train_key = placement.replicate(train_key)
-    step_fn = placement.jit_step(train_step, state)
+    step_fn = placement.jit_step(train_step, state, step_compiler_options(config.cpu_fusions))
 
     if saved is None and writer:
         write_json_atomic(out / "config.json", {
@@ -548,7 +548,7 @@ def refit(config: TrainConfig, prep: Prepared, placement, n_steps: int, out: pat
     init_key, train_key = jax.random.split(jax.random.PRNGKey(config.seed))
     state = placement.place_state(create_state(config, prep.model, batch.graph, batch.data, init_key))
     train_key = placement.replicate(train_key)
-    step_fn = placement.jit_step(train_step, state)
+    step_fn = placement.jit_step(train_step, state, step_compiler_options(config.cpu_fusions))
     ckpts = RunCheckpoints(out / "refit")
     meta = {"train_seconds": 0.0}
     if ckpts.latest_step("latest") is not None:
