@@ -300,7 +300,9 @@ def main(argv=None) -> int:
     text = markdown(result, title)
     (out / "comparison.md").write_text(text)
     write_json_atomic(out / "comparison.json", result)
-    plot(result, configs, out / "learning_curves.png", title, budget=args.time_budget)
+    # the figure names a dataset file by its name alone (a full path overflows the title)
+    short_title = title.replace(args.dataset, pathlib.Path(args.dataset).name, 1)
+    plot(result, configs, out / "learning_curves.png", short_title, budget=args.time_budget)
     print(text)
     print(f"saved {out / 'comparison.md'}, comparison.json and learning_curves.png", file=sys.stderr)
     return 0
