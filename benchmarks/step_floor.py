@@ -4,7 +4,9 @@
     python benchmarks/step_floor.py                     # gowalla and ml-100k
     python benchmarks/step_floor.py --datasets gowalla --repeats 15
 
-For each dataset (the training split of itemjax's loader, LightGCN, dim ``d`` = 64, 3 layers):
+For each dataset (the training split of itemjax's loader, LightGCN, dim ``d`` = 64, 3 layers), on ``--backend``
+(default ``auto``: the backend training uses here, ``native`` on CPU where built; ``csr`` was the only one
+before 2026-12-07):
 
 * **bandwidth**: the machine's streaming memory bandwidth as XLA sees it, from a jitted
   ``sum`` over a 1 GiB float32 array (read only) and a jitted ``x + 1`` (read + write).
@@ -121,12 +123,12 @@ def adam_run(n_nodes: int):
     return lambda: jax.block_until_ready(update(params, state, grads))
 
 
-def measure(dataset: str, repeats: int, gbs: float) -> dict:
-    config = TrainConfig(dataset=dataset, model="lightgcn", backend="csr", dim=DIM, layers=LAYERS, valid_frac=0.0,
+def measure(dataset: str, repeats: int, gbs: float, backend: str = "auto") -> dict:
+    config = TrainConfig(dataset=dataset, model="lightgcn", backend=backend, dim=DIM, layers=LAYERS, valid_frac=0.0,
                          progress=False)
     prep = prepare(config.resolve())
     graph = host_graph(prep)
-    device_graph = prep_graph(prep, "csr")
+    device_graph = prep_graph(prep, backend)
     n, nnz = int(graph.n_nodes), int(len(graph.indices))
     x = jax.random.normal(jax.random.PRNGKey(0), (n, DIM), jnp.float32) * 0.1
 
@@ -160,7 +162,7 @@ def measure(dataset: str, repeats: int, gbs: float) -> dict:
     gather = {"product": gather_bytes / bytes_per_second, "adam": adam_bytes / bytes_per_second}
     gather["propagation_fwd_bwd"] = 6 * gather["product"]
     gather["step"] = gather["propagation_fwd_bwd"] + gather["adam"]
-    return {"dataset": dataset, "n_nodes": n, "nnz": nnz, "dim": DIM, "layers": LAYERS,
+    return {"dataset": dataset, "backend": device_graph.backend, "n_nodes": n, "nnz": nnz, "dim": DIM, "layers": LAYERS,
             "product_bytes": product_bytes, "gather_bound_bytes": gather_bytes, "adam_bytes": adam_bytes,
             "floor_seconds": floor, "gather_bound_seconds": gather, "median_seconds": seconds,
             "reorder_max_rel_difference": differences}
@@ -170,12 +172,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", default="gowalla,ml-100k")
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--backend", default="auto", help="propagation backend (auto: the one training uses here)")
     parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "out" / "step_floor.json"))
     args = parser.parse_args(argv)
     load_before = os.getloadavg()
     bw = bandwidth(args.repeats)
     gbs = bw["copy_gbs"]
-    rows = [measure(d, args.repeats, gbs) for d in args.datasets.split(",")]
+    rows = [measure(d, args.repeats, gbs, args.backend) for d in args.datasets.split(",")]
     result = {"bandwidth": bw, "rows": rows, "load_before": load_before, "load_after": os.getloadavg(),
               "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
               "jax": jax.__version__}
@@ -190,9 +193,9 @@ def main(argv=None) -> int:
                                 ("adam", "adam"), ("step_bpr", "step"), ("step_item", "step"),
                                 ("product_degree", "product"), ("propagation_fwd_bwd_degree", "propagation_fwd_bwd"),
                                 ("product_rcm", "product"), ("propagation_fwd_bwd_rcm", "propagation_fwd_bwd")):
-            print(f"| {row['dataset']} | {part} | {1e3 * s[part]:.1f} | {1e3 * f[floor_key]:.1f} | "
+            print(f"| {row['dataset']} ({row['backend']}) | {part} | {1e3 * s[part]:.1f} | {1e3 * f[floor_key]:.1f} | "
                   f"{1e3 * g[floor_key]:.1f} | {s[part] / f[floor_key]:.1f} | {s[part] / g[floor_key]:.1f} |")
-        print(f"| {row['dataset']} | reordered vs original, max relative difference | "
+        print(f"| {row['dataset']} ({row['backend']}) | reordered vs original, max relative difference | "
               f"{row['reorder_max_rel_difference']} | | | | |")
     print(f"load average before {load_before}, after {result['load_after']}")
     return 0
