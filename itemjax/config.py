@@ -26,7 +26,7 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 #: XLA:CPU's YNNPACK library-fusion kinds (``--cpu-fusions``: a comma list of them, ``xla`` or ``none``).
 YNN_FUSION_KINDS = ("dot", "eltwise", "reduce", "individual_dot")
 #: ``--cpu-fusions`` by model when left unset (``xla`` otherwise): GAT's step is 2.2x faster on gowalla without
-#: YNNPACK's fusions, which slow ITEM's LightGCN step (benchmarks/RESULTS.md, "Where GAT's time goes").
+#: YNNPACK's fusions, which speed up ITEM's LightGCN step (benchmarks/RESULTS.md, "Per-step fusion kinds").
 MODEL_CPU_FUSIONS = {"gat": "none"}
 ITEM_METRICS = ("ndcg", "recall", "ndcg+recall")
 POSITIVE_PAIRS = ("smooth", "detach", "exact")  # ITEM: positive-vs-positive terms of the smooth rank

@@ -14,11 +14,9 @@ import pytest
 # jax): compiling dominates the unit tests, and a rerun finds every executable already built.
 # The key covers the jax version, the backend and the flags, so a stale entry is never used;
 # JAX_COMPILATION_CACHE_DIR set by the caller wins, and subprocess tests use their own cache.
-# Under pytest-xdist (-n 2) each worker keeps its own cache folder, so that no worker reads an entry another
-# is still writing.
+# Under pytest-xdist (-n 2) the workers inherit this folder from the controller and share it.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                      str(pathlib.Path(__file__).resolve().parent.parent / ".pytest_cache"
-                          / f"jax-compilation{'-' + os.environ['PYTEST_XDIST_WORKER'] if 'PYTEST_XDIST_WORKER' in os.environ else ''}"))
+                      str(pathlib.Path(__file__).resolve().parent.parent / ".pytest_cache" / "jax-compilation"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.05")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
