@@ -74,9 +74,16 @@ by another algorithm:
   ``0 <= pi_u(w) - p(w) <= eps * deg(w)`` for every node ``w``: ``p`` underestimates, and popular
   items by more. Each push removes at least ``alpha * eps * deg(v)`` of the residual mass 1, so a
   user costs at most ``1 / (alpha * eps)`` edge visits whatever the graph's size (power iteration:
-  ``2 nnz(R)`` per iteration). Candidates are the items with ``p > 0`` outside the training row,
-  ranked by decreasing ``p``, ties by item id, window as above; ``n_iter`` and ``tol`` do not apply,
-  ``eps`` (``--ppr-eps``) does. The table differs from the exact one where the error reorders
+  ``2 nnz(R)`` per iteration). Candidates are the items the push touched (``p > 0`` or ``r > 0``)
+  outside the training row, ranked by decreasing estimate (ties by item id, window as above)::
+
+      q(w) = p(w) + alpha r(w) + f (R_users + (1 - alpha) R_items) deg(w) / nnz(R),   f = (1 - alpha) / (2 - alpha)
+
+  the residual's own stop plus the rest of the residual mass left on each side (``R_users``,
+  ``R_items``) spread by the walk's stationary distribution on the items (``f``: the share of a walk
+  from a user that ends on an item, the graph being bipartite); ``q -> pi_u`` as ``eps -> 0``.
+  ``p`` alone would rank popular items too low. ``n_iter`` and ``tol`` do not apply, ``eps``
+  (``--ppr-eps``) does. The table differs from the exact one where the estimate's error reorders
   candidates (overlap with the exact windows measured in docs/design.md). Where the library is not
   built it logs one line and runs ``"device"`` (exact scores).
 """
@@ -555,8 +562,8 @@ def hard_negative_table(train: sp.csr_matrix, *, window=(10, 100), alpha: float 
       backend: ``"device"`` (JAX, jitted once per block shape), ``"native"`` (the same with the native
         kernel's products, several threads) or ``"scipy"`` (host, one core).
         The tables agree up to swaps of candidates whose scores tie within float32 rounding
-        (module docstring). ``"push"``: approximate, ranked by the forward push's ``p`` (native C++,
-        users over threads; ``"device"`` where the library is not built).
+        (module docstring). ``"push"``: approximate, ranked by the forward push's estimate ``q`` (module
+        docstring; native C++, users over threads; ``"device"`` where the library is not built).
       eps: the push's residual threshold, ``> 0``: ``0 <= pi_u(i) - p(i) <= eps * deg(i)``, and a user
         costs at most ``1 / (alpha * eps)`` edge visits (``"push"`` only; default
         :data:`itemjax.config.PPR_PUSH_EPS`, chosen in docs/design.md).

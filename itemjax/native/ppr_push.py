@@ -31,7 +31,7 @@ from itemjax import native
 #: File name stem of the compiled library (``_ppr_push.cpython-311-x86_64-linux-gnu.so`` on Linux).
 LIBRARY_STEM = "_ppr_push"
 #: ``ItemjaxPprPushAbiVersion()`` of the library this module calls (bumped when a signature changes).
-ABI_VERSION = 1
+ABI_VERSION = 2
 #: Return codes of the C functions (ppr_push.cc).
 _ERRORS = {1: "invalid argument", 2: "out of memory", 3: "internal failure"}
 
@@ -92,9 +92,10 @@ def table(indptr, indices, n_users: int, n_items: int, users, *, alpha: float, e
       lo, hi: ranks kept, ``0 <= lo < hi``.
       threads: 0 = automatic (module docstring).
     Returns:
-      Row ``k``: the items ranked ``lo .. hi-1`` among user ``users[k]``'s candidates (items with ``p > 0`` outside
-      its training row, i.e. not its neighbours), by decreasing ``p``, ties by increasing item id; ``-1`` past the
-      last candidate.
+      Row ``k``: the items ranked ``lo .. hi-1`` among user ``users[k]``'s candidates (items the push touched,
+      ``p > 0`` or ``r > 0``, outside its training row, i.e. not its neighbours), by decreasing estimate ``q(w) =
+      p(w) + alpha r(w) + f (R_users + (1 - alpha) R_items) deg(w) / nnz(R)`` with ``f = (1 - alpha) / (2 - alpha)``
+      (ppr_push.cc, :mod:`itemjax.graph.ppr`), ties by increasing item id; ``-1`` past the last candidate.
     Raises:
       RuntimeError when the library is unavailable; ValueError for invalid arguments (checked in C as well).
     """
