@@ -673,6 +673,8 @@ def table_cache_path(train, *, cache_dir, key: str, **params) -> Path:
     _check_eps(resolved["eps"])
     if resolved["backend"] == "push":
         canonical["eps"] = float(resolved["eps"])
+        # the push's ranking changed on 2026-12-07 (by q, was p): tables cached before then are not reused
+        canonical["ranking"] = "q"
     digest = hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()[:24]
     readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(key))[:48]
     return Path(cache_dir) / f"hard_negatives-{readable}-{digest}.npy"
