@@ -135,6 +135,23 @@ def test_report_table_numbers_equal_summary_values(tmp_path, capsys):
     assert png_size(plot)[0] > 0 and plot.stat().st_size > 1000
 
 
+def test_report_adds_the_refit_columns_when_a_run_was_refit(tmp_path, capsys):
+    plain, refit = make_run(tmp_path / "plain"), make_run(tmp_path / "refit", scale=1.1)
+    summary = json.loads((refit / "summary.json").read_text())
+    summary.update({"refit/recall@20": 0.36123456, "refit/ndcg@20": 0.43987654, "refit_train_seconds": 20.06,
+                    "refit_steps": 50})
+    write_json_atomic(refit / "summary.json", summary)
+    status, stdout, err = run_report([str(plain), str(refit)], capsys)
+    assert status == 0, err
+    rows = parse_table(stdout)
+    assert list(rows[0])[-3:] == ["refit Recall@20", "refit NDCG@20", "refit train time (s)"]
+    assert [rows[0][c] for c in list(rows[0])[-3:]] == ["–", "–", "–"]
+    assert [rows[1][c] for c in list(rows[1])[-3:]] == ["0.3612", "0.4399", "20.1"]
+    assert rows[1]["Recall@20"] == f"{summary['recall@20']:.4f}"  # the carve-out's test metrics stay beside them
+    status, stdout, _ = run_report([str(plain)], capsys)  # no refit anywhere: no refit columns
+    assert status == 0 and "refit" not in stdout
+
+
 def test_report_other_k(tmp_path, capsys):
     run = make_run(tmp_path / "run")
     status, stdout, _ = run_report([str(run), "--k", "10"], capsys)

@@ -5,7 +5,10 @@
 
 One row per run, read from its ``summary.json`` (test metrics of the checkpoint selected on
 validation, epochs, selected epoch, train seconds) and ``config.json`` (dataset, model, loss):
-run, dataset, model, loss, protocol, Recall@K, NDCG@K, epochs, selected epoch, train time.
+run, dataset, model, loss, protocol, Recall@K, NDCG@K, epochs, selected epoch, train time; when
+some run was refit (``--refit``: the selected number of steps again on train + validation, tested
+with every known interaction excluded), also its refit Recall@K, NDCG@K and train time ("–" for a
+run without a refit).
 The table is printed and, with ``--out``, written to a file. ``--plot`` draws validation
 NDCG@K of every run against wall time (from each ``metrics.jsonl``). A directory that is not
 a run, or a run that has not finished (no ``summary.json``), is an error (exit 2).
@@ -22,6 +25,8 @@ from itemjax.errors import DataError
 
 COLUMNS = ("run", "dataset", "model", "loss", "protocol", "recall@{k}", "ndcg@{k}", "epochs", "selected epoch",
            "train time (s)")
+#: the columns added when some run has a refit (summary.json ``refit/<metric>``, ``refit_train_seconds``)
+REFIT_COLUMNS = ("refit recall@{k}", "refit ndcg@{k}", "refit train time (s)")
 
 
 def parser() -> ArgumentParser:
@@ -68,22 +73,29 @@ def load_run(run_dir, *, k: int = 20) -> dict:
         "epochs": summary["epochs"],
         "selected epoch": summary["selected_epoch"],
         "train time (s)": summary["train_seconds"],
+        f"refit recall@{k}": summary.get(f"refit/recall@{k}"),
+        f"refit ndcg@{k}": summary.get(f"refit/ndcg@{k}"),
+        "refit train time (s)": summary.get("refit_train_seconds"),
     }
 
 
 def _cell(column: str, value) -> str:
+    if value is None:
+        return "–"
     if "@" in column:
         return f"{value:.4f}"
-    if column == "train time (s)":
+    if column.endswith("train time (s)"):
         return f"{value:.1f}"
     return str(value)
 
 
 def markdown_table(rows: list[dict], *, k: int = 20) -> str:
-    """A GitHub-flavoured markdown table; metrics with 4 decimals, train time with 1."""
-    columns = [c.format(k=k) for c in COLUMNS]
+    """A GitHub-flavoured markdown table; metrics with 4 decimals, train time with 1; the refit columns
+    only when some row has a refit."""
+    refit = [c.format(k=k) for c in REFIT_COLUMNS]
+    columns = [c.format(k=k) for c in COLUMNS] + (refit if any(row[refit[0]] is not None for row in rows) else [])
     header = [c.replace(f"recall@{k}", f"Recall@{k}").replace(f"ndcg@{k}", f"NDCG@{k}") for c in columns]
-    numeric = {f"recall@{k}", f"ndcg@{k}", "epochs", "selected epoch", "train time (s)"}
+    numeric = {f"recall@{k}", f"ndcg@{k}", "epochs", "selected epoch", "train time (s)", *refit}
     lines = ["| " + " | ".join(header) + " |",
              "|" + "|".join("---:" if c in numeric else "---" for c in columns) + "|"]
     lines += ["| " + " | ".join(_cell(c, row[c]) for c in columns) + " |" for row in rows]
