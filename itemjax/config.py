@@ -203,8 +203,8 @@ class TrainConfig:
                               "built)", group=_ITEM, choices=PPR_BACKENDS)
     ppr_eps: float = option(PPR_PUSH_EPS, "--ppr-backend push: residual threshold eps of the forward push (push node v "
                             "while its residual r(v) > eps * deg(v)); smaller: closer to the exact table, slower; the "
-                            "default agrees with it on 97.5% of the window on ml-100k, on 79% on gowalla, where 1e-6 "
-                            "gives 94% (docs/design.md#ppr-hard-negatives)", group=_ITEM)
+                            "default agrees with it on 0.975 of the window on ml-100k, on 0.78 on gowalla, where 1e-6 "
+                            "gives 0.94 (docs/design.md#ppr-hard-negatives)", group=_ITEM)
     curriculum_epochs: int = option(0, "raise the PPR share linearly from 0 over this many epochs (0: off)",
                                     group=_ITEM, flag="--curriculum")
     shared_negatives: bool = option(False, "one negative set per batch for all its users (a single matmul)",
