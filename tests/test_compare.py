@@ -71,3 +71,40 @@ def test_paired_per_user_differences_in_the_comparison(compare, tmp_path):
     assert test["seed"] == 0 and test["n_users"] == 30
     text = compare.markdown(result, "t")
     assert "Wilcoxon" in text and f"{want['mean_diff']:+.4f}" in text
+
+
+def _with_config(run, loss: str, seed: int = 0):
+    """Give a fake_run folder the config.json train.py writes (loss and seed; every other option at its default)."""
+    from itemjax.config import TrainConfig
+
+    config = TrainConfig(loss=loss, seed=seed).to_dict()
+    pathlib.Path(run.out, "config.json").write_text(json.dumps({"config": config}))
+    return run
+
+
+def test_runs_trained_apart_are_compared_without_training(compare, tmp_path):
+    bpr = _with_config(fake_run(tmp_path / "conv-bpr", "bpr", [(100, 0.10), (400, 0.30)], (0.2, 0.1),
+                                refit=(0.22, 0.11)), "bpr")
+    item = _with_config(fake_run(tmp_path / "conv-item", "item", [(50, 0.31), (200, 0.33)], (0.3, 0.15),
+                                 refit=(0.33, 0.165)), "item")
+    out = tmp_path / "cmp"
+    assert compare.main(["--runs", f"{bpr.out},{item.out}", "--out", str(out)]) == 0
+    result = json.loads((out / "comparison.json").read_text())
+    assert result["baseline"] == "bpr" and [r["out"] for r in result["runs"]["item"]] == [item.out]
+    assert result["table"]["item"]["refit/ndcg@20"]["gain_vs_bpr"] == pytest.approx(0.5)
+    assert result["table"]["item"]["fraction_of_bpr_time_to_its_best"] == [pytest.approx(50 / 400)]
+    assert (out / "comparison.md").exists() and (out / "learning_curves.png").exists()
+
+
+def test_runs_that_are_unfinished_or_repeat_a_loss_are_refused(compare, tmp_path):
+    from itemjax.errors import ConfigError
+
+    bpr = _with_config(fake_run(tmp_path / "a", "bpr", [(100, 0.1)], (0.2, 0.1)), "bpr")
+    twin = _with_config(fake_run(tmp_path / "b", "bpr", [(100, 0.1)], (0.2, 0.1)), "bpr")
+    with pytest.raises(ConfigError, match="both bpr seed 0"):
+        compare.main(["--runs", f"{bpr.out},{twin.out}", "--out", str(tmp_path / "cmp")])
+    pathlib.Path(twin.out, "summary.json").unlink()
+    with pytest.raises(ConfigError, match=r"has not finished.*--resume --out"):
+        compare.main(["--runs", f"{bpr.out},{twin.out}", "--out", str(tmp_path / "cmp")])
+    with pytest.raises(ConfigError, match="needs --out"):
+        compare.main(["--runs", bpr.out])

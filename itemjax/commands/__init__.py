@@ -11,6 +11,7 @@
     itemjax methods --out runs/methods-ml100k      # every loss / sampler / SSL method, equal tuning budget
     itemjax paper-scale --dataset yelp2018 --out runs/paper-yelp2018   # tune, then equal budgets
     itemjax beyond --out runs/beyond-ml100k        # side features, cold-start items, temporal splits
+    itemjax headline experiments/headline.json --readme README.md   # README's table from the comparisons
 
 Each command's logic is the module of the same name in this package (``main(argv)`` and
 ``parser()``, and ``RESUME`` if an interrupted run continues otherwise than with
@@ -25,7 +26,8 @@ import sys
 #: command name -> module of itemjax.commands
 COMMANDS = {"train": "train", "compare": "compare", "sweep": "sweep", "arch-table": "arch_table",
             "recommend": "recommend", "report": "report", "export": "export", "tune": "tune", "methods": "methods",
-            "paper-scale": "paper_scale", "beyond": "beyond"}
+            "paper-scale": "paper_scale", "beyond": "beyond",
+            "headline": "headline"}
 
 
 def main(argv=None) -> int:

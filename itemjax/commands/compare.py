@@ -21,10 +21,17 @@ loss's time to its own best) and ``<out>/learning_curves.png`` (validation NDCG@
 wall time, one line per run). Each loss is also paired with the first, seed by seed, on the
 per-user test metrics the runs write (``per_user_test.parquet``): the mean per-user difference
 with a bootstrap 95% interval and the Wilcoxon signed-rank p-value (:func:`paired_test`).
+
+    itemjax compare --runs runs/converged-yelp2018-bpr,runs/converged-yelp2018-item --out runs/converged-yelp2018
+
+``--runs`` compares finished run folders that were trained apart (each its own ``train.py``
+command, e.g. runs to convergence): the same table, pairing and figure, nothing trained; each
+folder's loss and seed come from its ``config.json``, and gains are relative to the first.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import shlex
@@ -57,6 +64,9 @@ def parser() -> ArgumentParser:
     p.add_argument("--common-args", default="", help="train.py options given to every run")
     for loss in LOSS_NAMES:
         p.add_argument(f"--args-{loss}", default="", help=f"extra train.py options for --loss {loss}")
+    p.add_argument("--runs", default=None, metavar="DIR,DIR,...",
+                   help="compare these finished run folders instead of training (loss and seed from their "
+                        "config.json; gains relative to the first); needs --out")
     p.add_argument("--out", default=None, help="output folder (default runs/compare-<dataset>-<model>)")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -83,6 +93,28 @@ def run_configs(args) -> list:
                 raise ConfigError(f"bad train.py options for {loss}: {' '.join(extra)}") from None
             configs.append(config_from_args(ns))
     return out, configs
+
+
+def finished_run_configs(dirs: list) -> list:
+    """The TrainConfig of each finished run folder in ``dirs`` (``out`` set to the folder as given);
+    :class:`ConfigError` naming the folder when one is not a run, unfinished, or repeats a (loss, seed)."""
+    from itemjax.config import TrainConfig
+
+    configs, seen = [], {}
+    for d in map(pathlib.Path, dirs):
+        if not (d / "config.json").exists():
+            raise ConfigError(f"--runs {d}: not a run folder (no config.json); give folders written by train.py --out")
+        if not (d / "summary.json").exists():
+            raise ConfigError(f"--runs {d}: the run has not finished (no summary.json); continue it with "
+                              f"itemjax train <its options> --resume --out {d}")
+        c = TrainConfig.from_dict(json.loads((d / "config.json").read_text())["config"])
+        c = dataclasses.replace(c, out=str(d))
+        if (c.loss, c.seed) in seen:
+            raise ConfigError(f"--runs {d} and {seen[c.loss, c.seed]} are both {c.loss} seed {c.seed}; "
+                              "compare one run per loss and seed")
+        seen[c.loss, c.seed] = d
+        configs.append(c)
+    return configs
 
 
 def clock_of(records: list) -> str:
@@ -284,7 +316,16 @@ def plot(result: dict, configs: list, path: pathlib.Path, title: str, budget=Non
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    out, configs = run_configs(args)
+    if args.runs:
+        if not args.out:
+            raise ConfigError("--runs needs --out, the folder for comparison.md, comparison.json and the figure")
+        configs = finished_run_configs([d for d in args.runs.split(",") if d])
+        out = pathlib.Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        args.dataset, args.model = configs[0].dataset, configs[0].model
+        args.seeds = sorted({c.seed for c in configs})
+    else:
+        out, configs = run_configs(args)
     from itemjax.train.run import fit_or_resume
 
     for c in configs:
@@ -297,6 +338,8 @@ def main(argv=None) -> int:
     title = f"{args.dataset}, {args.model}, seeds {','.join(map(str, args.seeds))}"
     if args.time_budget:
         title += f", time budget {args.time_budget:g} s each"
+    if args.runs:
+        title += ", runs trained apart"
     text = markdown(result, title)
     (out / "comparison.md").write_text(text)
     write_json_atomic(out / "comparison.json", result)
