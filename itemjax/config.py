@@ -447,6 +447,20 @@ BOOKKEEPING = frozenset({"out", "resume", "progress", "data_dir", "eval_chunk", 
 BEFORE_OPTION = {"lr_schedule": "constant", "weight_decay": 0.0, "popularity_guard": 0.0, "cpu_fusions": "xla"}
 
 
+def _uses_ppr(c: dict) -> bool:
+    return c.get("neg_sampler") in PPR_SAMPLERS
+
+
+#: Options a run reads only under a condition on its other options (a config's JSON form -> bool):
+#: the PPR table's options only with PPR negatives, the push's threshold only with the push. Two
+#: configs that differ in such an option where neither reads it compute the same run.
+USED_ONLY_IF = {
+    "ppr_alpha": _uses_ppr, "ppr_window": _uses_ppr, "ppr_backend": _uses_ppr, "curriculum_epochs": _uses_ppr,
+    "ppr_eps": lambda c: _uses_ppr(c) and c.get("ppr_backend") == "push",
+    "hard_ratio": lambda c: c.get("neg_sampler") == "mixed",
+}
+
+
 def config_diff(current: dict, saved: dict, *, ignore=()) -> dict:
     """``{option: (saved value, current value)}`` where two configs (``to_dict()`` or a run's
     ``config.json["config"]``) differ, options in ``ignore`` aside.
@@ -455,7 +469,9 @@ def config_diff(current: dict, saved: dict, *, ignore=()) -> dict:
     older run's config.json is taken at the default it had then: :data:`BEFORE_OPTION` for the
     options whose arrival changed what a run computes, else today's field default, or for
     per-loss options (``None`` fields), the resolved value of ``current`` (so that it is not a
-    difference). Used by ``--resume``, the table scripts, recommend and the tests.
+    difference). An option of :data:`USED_ONLY_IF` that neither config reads is not a difference
+    (a BPR run with uniform negatives resumes after ``--ppr-eps``'s default changed). Used by
+    ``--resume``, the table scripts, recommend and the tests.
     """
     import json
 
@@ -476,4 +492,8 @@ def config_diff(current: dict, saved: dict, *, ignore=()) -> dict:
             old = value
         if old != value:
             diffs[key] = (old, value)
+    unused = [k for k in diffs if k in USED_ONLY_IF
+              and not USED_ONLY_IF[k](current) and not USED_ONLY_IF[k]({**current, **saved})]
+    for key in unused:
+        del diffs[key]
     return diffs

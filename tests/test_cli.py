@@ -197,3 +197,21 @@ def test_ctrl_c_says_how_to_continue(monkeypatch, capsys):
     monkeypatch.setattr(sweep, "main", interrupted)
     assert commands.main(["sweep", "--out", "x"]) == 130
     assert capsys.readouterr().err.strip() == f"interrupted; continue with {RERUN}"
+
+
+def test_options_a_run_does_not_read_are_no_difference():
+    from itemjax.config import TrainConfig, config_diff
+
+    uniform = TrainConfig(loss="bpr", neg_sampler="uniform").to_dict()
+    # a BPR run with uniform negatives never reads the PPR options: a changed default does not block --resume
+    assert config_diff({**uniform, "ppr_eps": 1e-5, "ppr_alpha": 0.3}, {**uniform, "ppr_eps": 2e-6}) == {}
+    push = TrainConfig(loss="item", neg_sampler="ppr", ppr_backend="push").to_dict()
+    assert config_diff({**push, "ppr_eps": 1e-5}, {**push, "ppr_eps": 2e-6}) == {"ppr_eps": (2e-6, 1e-5)}
+    device = {**push, "ppr_backend": "device"}
+    assert config_diff({**device, "ppr_eps": 1e-5}, {**device, "ppr_eps": 2e-6}) == {}  # only the push reads it
+    assert config_diff({**device, "hard_ratio": 0.3}, device) == {}  # only --neg-sampler mixed reads it
+    mixed = {**device, "neg_sampler": "mixed"}
+    assert config_diff({**mixed, "hard_ratio": 0.3}, mixed) == {"hard_ratio": (0.5, 0.3)}
+    # a changed sampler is a difference, and so are the PPR options the saved run read
+    assert config_diff({**uniform, "ppr_alpha": 0.3}, {**uniform, "neg_sampler": "ppr"}) == {
+        "neg_sampler": ("ppr", "uniform"), "ppr_alpha": (0.15, 0.3)}
