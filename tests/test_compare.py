@@ -88,7 +88,7 @@ def test_runs_trained_apart_are_compared_without_training(compare, tmp_path):
     item = _with_config(fake_run(tmp_path / "conv-item", "item", [(50, 0.31), (200, 0.33)], (0.3, 0.15),
                                  refit=(0.33, 0.165)), "item")
     out = tmp_path / "cmp"
-    assert compare.main(["--runs", f"{bpr.out},{item.out}", "--out", str(out)]) == 0
+    assert compare.main(["--runs", f"{bpr.out},{item.out}", "--out", str(out), "--curve-axis", "epoch"]) == 0
     result = json.loads((out / "comparison.json").read_text())
     assert result["baseline"] == "bpr" and [r["out"] for r in result["runs"]["item"]] == [item.out]
     assert result["table"]["item"]["refit/ndcg@20"]["gain_vs_bpr"] == pytest.approx(0.5)

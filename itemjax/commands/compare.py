@@ -67,6 +67,9 @@ def parser() -> ArgumentParser:
     p.add_argument("--runs", default=None, metavar="DIR,DIR,...",
                    help="compare these finished run folders instead of training (loss and seed from their "
                         "config.json; gains relative to the first); needs --out")
+    p.add_argument("--curve-axis", choices=("elapsed", "epoch"), default="elapsed",
+                   help="x axis of learning_curves.png: wall time (default) or epoch (for runs whose wall times "
+                        "are not comparable, e.g. paused or beside other jobs)")
     p.add_argument("--out", default=None, help="output folder (default runs/compare-<dataset>-<model>)")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -287,7 +290,8 @@ def paired_markdown(paired: dict, against: str, label: str) -> list[str]:
     return lines
 
 
-def plot(result: dict, configs: list, path: pathlib.Path, title: str, budget=None) -> None:
+def plot(result: dict, configs: list, path: pathlib.Path, title: str, budget=None, axis: str = "elapsed") -> None:
+    """Validation NDCG@20 of every run against wall time (``axis="elapsed"``, :func:`clock_of`) or epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -299,12 +303,12 @@ def plot(result: dict, configs: list, path: pathlib.Path, title: str, budget=Non
     for c in configs:
         records = [r for r in read_jsonl(pathlib.Path(c.out) / "metrics.jsonl") if r.get("split") == "valid"]
         if records:
-            clock = clock_of(records)
+            clock = "epoch" if axis == "epoch" else clock_of(records)
             ax.plot([r[clock] for r in records], [r["ndcg@20"] for r in records],
                     color=colors[c.loss], alpha=0.8, label=f"{c.loss} seed {c.seed}")
-    if budget:
+    if budget and clock != "epoch":
         ax.axvline(budget, color="grey", linestyle="--", linewidth=1, label=f"budget {budget:g} s")
-    ax.set_xlabel("wall time, training + validation (s)" if clock == "elapsed" else "training wall time (s)")
+    ax.set_xlabel({"elapsed": "wall time, training + validation (s)", "epoch": "epoch"}.get(clock, "training wall time (s)"))
     ax.set_ylabel("validation NDCG@20")
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -345,7 +349,7 @@ def main(argv=None) -> int:
     write_json_atomic(out / "comparison.json", result)
     # the figure names a dataset file by its name alone (a full path overflows the title)
     short_title = title.replace(args.dataset, pathlib.Path(args.dataset).name, 1)
-    plot(result, configs, out / "learning_curves.png", short_title, budget=args.time_budget)
+    plot(result, configs, out / "learning_curves.png", short_title, budget=args.time_budget, axis=args.curve_axis)
     print(text)
     print(f"saved {out / 'comparison.md'}, comparison.json and learning_curves.png", file=sys.stderr)
     return 0
