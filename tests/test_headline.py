@@ -39,6 +39,10 @@ def test_rows_written_between_the_markers_of_the_readme(tmp_path, monkeypatch):
                    "converged (He et al., SIGIR 2020, Table 3): 0.0649 / 0.0530 | [results](docs/results.md#yelp) |")
     # rerunning rewrites the same block, nothing else
     assert headline.main(["spec.json", "--readme", str(readme)]) == 0 and readme.read_text() == text
+    # a row whose wall times are not comparable leaves the time-to-best fraction out
+    (tmp_path / "spec.json").write_text(json.dumps({"rows": [{**spec["rows"][0], "timed": False}]}))
+    assert headline.main(["spec.json", "--readme", str(readme)]) == 0
+    assert "of BPR's time" not in readme.read_text() and "(+50.0%); published" in readme.read_text()
 
 
 def test_a_missing_comparison_names_the_command_and_missing_markers_are_refused(tmp_path, monkeypatch):

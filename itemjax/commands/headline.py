@@ -3,14 +3,15 @@
     itemjax headline experiments/headline.json --readme README.md
 
 The spec (JSON) lists the rows: ``{"rows": [{"setting": ..., "comparison": FOLDER, "command": ...,
-"source": LINK, "published": DATASET (optional)}]}``. ``FOLDER`` holds the ``comparison.json`` of
+"source": LINK, "published": DATASET (optional), "timed": false (optional)}]}``. ``FOLDER`` holds the ``comparison.json`` of
 ``itemjax compare`` (``paper-scale`` writes it to ``<out>/final``; ``compare --runs`` gathers runs
 trained apart) and ``command`` is what creates it, quoted when the folder is missing. Each row
 states, for the second loss against the first (the baseline): Recall@20 and NDCG@20 (the refit
 model's when every run was refit, else the selected checkpoint's; means over seeds), the gains,
 the per-user Wilcoxon p-values of each seed (on the selected checkpoint's test users), the
 fraction of the baseline's time to its best validation NDCG@20 the other loss needed to reach
-it, and the published rows of :data:`itemjax.commands.paper_scale.PUBLISHED` for ``published``.
+it (left out with ``"timed": false``, for runs whose wall times are not comparable), and the
+published rows of :data:`itemjax.commands.paper_scale.PUBLISHED` for ``published``.
 With ``--readme`` the table replaces the lines between :data:`BEGIN` and :data:`END` there.
 """
 
@@ -42,8 +43,9 @@ def _label(loss: str) -> str:
     return loss.upper() if loss in ("bpr", "item", "bce") else loss
 
 
-def row_text(comparison: dict, published: list = ()) -> str:
-    """The "ours vs baseline" cell of one comparison (``itemjax compare``'s comparison.json)."""
+def row_text(comparison: dict, published: list = (), *, timed: bool = True) -> str:
+    """The "ours vs baseline" cell of one comparison (``itemjax compare``'s comparison.json); the
+    time-to-best fraction only when ``timed``."""
     table, base = comparison["table"], comparison["baseline"]
     other = next(loss for loss in table if loss != base)
     refit = all(table[loss][f"refit/{m}"]["mean"] is not None for loss in (base, other) for m in METRICS)
@@ -64,7 +66,7 @@ def row_text(comparison: dict, published: list = ()) -> str:
             side = ("ahead" if ahead else "behind") if len(tests) == 1 else f"ahead on {ahead} of {len(tests)} seeds"
             cells.append(f"{NAMES[m]} p {ps} ({side})")
         text += "; per user " + ", ".join(cells)
-    fractions = table[other].get(f"fraction_of_{base}_time_to_its_best") or []
+    fractions = (table[other].get(f"fraction_of_{base}_time_to_its_best") or []) if timed else []
     if fractions:
         reached = [f for f in fractions if f is not None]
         if len(reached) == len(fractions):
@@ -93,7 +95,8 @@ def table_markdown(spec: dict, root: pathlib.Path) -> str:
             raise ConfigError(f"headline row {row['setting']!r} compares {pair[1]} with {pair[0]}, the rows above "
                               f"{losses[1]} with {losses[0]}; one table compares one pair")
         losses = pair
-        cell = row_text(comparison, PUBLISHED.get(row.get("published"), []) if row.get("published") else [])
+        cell = row_text(comparison, PUBLISHED.get(row.get("published"), []) if row.get("published") else [],
+                        timed=row.get("timed", True))
         lines.append(f"| {row['setting']} | {cell} | [results]({row['source']}) |")
     head = [f"| setting | {_label(losses[1])} vs {_label(losses[0])} | source |", "|---|---|---|"]
     return "\n".join(head + lines) + "\n"
