@@ -99,16 +99,18 @@ def test_extra_inductive_reaches_only_the_inductive_cells(tmp_path):
 
 
 def test_reuse_refuses_a_run_made_with_other_options(tmp_path):
+    from itemjax.train.run import check_reusable
+
     args = arch_table.parser().parse_args(["--models", "lightgcn", "--losses", "bpr", "--protocols", "transductive",
                                            "--epochs", "7", "--out", str(tmp_path)])
     (cell, (config,)), = arch_table.cell_configs(args)
     cell.run.mkdir(parents=True)
     saved = json.loads(json.dumps(config.to_dict()))
     (cell.run / "config.json").write_text(json.dumps({"config": {**saved, "progress": not saved["progress"]}}))
-    arch_table.check_reusable(config, cell.run)  # progress/out/resume may differ
+    check_reusable(config, cell.run)  # progress/out/resume may differ
     (cell.run / "config.json").write_text(json.dumps({"config": {**saved, "epochs": 9}}))
     with pytest.raises(ConfigError, match="epochs=9, not 7"):
-        arch_table.check_reusable(config, cell.run)
+        check_reusable(config, cell.run)
 
 
 def test_table_only_rebuilds_from_finished_cells_without_training(tmp_path, capsys):

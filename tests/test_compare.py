@@ -108,3 +108,19 @@ def test_runs_that_are_unfinished_or_repeat_a_loss_are_refused(compare, tmp_path
         compare.main(["--runs", f"{bpr.out},{twin.out}", "--out", str(tmp_path / "cmp")])
     with pytest.raises(ConfigError, match="needs --out"):
         compare.main(["--runs", bpr.out])
+
+
+def test_a_finished_run_made_with_other_options_is_not_reused(compare, tmp_path):
+    from itemjax.errors import ConfigError
+
+    argv = ["--losses", "bpr", "--seeds", "0", "--epochs", "3", "--out", str(tmp_path), "--args-bpr", "--lr 0.01"]
+    _, (config,) = compare.run_configs(compare.parser().parse_args(argv))
+    run = fake_run(pathlib.Path(config.out), "bpr", [(100, 0.1)], (0.2, 0.1))
+    saved = json.loads(json.dumps(config.to_dict()))
+    pathlib.Path(run.out, "config.json").write_text(json.dumps({"config": {**saved, "lr": 0.002}}))
+    with pytest.raises(ConfigError, match=r"was trained with lr=0.002, not 0.01; delete that folder or choose another"):
+        compare.main(argv)
+    # the same options (bookkeeping aside) are reused without training
+    pathlib.Path(run.out, "config.json").write_text(json.dumps({"config": {**saved, "progress": False}}))
+    assert compare.main(argv) == 0
+    assert json.loads((tmp_path / "comparison.json").read_text())["runs"]["bpr"][0]["out"] == config.out

@@ -37,7 +37,7 @@ import sys
 
 from itemjax.commands.train import parser as train_parser
 from itemjax.cli import RERUN, ArgumentParser, config_from_args, run_main
-from itemjax.config import LOSS_DEFAULTS, LOSS_NAMES, MODEL_NAMES, PROTOCOLS, config_diff
+from itemjax.config import LOSS_DEFAULTS, LOSS_NAMES, MODEL_NAMES, PROTOCOLS
 from itemjax.errors import ConfigError
 from itemjax.runio import best_validation, options_slug
 
@@ -47,9 +47,6 @@ RESUME = RERUN
 #: Models without message passing: an unseen user cannot be embedded, so no inductive cell.
 NON_GRAPH_MODELS = ("mf",)
 #: config.json keys that may differ between a reused run and the current command.
-REUSE_FREE = ("out", "progress", "resume")
-
-
 @dataclasses.dataclass(frozen=True)
 class Cell:
     """One table row: a (model, loss, protocol), the directory of its default-options run, and
@@ -157,16 +154,6 @@ def cell_configs(args) -> list:
     return cells
 
 
-def check_reusable(config, run: pathlib.Path) -> None:
-    """Raise ConfigError if the finished run in ``run`` was made with other options than ``config``."""
-    saved = json.loads((run / "config.json").read_text())["config"]
-    diffs = config_diff(config.to_dict(), saved, ignore=REUSE_FREE)
-    if diffs:
-        k, (old, new) = next(iter(diffs.items()))
-        raise ConfigError(f"{run} was trained with {k}={old!r}, not {new!r}; "
-                          "delete that folder or choose another --out")
-
-
 def select_candidate(cell: Cell, metric: str = "ndcg@20"):
     """``(options, run directory)`` of the cell's run with the best validation ``metric``, or
     None until every candidate has a ``summary.json``. A single candidate needs no validation
@@ -268,7 +255,7 @@ def header_text(args) -> str:
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     cells = cell_configs(args)
-    from itemjax.train.run import fit_or_resume
+    from itemjax.train.run import check_reusable, fit_or_resume
 
     runs = [(cell, options, config) for cell, configs in cells
             for (options, _), config in zip(cell.candidates(), configs)]

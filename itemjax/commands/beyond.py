@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     from itemjax.cli import config_from_args
     from itemjax.commands.compare import paired_tests
     from itemjax.commands.train import parser as train_parser
-    from itemjax.train.run import fit_or_resume
+    from itemjax.train.run import reuse_or_fit
 
     args = parser().parse_args(argv)
     settings, losses = args.settings.split(","), args.losses.split(",")
@@ -73,11 +73,9 @@ def main(argv=None) -> int:
             runs[loss] = []
             for seed in args.seeds:
                 run = out / setting / f"{loss}-seed{seed}"
-                if not (run / "summary.json").exists():
-                    argv_s = shlex.split(f"--dataset {args.dataset} --model {args.model} --loss {loss} --seed {seed} "
-                                         f"{SETTINGS[setting]} {args.common_args}") \
-                        + ["--out", str(run), "--no-progress"]
-                    fit_or_resume(config_from_args(train_parser().parse_args(argv_s)))
+                argv_s = shlex.split(f"--dataset {args.dataset} --model {args.model} --loss {loss} --seed {seed} "
+                                     f"{SETTINGS[setting]} {args.common_args}") + ["--out", str(run), "--no-progress"]
+                reuse_or_fit(config_from_args(train_parser().parse_args(argv_s)))
                 summary = json.loads((run / "summary.json").read_text())
                 runs[loss].append({"seed": seed, "out": str(run), **summary})
         paired = {} if setting == "cold-items" else paired_tests(runs, losses[0])

@@ -330,14 +330,10 @@ def main(argv=None) -> int:
         args.seeds = sorted({c.seed for c in configs})
     else:
         out, configs = run_configs(args)
-    from itemjax.train.run import fit_or_resume
+    from itemjax.train.run import reuse_or_fit
 
     for c in configs:
-        if (pathlib.Path(c.out) / "summary.json").exists():
-            print(f"[compare] {c.out} already finished; reusing it", file=sys.stderr)
-            continue
-        print(f"[compare] training {c.loss} seed {c.seed} -> {c.out}", file=sys.stderr)
-        fit_or_resume(c)  # an interrupted run continues
+        reuse_or_fit(c, f"[compare] {c.loss} seed {c.seed}")  # a finished run only if its options match
     result = summarise(out, configs)
     title = f"{args.dataset}, {args.model}, seeds {','.join(map(str, args.seeds))}"
     if args.time_budget:

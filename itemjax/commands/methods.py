@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     from itemjax.commands import sweep
     from itemjax.commands.train import parser as train_parser
     from itemjax.cli import config_from_args
-    from itemjax.train.run import fit_or_resume
+    from itemjax.train.run import reuse_or_fit
 
     args = parser().parse_args(argv)
     methods = args.methods.split(",")
@@ -107,10 +107,9 @@ def main(argv=None) -> int:
                 run = out / "final" / f"{method.replace('+', '_')}-seed{seed}"
                 if args.table_only and not (run / "summary.json").exists():
                     continue
-                if not (run / "summary.json").exists():
-                    argv_s = shlex.split(base.replace(f"--seed {first}", f"--seed {seed}")) + shlex.split(chosen) \
-                        + ["--out", str(run), "--no-progress"]
-                    fit_or_resume(config_from_args(train_parser().parse_args(argv_s)))
+                argv_s = shlex.split(base.replace(f"--seed {first}", f"--seed {seed}")) + shlex.split(chosen) \
+                    + ["--out", str(run), "--no-progress"]
+                reuse_or_fit(config_from_args(train_parser().parse_args(argv_s)))
             runs.append(json.loads((run / "summary.json").read_text()) | {"run": str(run), "seed": seed})
         rows[method] = {"options": options, "selected": chosen, "best_valid_ndcg@20": best_value,
                         "tuning": [{"variant": v, "best_valid_ndcg@20": s} for s, _, v in scored], "runs": runs}

@@ -44,14 +44,12 @@ def main(argv=None) -> int:
             configs.append((v, config_from_args(train_parser().parse_args(argv_v))))
         except SystemExit:
             raise ConfigError(f"bad train.py options in variant {v!r}") from None
-    from itemjax.train.run import fit_or_resume
+    from itemjax.train.run import reuse_or_fit
 
     rows = []
     for v, c in configs:
         run = pathlib.Path(c.out)
-        if not (run / "summary.json").exists():
-            print(f"[sweep] {v or '(base)'} -> {run}", file=sys.stderr)
-            fit_or_resume(c)
+        reuse_or_fit(c, f"[sweep] {v or '(base)'}")
         s = json.loads((run / "summary.json").read_text())
         best = best_validation(run, "ndcg@20")
         rows.append((best.get("ndcg@20", float("nan")), v, best.get("epoch"), s))

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import sys
 import time
 from typing import Callable
 
@@ -638,6 +639,33 @@ def _check_resume_compatible(config: TrainConfig, saved: dict) -> None:
             f"--resume: option {k} is {new!r} but the run in {config.out} used {old!r}; "
             "pass the same options to continue it, or start a new --out"
         )
+
+
+def check_reusable(config: TrainConfig, run) -> None:
+    """Raise :class:`ConfigError` if the finished run in ``run`` was made with other options than
+    ``config`` (bookkeeping aside, :data:`itemjax.config.BOOKKEEPING`): the table commands reuse a
+    finished run only when it is the run they would train."""
+    run = pathlib.Path(run)
+    saved = json.loads((run / "config.json").read_text())["config"]
+    diffs = config_diff(config.to_dict(), saved, ignore=BOOKKEEPING)
+    if diffs:
+        k, (old, new) = next(iter(diffs.items()))
+        raise ConfigError(f"{run} was trained with {k}={old!r}, not {new!r}; "
+                          "delete that folder or choose another --out")
+
+
+def reuse_or_fit(config: TrainConfig, tag: str = "") -> None:
+    """Train ``config`` into ``config.out`` unless a finished run with the same options is there
+    (:func:`check_reusable`); an interrupted one continues (:func:`fit_or_resume`)."""
+    run = pathlib.Path(config.out)
+    if (run / "summary.json").exists():
+        check_reusable(config, run)
+        if tag:
+            print(f"{tag}: {run} already finished; reusing it", file=sys.stderr)
+        return
+    if tag:
+        print(f"{tag}: training -> {run}", file=sys.stderr)
+    fit_or_resume(config)
 
 
 def _check_same_data(files: dict, saved_files: dict, out) -> None:
