@@ -332,7 +332,7 @@ def main(argv=None) -> int:
         out, configs = run_configs(args)
     from itemjax.train.run import reuse_or_fit
 
-    for c in configs:
+    for c in configs if not args.runs else ():  # --runs: the folders are the runs, all finished
         reuse_or_fit(c, f"[compare] {c.loss} seed {c.seed}")  # a finished run only if its options match
     result = summarise(out, configs)
     title = f"{args.dataset}, {args.model}, seeds {','.join(map(str, args.seeds))}"
