@@ -96,6 +96,20 @@ def append_jsonl(path, record: dict) -> None:
         os.fsync(f.fileno())
 
 
+def read_json(path, what: str, *, damaged: str = ""):
+    """The JSON in ``path``; :class:`~itemjax.errors.DataError` naming the file when it is missing
+    (``what``: why it should be there and how to get it) or unreadable (``damaged``: what that means)."""
+    from itemjax.errors import DataError
+
+    path = pathlib.Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path} is missing: {what}") from None
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: unreadable ({type(e).__name__}: {e})" + (f"; {damaged}" if damaged else "")) from None
+
+
 def read_jsonl(path) -> list[dict]:
     """Every complete JSON line of ``path`` (a torn last line from a crash is ignored)."""
     path = pathlib.Path(path)

@@ -59,3 +59,18 @@ def test_a_missing_comparison_names_the_command_and_missing_markers_are_refused(
     (tmp_path / "README.md").write_text("no markers\n")
     with pytest.raises(ConfigError, match="lacks the headline markers"):
         headline.main(["spec.json", "--readme", "README.md"])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{bad", r"spec.json: unreadable \(JSONDecodeError"),
+    ('{"rows": []}', r'spec.json: needs \{"rows": \[...\]\} with at least one row'),
+    ('{"rows": [{"setting": "s", "comparison": "c", "source": "x"}]}', r"row 0 lacks 'command'"),
+])
+def test_a_malformed_spec_is_one_clear_error(tmp_path, monkeypatch, text, message):
+    from itemjax.commands import headline
+    from itemjax.errors import ItemjaxError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "spec.json").write_text(text)
+    with pytest.raises(ItemjaxError, match=message):
+        headline.main(["spec.json"])

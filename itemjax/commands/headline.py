@@ -17,18 +17,20 @@ With ``--readme`` the table replaces the lines between :data:`BEGIN` and :data:`
 
 from __future__ import annotations
 
-import json
 import pathlib
 import sys
 
 from itemjax.cli import ArgumentParser, run_main
 from itemjax.errors import ConfigError
+from itemjax.runio import read_json
 
 #: the lines of README.md between which the table is written
 BEGIN = "<!-- headline table: written by `itemjax headline experiments/headline.json --readme README.md` -->"
 END = "<!-- end of the headline table -->"
 
 METRICS = ("recall@20", "ndcg@20")
+#: the keys every row of the spec needs
+ROW_KEYS = ("setting", "comparison", "command", "source")
 NAMES = {"recall@20": "Recall@20", "ndcg@20": "NDCG@20"}
 
 
@@ -37,10 +39,6 @@ def parser() -> ArgumentParser:
     p.add_argument("spec", help="JSON file listing the rows (see experiments/headline.json)")
     p.add_argument("--readme", default=None, help="write the table into this file between its headline markers")
     return p
-
-
-def _label(loss: str) -> str:
-    return loss.upper() if loss in ("bpr", "item", "bce") else loss
 
 
 def row_text(comparison: dict, published: list = (), *, timed: bool = True) -> str:
@@ -70,14 +68,29 @@ def row_text(comparison: dict, published: list = (), *, timed: bool = True) -> s
     if fractions:
         reached = [f for f in fractions if f is not None]
         if len(reached) == len(fractions):
-            text += (f"; {_label(other)} at {_label(base)}'s best validation NDCG@20 in "
-                     f"{sum(reached) / len(reached):.2f} of {_label(base)}'s time")
+            text += (f"; {other.upper()} at {base.upper()}'s best validation NDCG@20 in "
+                     f"{sum(reached) / len(reached):.2f} of {base.upper()}'s time")
         else:
-            text += (f"; {_label(other)} did not reach {_label(base)}'s best validation NDCG@20 in "
+            text += (f"; {other.upper()} did not reach {base.upper()}'s best validation NDCG@20 in "
                      f"{len(fractions) - len(reached)} of {len(fractions)} seeds")
     for p in published:
         text += f"; published {p['method']}: {p['recall@20']:.4f} / {p['ndcg@20']:.4f}"
     return text
+
+
+def read_spec(path) -> dict:
+    """The spec in ``path``, each row checked for :data:`ROW_KEYS`; :class:`ConfigError` naming what is wrong."""
+    if not pathlib.Path(path).exists():
+        raise ConfigError(f"{path}: no such spec file; the project's is experiments/headline.json")
+    spec = read_json(path, "")
+    rows = spec.get("rows") if isinstance(spec, dict) else None
+    if not isinstance(rows, list) or not rows:
+        raise ConfigError(f'{path}: needs {{"rows": [...]}} with at least one row')
+    for n, row in enumerate(rows):
+        missing = [k for k in ROW_KEYS if not isinstance(row, dict) or k not in row]
+        if missing:
+            raise ConfigError(f"{path}: row {n} lacks {missing[0]!r}; every row has {', '.join(ROW_KEYS)}")
+    return spec
 
 
 def table_markdown(spec: dict, root: pathlib.Path) -> str:
@@ -89,7 +102,7 @@ def table_markdown(spec: dict, root: pathlib.Path) -> str:
         path = root / row["comparison"] / "comparison.json"
         if not path.exists():
             raise ConfigError(f"headline row {row['setting']!r}: {path} is missing; create it with: {row['command']}")
-        comparison = json.loads(path.read_text())
+        comparison = read_json(path, "")
         pair = (comparison["baseline"], next(loss for loss in comparison["table"] if loss != comparison["baseline"]))
         if losses not in (None, pair):
             raise ConfigError(f"headline row {row['setting']!r} compares {pair[1]} with {pair[0]}, the rows above "
@@ -98,7 +111,7 @@ def table_markdown(spec: dict, root: pathlib.Path) -> str:
         cell = row_text(comparison, PUBLISHED.get(row.get("published"), []) if row.get("published") else [],
                         timed=row.get("timed", True))
         lines.append(f"| {row['setting']} | {cell} | [results]({row['source']}) |")
-    head = [f"| setting | {_label(losses[1])} vs {_label(losses[0])} | source |", "|---|---|---|"]
+    head = [f"| setting | {losses[1].upper()} vs {losses[0].upper()} | source |", "|---|---|---|"]
     return "\n".join(head + lines) + "\n"
 
 
@@ -115,10 +128,7 @@ def replace_block(text: str, table: str, where: str) -> str:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    spec_path = pathlib.Path(args.spec)
-    if not spec_path.exists():
-        raise ConfigError(f"{spec_path}: no such spec file; the project's is experiments/headline.json")
-    table = table_markdown(json.loads(spec_path.read_text()), pathlib.Path.cwd())
+    table = table_markdown(read_spec(args.spec), pathlib.Path.cwd())
     print(table, end="")
     if args.readme:
         readme = pathlib.Path(args.readme)

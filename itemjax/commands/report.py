@@ -16,12 +16,12 @@ a run, or a run that has not finished (no ``summary.json``), is an error (exit 2
 
 from __future__ import annotations
 
-import json
 import pathlib
 import sys
 
 from itemjax.cli import ArgumentParser, run_main
 from itemjax.errors import DataError
+from itemjax.runio import read_json
 
 COLUMNS = ("run", "dataset", "model", "loss", "protocol", "recall@{k}", "ndcg@{k}", "epochs", "selected epoch",
            "train time (s)")
@@ -41,24 +41,16 @@ def parser() -> ArgumentParser:
     return p
 
 
-def _read_json(path: pathlib.Path, what: str) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path} is missing: {what}") from None
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: unreadable ({type(e).__name__}: {e}); the run directory is damaged") from None
-
-
 def load_run(run_dir, *, k: int = 20) -> dict:
     """One table row (column -> value) for ``run_dir``; :class:`DataError` if it is not a finished run."""
     run_dir = pathlib.Path(run_dir)
     if not run_dir.is_dir():
         raise DataError(f"{run_dir}: no such run directory; give directories written by experiments/train.py --out")
-    config = _read_json(run_dir / "config.json",
-                        "not a run directory (train.py writes config.json when a run starts); check the path")["config"]
-    summary = _read_json(run_dir / "summary.json", "the run has not finished; continue it with "
-                         f"experiments/train.py <same options> --resume --out {run_dir}")
+    damaged = "the run directory is damaged"
+    config = read_json(run_dir / "config.json", "not a run directory (train.py writes config.json when a run "
+                       "starts); check the path", damaged=damaged)["config"]
+    summary = read_json(run_dir / "summary.json", "the run has not finished; continue it with "
+                        f"experiments/train.py <same options> --resume --out {run_dir}", damaged=damaged)
     missing = [m for m in (f"recall@{k}", f"ndcg@{k}") if m not in summary]
     if missing:
         raise DataError(f"{run_dir / 'summary.json'} has no {missing[0]}; the run did not evaluate K={k} (pass --k)")
