@@ -46,7 +46,8 @@ RESUME = RERUN
 
 #: Models without message passing: an unseen user cannot be embedded, so no inductive cell.
 NON_GRAPH_MODELS = ("mf",)
-#: config.json keys that may differ between a reused run and the current command.
+
+
 @dataclasses.dataclass(frozen=True)
 class Cell:
     """One table row: a (model, loss, protocol), the directory of its default-options run, and

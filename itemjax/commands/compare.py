@@ -330,10 +330,11 @@ def main(argv=None) -> int:
         args.seeds = sorted({c.seed for c in configs})
     else:
         out, configs = run_configs(args)
-    from itemjax.train.run import reuse_or_fit
+    if not args.runs:  # with --runs the folders are the runs, all finished
+        from itemjax.train.run import reuse_or_fit
 
-    for c in configs if not args.runs else ():  # --runs: the folders are the runs, all finished
-        reuse_or_fit(c, f"[compare] {c.loss} seed {c.seed}")  # a finished run only if its options match
+        for c in configs:
+            reuse_or_fit(c, f"[compare] {c.loss} seed {c.seed}")  # a finished run only if its options match
     result = summarise(out, configs)
     title = f"{args.dataset}, {args.model}, seeds {','.join(map(str, args.seeds))}"
     if args.time_budget:
