@@ -161,9 +161,9 @@ def test_a_cold_item_run_reports_the_model_and_both_baselines(tiny_csv, tmp_path
     assert summary["split"] == "cold-start items' interactions" and summary["cold/holdout_items"] == 24
     rec = load_run(out)  # the same held-out items, their ID rows zero in the served embeddings
     assert rec.inductive.holdout_items.size == 24
-    _, item_emb = rec._embeddings("train")
+    _, item_emb = rec.embeddings("train")
     cold = rec.inductive
-    want = evaluate_cold_items(*rec._embeddings("train"), cold, ks=(10, 20))
+    want = evaluate_cold_items(*rec.embeddings("train"), cold, ks=(10, 20))
     assert summary["ndcg@10"] == pytest.approx(want["ndcg@10"], rel=1e-4)
     for name in ("popularity", "features_only", "transductive"):
         assert 0 <= summary[f"{name}/ndcg@10"] <= 1

@@ -29,7 +29,7 @@ def exported(tiny_csv, tmp_path_factory):
 
 def test_export_matches_the_run_and_a_float64_top_k(exported):
     run, out = load_run(exported / "run"), exported / "out"
-    user_emb, item_emb = run._embeddings("train")
+    user_emb, item_emb = run.embeddings("train")
     np.testing.assert_allclose(np.load(out / "user_embeddings.npy"), user_emb, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(np.load(out / "item_embeddings.npy"), item_emb, rtol=1e-6, atol=1e-7)
     split = run.split

@@ -44,7 +44,7 @@ def export_run(run_dir, out, *, k: int = 20, faiss: bool = False, data_dir=None,
                           "held-out users have no training edges: export a transductive run")
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    user_emb, item_emb = (np.asarray(e, np.float32) for e in rec._embeddings("train"))
+    user_emb, item_emb = (np.asarray(e, np.float32) for e in rec.embeddings("train"))
     split = rec.split
     seen = (split.train + split.valid + split.test).tocsr()
     seen.data[:] = 1

@@ -135,8 +135,10 @@ class Recommender:
 
     # ------------------------------------------------------------------ embeddings
 
-    def _embeddings(self, which: str):
-        """Cached ``(user_emb, item_emb)`` numpy arrays: ``"train"`` graph or ``"inductive"`` graph."""
+    def embeddings(self, which: str = "train"):
+        """Cached final ``(user_emb [n_users, d], item_emb [n_items, d])`` float64 numpy arrays, the model applied to
+        the ``"train"`` graph or, for an inductive run, the ``"inductive"`` one (held-out users linked to their
+        known items); ``user_emb @ item_emb.T`` are the scores the evaluation ranks."""
         if which not in self._cache:
             from itemjax.evaluation.inductive import inductive_embeddings
 
@@ -194,10 +196,10 @@ class Recommender:
         user = self.dense_user(user_id)
         held_out_users = getattr(self.inductive, "holdout_users", np.zeros(0, np.int64))
         if user in set(held_out_users.tolist()):
-            user_emb, item_emb = self._embeddings("inductive")
+            user_emb, item_emb = self.embeddings("inductive")
             known = self.inductive.revealed
         else:
-            user_emb, item_emb = self._embeddings("train")
+            user_emb, item_emb = self.embeddings("train")
             known = self.split.train
         exclude = known.indices[known.indptr[user]:known.indptr[user + 1]]
         return self._answer(user_emb[user], item_emb, exclude, k)
