@@ -73,6 +73,38 @@ def test_paired_per_user_differences_in_the_comparison(compare, tmp_path):
     assert "Wilcoxon" in text and f"{want['mean_diff']:+.4f}" in text
 
 
+def test_activity_groups_split_users_into_thirds_by_test_items(compare):
+    import numpy as np
+
+    n = np.array([1, 1, 2, 2, 3, 3, 5, 8, 9])  # quantiles 2 and 3.67 -> edges 2, 4
+    groups = compare.activity_groups(n)
+    assert [label for label, _ in groups] == ["1-1 test items", "2-3 test items", "5-9 test items"]
+    assert [m.sum() for _, m in groups] == [2, 4, 3]
+    assert compare.activity_groups(np.full(6, 4))[0][0] == "4-4 test items"  # ties: one group, not an error
+
+
+def test_paired_differences_within_each_activity_third(compare, tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    users = np.arange(60)
+    n_rel = np.repeat([2, 10, 40], 20)
+    a = {"user": users, "n_relevant": n_rel, "recall@20": rng.random(60), "ndcg@20": rng.random(60)}
+    b = {"user": users[::-1], "n_relevant": n_rel[::-1], "recall@20": rng.random(60), "ndcg@20": rng.random(60)}
+    bpr = fake_run(tmp_path / "bpr", "bpr", [(100, 0.1)], (0.2, 0.1), per_user=a)
+    item = fake_run(tmp_path / "item", "item", [(100, 0.2)], (0.3, 0.15), per_user=b)
+    result = compare.summarise(tmp_path, [bpr, item])
+    groups = result["paired_by_activity"]
+    assert list(groups) == ["item, 2-2 test items", "item, 10-10 test items", "item, 40-40 test items"]
+    light = n_rel == 2
+    want = compare.paired_test(a["recall@20"][light], b["recall@20"][::-1][light])  # matched by user
+    (got,) = groups["item, 2-2 test items"]["recall@20"]
+    assert got["n_users"] == 20 and got["mean_diff"] == pytest.approx(want["mean_diff"])
+    assert got["p_wilcoxon"] == pytest.approx(want["p_wilcoxon"])
+    text = compare.markdown(result, "t")
+    assert "within each third of the users" in text and "| item, 2-2 test items | 0 | 20 |" in text
+
+
 def _with_config(run, loss: str, seed: int = 0):
     """Give a fake_run folder the config.json train.py writes (loss and seed; every other option at its default)."""
     from itemjax.config import TrainConfig

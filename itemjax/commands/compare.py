@@ -20,7 +20,8 @@ reach every other loss's best validation NDCG@20, and that time as a fraction of
 loss's time to its own best) and ``<out>/learning_curves.png`` (validation NDCG@20 against
 wall time, one line per run). Each loss is also paired with the first, seed by seed, on the
 per-user test metrics the runs write (``per_user_test.parquet``): the mean per-user difference
-with a bootstrap 95% interval and the Wilcoxon signed-rank p-value (:func:`paired_test`).
+with a bootstrap 95% interval and the Wilcoxon signed-rank p-value (:func:`paired_test`), over all
+users and within each third of them by their number of test items (:func:`paired_by_activity`).
 
     itemjax compare --runs runs/converged-yelp2018-bpr,runs/converged-yelp2018-item --out runs/converged-yelp2018
 
@@ -164,27 +165,62 @@ def _per_user(run):
     return None
 
 
-def paired_tests(runs: dict, base: str) -> dict:
-    """``{loss: {metric: [per-seed paired_test of loss vs base]}}`` for every loss but ``base``,
-    on the runs' per-user test tables (users matched by row; seeds without both tables skipped)."""
-    result = {}
+def _paired_tables(runs: dict, base: str):
+    """Yield ``(loss, seed, base_table, loss_table)`` for every loss but ``base`` and every seed whose two
+    runs both wrote per-user test tables over the same users, both tables in the same user order."""
     for loss, rows in runs.items():
         if loss == base:
             continue
-        per_metric = {m: [] for m in METRICS}
         for r in rows:
             twin = next((b for b in runs[base] if b["seed"] == r["seed"]), None)
             ours = _per_user(r["out"])
             theirs = _per_user(twin["out"]) if twin else None
             if ours is None or theirs is None:
                 continue
-            order = np.argsort(ours["user"])
-            twin_order = np.argsort(theirs["user"])
+            order, twin_order = np.argsort(ours["user"]), np.argsort(theirs["user"])
             if not np.array_equal(ours["user"][order], theirs["user"][twin_order]):
                 continue  # different users: not a paired comparison
+            yield (loss, r["seed"], {k: np.asarray(v)[twin_order] for k, v in theirs.items()},
+                   {k: np.asarray(v)[order] for k, v in ours.items()})
+
+
+def paired_tests(runs: dict, base: str) -> dict:
+    """``{loss: {metric: [per-seed paired_test of loss vs base]}}`` for every loss but ``base``,
+    on the runs' per-user test tables (users matched by row; seeds without both tables skipped)."""
+    result = {loss: {m: [] for m in METRICS} for loss in runs if loss != base}
+    for loss, seed, theirs, ours in _paired_tables(runs, base):
+        for m in METRICS:
+            result[loss][m].append({"seed": seed, **paired_test(theirs[m], ours[m])})
+    return result
+
+
+def activity_groups(n_relevant) -> list[tuple[str, np.ndarray]]:
+    """``[(label, mask)]``: the users split into thirds by their number of test items ``n_relevant``
+    ([n_users] ints), at its 1/3 and 2/3 quantiles (ties keep a count in one group, so groups can be
+    unequal; empty ones are dropped). Labels read ``"4-7 test items"``."""
+    n = np.asarray(n_relevant)
+    edges = np.unique(np.ceil(np.quantile(n, [1 / 3, 2 / 3])).astype(int))
+    group = np.digitize(n, edges)  # group g holds edges[g-1] <= n < edges[g]
+    out = []
+    for g in range(len(edges) + 1):
+        mask = group == g
+        if mask.any():
+            out.append((f"{n[mask].min()}-{n[mask].max()} test items", mask))
+    return out
+
+
+def paired_by_activity(runs: dict, base: str) -> dict:
+    """:func:`paired_tests` within each user-activity third (:func:`activity_groups` of the base run's
+    ``n_relevant``, per seed): ``{"<loss>, <label>": {metric: [per-seed paired_test]}}``. Which users a
+    loss gains on: e.g. a level Recall@20 can be a loss on the lightest users offset by the others."""
+    result = {}
+    for loss, seed, theirs, ours in _paired_tables(runs, base):
+        if "n_relevant" not in theirs:  # a table written before the column existed
+            continue
+        for label, mask in activity_groups(theirs["n_relevant"]):
+            per_metric = result.setdefault(f"{loss}, {label}", {m: [] for m in METRICS})
             for m in METRICS:
-                per_metric[m].append({"seed": r["seed"], **paired_test(theirs[m][twin_order], ours[m][order])})
-        result[loss] = per_metric
+                per_metric[m].append({"seed": seed, **paired_test(theirs[m][mask], ours[m][mask])})
     return result
 
 
@@ -234,7 +270,8 @@ def summarise(out: pathlib.Path, configs: list) -> dict:
             v = table[loss][m]["mean"]
             table[loss][m]["gain_vs_" + base] = (v - b) / b if b and v is not None else None
     return {"runs": {k: [{kk: vv for kk, vv in r.items() if kk != "records"} for r in v] for k, v in runs.items()},
-            "table": table, "baseline": base, "paired": paired_tests(runs, base)}
+            "table": table, "baseline": base, "paired": paired_tests(runs, base),
+            "paired_by_activity": paired_by_activity(runs, base)}
 
 
 def markdown(result: dict, title: str) -> str:
@@ -266,6 +303,8 @@ def markdown(result: dict, title: str) -> str:
                   fmt(e, "load_average", 1)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += paired_markdown(result.get("paired") or {}, f"against {base}", "loss")
+    lines += paired_markdown(result.get("paired_by_activity") or {},
+                             f"against {base} within each third of the users by their number of test items", "loss, users")
     return "\n".join(lines) + "\n"
 
 
