@@ -182,6 +182,9 @@ class TrainConfig:
                                  "step, no gradient)", group=_ITEM, choices=POSITIVE_PAIRS)
     recall_ks: tuple = option((20,), "cut-offs of the smooth recall term; several (e.g. 1,2,4,8,16) average their "
                               "recalls", group=_ITEM)
+    tau_by_positives: float = option(0.0, "per-user temperature --tau * (P / P_u) ** this, P = --positives, P_u = "
+                                     "the user's positives in its list (<= P): softer ranks for users with fewer "
+                                     "training items than a list holds (0: one --tau for all)", group=_ITEM)
     calibration: float = option(0.0, "weight of a BPR term on each list's positive-negative pairs, added to the "
                                 "ITEM loss (0: off)", group=_ITEM)
     positives: int = option(32, "positives per user list", group=_ITEM)
@@ -351,6 +354,8 @@ class TrainConfig:
         need(self.rank_margin >= 0, f"--rank-margin must be >= 0 (got {self.rank_margin})")
         need(len(self.recall_ks) >= 1 and all(k >= 1 for k in self.recall_ks),
              f"--recall-ks must be positive integers (got {self.recall_ks})")
+        need(self.tau_by_positives >= 0,
+             f"--tau-by-positives must be >= 0 (got {self.tau_by_positives}); 0 keeps one --tau for all users")
         need(self.calibration >= 0, f"--calibration must be >= 0 (got {self.calibration}); 0 turns it off")
         need(self.rank_slope >= 0, f"--rank-slope must be >= 0 (got {self.rank_slope}); 0 is the plain sigmoid")
         need(self.neuralndcg_temperature > 0,

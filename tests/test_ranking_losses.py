@@ -843,6 +843,35 @@ def test_item_loss_blocks_equals_item_loss_on_the_concatenated_list_float64(x64,
     assert np.all(np.asarray(got_grads[0])[~pos_where] == 0) and np.all(np.asarray(got_grads[1])[~neg_where] == 0)
 
 
+def test_item_loss_blocks_per_list_temperature_matches_float64_loops(x64):
+    """A ``[B]`` temperature (``--tau-by-positives``): each list ranked at its own ``tau_u``, against
+    the float64 loop reference, and equal to one ``tau`` on the list's scores divided by ``tau_u / tau``
+    (the tail and calibration terms off, which see the raw score gaps)."""
+    from itemjax.objective.ranking_losses import item_loss_blocks
+
+    pos, neg, pos_where, neg_where = block_lists(42)
+    pos, neg = np.nan_to_num(pos), np.nan_to_num(neg, posinf=0.0)
+    taus = np.linspace(0.1, 0.9, pos.shape[0])
+    got = item_loss_blocks(jnp.asarray(pos), jnp.asarray(neg), pos_where=pos_where, neg_where=neg_where,
+                           metric="ndcg", tau=jnp.asarray(taus), positive_pairs="smooth")
+    scores, where = np.concatenate([pos, neg], 1), np.concatenate([pos_where, neg_where], 1)
+    labels = np.concatenate([np.ones(pos.shape), np.zeros(neg.shape)], 1)
+    ndcgs = [ref_ndcg(scores[u], labels[u], where[u], taus[u]) for u in range(len(taus)) if pos_where[u].any()]
+    np.testing.assert_allclose(got, 1.0 - np.mean(ndcgs), rtol=1e-12)
+    assert len(set(np.round(ndcgs, 6))) > 3  # the temperatures differ enough to matter
+
+    scale = jnp.asarray(taus / 0.1)[:, None]
+    kwargs = dict(pos_where=pos_where, neg_where=neg_where, metric="ndcg+recall", k=3, tau_k=2.0,
+                  positive_pairs="detach")
+    per_list = jax.value_and_grad(lambda p, n: item_loss_blocks(p, n, tau=jnp.asarray(taus), **kwargs), (0, 1))
+    rescaled = jax.value_and_grad(lambda p, n: item_loss_blocks(p / scale, n / scale, tau=0.1, **kwargs), (0, 1))
+    (want, want_grads), (got, got_grads) = rescaled(jnp.asarray(pos), jnp.asarray(neg)), jax.jit(per_list)(
+        jnp.asarray(pos), jnp.asarray(neg))
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    for g, w in zip(got_grads, want_grads):
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-13)
+
+
 def test_item_loss_blocks_all_negatives_valid_and_traced_detach_flag(x64):
     """``neg_where=None`` (every negative valid) and a traced ``detach_positive_pairs``."""
     from itemjax.objective.ranking_losses import item_loss_blocks

@@ -274,9 +274,11 @@ def test_listwise_losses_count_users_per_step_and_check_their_options():
 def _item_objective_before(params, apply_fn, batch, key, step, *, n_users, n_pos, n_neg, metric, tau, k, l2,
                            hard_share, shared_negatives, slope=0.0, positive_pairs="smooth", users_by_degree=False,
                            tau_k=1.0, catalogue_rank=False, id_dropout=(0.0, 0.0), margin=0.0, calibration=0.0,
-                           ssl=None):
+                           tau_by_positives=0.0, ssl=None):
     """The ITEM objective's former formula: the lists' item rows gathered, item_loss on the
-    concatenated [positives | negatives] list with query=arange(P), the L2 term on gathered rows."""
+    concatenated [positives | negatives] list with query=arange(P), the L2 term on gathered rows.
+    A per-user temperature ``tau (P / P_u) ** a`` is one ``tau`` on scores divided by ``(P / P_u) ** a``
+    (exact without the tail and calibration terms)."""
     from itemjax.model.models import id_embeddings
     from itemjax.objective.losses import l2_penalty
     from itemjax.objective.objectives import user_lists
@@ -290,7 +292,11 @@ def _item_objective_before(params, apply_fn, batch, key, step, *, n_users, n_pos
         degree = (data.indptr[lists.users + 1] - data.indptr[lists.users]).astype(jnp.float32)
         negative_weight = (jnp.maximum(data.n_items - degree, 0.0)
                            / jnp.maximum(lists.neg_where.sum(-1).astype(jnp.float32), 1.0))
-    loss = item_loss(lists.scores, lists.labels, where=lists.where, metric=metric, tau=tau, k=k, tau_k=tau_k,
+    scores = lists.scores
+    if tau_by_positives:
+        n_valid = jnp.maximum(lists.pos_where.sum(-1), 1).astype(jnp.float32)
+        scores = scores / ((n_pos / n_valid) ** tau_by_positives)[:, None]
+    loss = item_loss(scores, lists.labels, where=lists.where, metric=metric, tau=tau, k=k, tau_k=tau_k,
                      slope=slope, positive_pairs=positive_pairs, margin=margin, calibration=calibration,
                      negative_weight=negative_weight, query=jnp.arange(n_pos, dtype=jnp.int32))
     ego_u, ego_i = id_embeddings(params)
@@ -305,6 +311,7 @@ ITEM_FORMULA_CASES = {
     "exact-tail-calibration": dict(positive_pairs="exact", rank_slope=0.2, rank_margin=0.1, calibration=0.5,
                                    recall_ks=(2, 5)),
     "smooth-recall-ppr": dict(positive_pairs="smooth", item_metric="recall", tau_k=1.0, neg_sampler="mixed"),
+    "tau-by-positives": dict(tau_by_positives=1.5, recall_ks=(2, 5)),
 }
 
 

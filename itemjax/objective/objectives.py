@@ -229,7 +229,7 @@ def item_objective(params, apply_fn, batch: Batch, key, step, *, n_users: int, n
                    metric: str, tau: float, k: int, l2: float, hard_share, shared_negatives: bool,
                    slope: float = 0.0, positive_pairs: str = "smooth", users_by_degree: bool = False,
                    tau_k: float = 1.0, catalogue_rank: bool = False, id_dropout=(0.0, 0.0), margin: float = 0.0,
-                   calibration: float = 0.0, ssl=None):
+                   calibration: float = 0.0, tau_by_positives: float = 0.0, ssl=None):
     """ITEM: ``mean_u (1 - smooth_metric_u)`` over user-centric lists (docs/design.md).
 
     Each step draws ``n_users`` users; for each, up to ``n_pos`` of its training items (masked
@@ -242,6 +242,9 @@ def item_objective(params, apply_fn, batch: Batch, key, step, *, n_users: int, n
     ``hard_share`` may be a callable of the step (curriculum).
 
     ``tau`` may be a callable of the step (``--tau-start``: :func:`tau_schedule`).
+    ``tau_by_positives`` (``a``): user ``u``'s temperature is ``tau * (P / P_u) ** a``, ``P_u`` =
+    its valid positives in the list (``1 <= P_u <= P``), so a user with fewer training items than
+    the list holds ranks more softly; 0 keeps one ``tau`` (docs/design.md).
 
     ``k``: the smooth recall's cut-off, or a tuple of them (their mean); ``slope``, ``margin``,
     ``positive_pairs``, ``calibration``: see :func:`itemjax.objective.ranking_losses.item_loss`.
@@ -256,6 +259,9 @@ def item_objective(params, apply_fn, batch: Batch, key, step, *, n_users: int, n
     lists = user_lists(params, apply_fn, batch, key, share, n_users=n_users, n_pos=n_pos, n_neg=n_neg,
                        shared_negatives=shared_negatives, users_by_degree=users_by_degree, id_dropout=id_dropout)
     data, users = batch.data, lists.users
+    if tau_by_positives:
+        n_valid = jnp.maximum(lists.pos_where.sum(-1).astype(jnp.float32), 1.0)  # [B]
+        tau = tau * (n_pos / n_valid) ** tau_by_positives  # [B]
     negative_weight = 1.0
     if catalogue_rank:
         degree = (data.indptr[users + 1] - data.indptr[users]).astype(jnp.float32)  # [B]
@@ -489,7 +495,7 @@ def make_objective(config: TrainConfig, steps_per_epoch: int = 1) -> Callable:
             slope=config.rank_slope,
             k=config.recall_ks[0] if len(config.recall_ks) == 1 else tuple(config.recall_ks),
             margin=config.rank_margin, positive_pairs=config.positive_pairs, calibration=config.calibration,
-            users_by_degree=config.user_sampling == "degree",
+            tau_by_positives=config.tau_by_positives, users_by_degree=config.user_sampling == "degree",
             catalogue_rank=config.rank_estimate == "catalogue", shared_negatives=config.shared_negatives, **common)
     lists = dict(n_users=config.batch_size, n_pos=config.positives, n_neg=config.negatives,
                  users_by_degree=config.user_sampling == "degree", shared_negatives=config.shared_negatives)

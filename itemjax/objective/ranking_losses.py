@@ -510,8 +510,10 @@ def _block_item_loss(pos_scores, neg_scores, pos_where, neg_where, k, tau, tau_k
     pos = jnp.where(pos_valid, pos_scores, 0.0)  # [..., P]
     neg = jnp.where(neg_where, neg_scores, 0.0) if neg_where is not None else neg_scores  # [..., N]
 
+    temperature = jnp.asarray(tau, pos.dtype)[..., None, None]  # scalar or per user [..., 1, 1]
+
     def h(diffs):
-        beats = jax.nn.sigmoid(jnp.clip(diffs / tau, -clamp, clamp))
+        beats = jax.nn.sigmoid(jnp.clip(diffs / temperature, -clamp, clamp))
         return beats + slope * jnp.maximum(diffs - margin, 0.0) if tail else beats
 
     # positive q vs positive j: [..., P (q), P (j)], s_j - s_q; the diagonal (j = q) does not compete
@@ -572,6 +574,7 @@ def item_loss_blocks(pos_scores, neg_scores, *, pos_where=None, neg_where=None, 
     Args:
       pos_scores: ``[..., P]`` scores of the positives; ``pos_where`` optional bool mask (padding).
       neg_scores: ``[..., N]`` scores of the negatives; ``neg_where`` optional bool mask.
+      tau: as :func:`item_loss`, or ``[...]`` one temperature per list (``--tau-by-positives``).
       everything else: as :func:`item_loss`.
     Returns:
       scalar; 0 when no user has a valid positive.
