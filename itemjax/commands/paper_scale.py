@@ -35,12 +35,13 @@ RESUME = RERUN
 #: the variants each loss is tuned over, on top of its defaults (the same count per loss, each grid
 #: reaching lr 1e-2, both schedules (the defaults' plateau rule and a cosine over the run's budget) and a
 #: tenfold weaker regulariser: BPR's --l2 1e-4 is He et al.'s yelp2018 value, ITEM's is its decoupled
-#: --weight-decay; BPR's large batches because one BPR step costs one full-graph propagation whatever its batch).
+#: --weight-decay; BPR's large batches because one BPR step costs one full-graph propagation whatever its batch),
+#: then ITEM's per-user temperature (softer ranks for light users, docs/tuning.md) and BPR's lr 2e-2 at its batch.
 #: New variants go at the end: a sweep names its runs by position, so an extended grid reuses the finished ones.
 VARIANTS = {
     "bpr": ("", "--batch-size 16384 --lr 1e-2", "--batch-size 16384 --lr 1e-2 --lr-schedule cosine",
-            "--batch-size 16384 --lr 1e-2 --l2 1e-4"),
-    "item": ("", "--lr 1e-2", "--lr 1e-2 --lr-schedule cosine", "--lr 1e-2 --weight-decay 0.01"),
+            "--batch-size 16384 --lr 1e-2 --l2 1e-4", "--batch-size 16384 --lr 2e-2"),
+    "item": ("", "--lr 1e-2", "--lr 1e-2 --lr-schedule cosine", "--lr 1e-2 --weight-decay 0.01", "--tau-by-positives 1"),
 }
 
 #: published rows for the same split and model (quoted, never mixed into ours)
