@@ -14,7 +14,7 @@ def test_each_loss_gets_the_same_number_of_variants_reaching_lr_1e_2():
     assert len(set(counts.values())) == 1, counts
     for loss, variants in paper_scale.VARIANTS.items():
         lrs = [float(a[a.index("--lr") + 1]) for a in map(shlex.split, variants) if "--lr" in a]
-        assert max(lrs) == pytest.approx(1e-2), (loss, variants)
+        assert 1e-2 in lrs, (loss, variants)  # the issue: each grid reaches lr 1e-2
         assert len(set(map(options_slug, variants))) == len(variants)  # one folder per variant
 
 
