@@ -160,6 +160,8 @@ def test_killed_budgeted_run_resumes_within_the_same_budget(tiny_csv, cache_env,
     elapsed = [r["elapsed"] for r in records]
     assert elapsed == sorted(elapsed)  # the clock continued from the checkpoint, not from 0
     assert elapsed[-1] >= budget > elapsed[-2]
+    # load_average: one sample per evaluation, the killed process's included, and the resumed process's start and end
+    assert summary["load_average"]["n"] == len(records) + 2
     # a finished budgeted run resumed again does not train further
     again = run_train(argv + ["--resume"], cache_env)
     assert again.returncode == 0, again.stderr

@@ -289,8 +289,10 @@ def _fit_in(config: TrainConfig, on_evaluation, out: pathlib.Path, saved, writer
         state = state.replace(**restored)
         log(f"resumed from epoch {meta['epoch']} (step {int(state.step)}) in {out}")
         if writer:
-            rewrite_jsonl(out / "metrics.jsonl",
-                          [r for r in read_jsonl(out / "metrics.jsonl") if r["epoch"] <= meta["epoch"]])
+            kept = [r for r in read_jsonl(out / "metrics.jsonl") if r["epoch"] <= meta["epoch"]]
+            rewrite_jsonl(out / "metrics.jsonl", kept)
+            # the summary's load_average covers the whole run: the samples of the evaluations before the resume too
+            loads = [r.get("load1") for r in kept] + loads
     elif writer and (out / "metrics.jsonl").exists():
         (out / "metrics.jsonl").unlink()
     tracker = Tracker(out, config.tensorboard, resume_step=int(state.step))  # drops events past a resumed step
