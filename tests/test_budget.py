@@ -168,6 +168,46 @@ def test_killed_budgeted_run_resumes_within_the_same_budget(tiny_csv, cache_env,
     assert read_jsonl(out / "metrics.jsonl") == records
 
 
+def test_a_run_stopped_at_its_budget_continues_to_a_larger_one_as_if_uninterrupted(tiny_csv, tmp_path, monkeypatch):
+    """--resume with a larger --time-budget (and reuse_or_fit, what a table rerun with a longer budget does) goes on
+    from the checkpoint: the records, the selection, the test and the refit equal those of one run at the larger
+    budget (one step per epoch, so the first run's budget ends on an epoch's end, and a fake clock)."""
+    import itemjax.train.run
+    from itemjax.train.run import check_reusable, extendable, reuse_or_fit
+
+    monkeypatch.setattr(itemjax.train.run, "_clock", TickingClock())
+    options = dict(eval_every=2, batch_size=4096, refit=True, lr_schedule="plateau", lr_patience=4)
+    whole = fit(tiny_config(tiny_csv, tmp_path / "whole", time_budget=9.1, **options))
+    monkeypatch.setattr(itemjax.train.run, "_clock", TickingClock())
+    first = fit(tiny_config(tiny_csv, tmp_path / "run", time_budget=4.1, **options))
+    assert first["stop_reason"] == whole["stop_reason"] == "time budget" and first["epochs"] < whole["epochs"]
+    longer = tiny_config(tiny_csv, tmp_path / "run", time_budget=9.1, **options).resolve()  # as the table commands
+    assert extendable(longer, tmp_path / "run")
+    with pytest.raises(ConfigError, match="time_budget=4.1, not 9.1"):
+        check_reusable(longer, tmp_path / "run")  # a plain reuse would take the shorter run for the longer one
+    monkeypatch.setattr(itemjax.train.run, "_clock", TickingClock())
+    reuse_or_fit(longer)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    drop = ("elapsed", "train_seconds", "load1")  # the fake clock restarts in the second process
+    strip = lambda records: [{k: v for k, v in r.items() if k not in drop} for r in records]  # noqa: E731
+    assert strip(read_jsonl(tmp_path / "run" / "metrics.jsonl")) == strip(read_jsonl(tmp_path / "whole" / "metrics.jsonl"))
+    for key in ("epochs", "steps", "selected_step", "ndcg@20", "recall@20", "refit_steps", "refit/ndcg@20",
+                "refit/recall@20", "time_budget"):
+        assert summary[key] == whole[key], key
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["time_budget"] == 9.1
+    check_reusable(longer, tmp_path / "run")  # now the longer run: reused as it is
+    assert not extendable(longer, tmp_path / "run")
+
+    # a cosine over the budget would change what was computed: refused by name
+    monkeypatch.setattr(itemjax.train.run, "_clock", TickingClock())
+    fit(tiny_config(tiny_csv, tmp_path / "cosine", time_budget=2.1, eval_every=2, batch_size=4096, lr_schedule="cosine"))
+    cosine = tiny_config(tiny_csv, tmp_path / "cosine", time_budget=4.1, eval_every=2, batch_size=4096,
+                         lr_schedule="cosine", resume=True).resolve()
+    assert not extendable(cosine, tmp_path / "cosine")
+    with pytest.raises(ConfigError, match="cosine learning rate spans the budget"):
+        fit(cosine)
+
+
 def test_refit_trains_on_train_plus_valid_for_the_selected_steps(tiny_csv, tmp_path):
     out = tmp_path / "run"
     config = tiny_config(tiny_csv, out, epochs=12, refit=True)

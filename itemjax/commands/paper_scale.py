@@ -13,6 +13,10 @@ study continues where it stopped:
 3. **Compare** the selected variants at the full ``--budget`` with ``--refit``
    (``itemjax compare --time-budget``, into ``<out>/final/``).
 
+Rerun with a longer ``--tune-budget``, the tuning runs that stopped at the shorter one continue to
+the longer one (``itemjax.train.run.extendable``; those whose cosine learning rate spans the budget
+must be removed first, and are named).
+
 ``<out>/paper_scale.md`` and ``paper_scale.json`` gather the tuning tables, the selected
 options, the comparison (carve-out and refit test metrics, steps, time to reach the other
 loss's best validation NDCG@20 and the load average) and the published rows of

@@ -288,6 +288,17 @@ def _fit_in(config: TrainConfig, on_evaluation, out: pathlib.Path, saved, writer
             meta["stop_reason"] = "early stopping"
         state = state.replace(**restored)
         log(f"resumed from epoch {meta['epoch']} (step {int(state.step)}) in {out}")
+        used = meta["train_seconds"] + meta["eval_seconds"]
+        if meta["stop_reason"] == "time budget" and (config.time_budget is None or used < config.time_budget):
+            # a run that ended at its budget, resumed with a larger one (_check_resume_compatible): it goes on
+            meta["stop_reason"] = None
+            log(f"--resume: the run stopped at its time budget after {used:.0f} s; continuing to "
+                + ("the epoch cap" if config.time_budget is None else f"--time-budget {config.time_budget:g} s"))
+        if writer and saved is not None and saved["config"].get("time_budget") != config.time_budget:
+            # config.json records the budget the run now has; the run is unfinished until it is reached
+            write_json_atomic(out / "config.json", {**saved, "config": {**saved["config"],
+                                                                          "time_budget": config.time_budget}})
+            (out / "summary.json").unlink(missing_ok=True)
         if writer:
             kept = [r for r in read_jsonl(out / "metrics.jsonl") if r["epoch"] <= meta["epoch"]]
             rewrite_jsonl(out / "metrics.jsonl", kept)
@@ -629,18 +640,52 @@ def _checkpointable(state) -> dict:
     return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
 
 
-#: Options that may differ when resuming (they do not change what is computed so far).
+#: Options that may differ when resuming (they do not change what is computed so far); ``time_budget``
+#: too, unless the learning rate follows it (:func:`_budget_sets_lr`).
 _RESUME_FREE = BOOKKEEPING | {"epochs", "patience", "refit"}
 
 
+def _budget_sets_lr(options: dict) -> bool:
+    """Whether a run's learning rate depends on its time budget (a cosine over the budget,
+    :func:`itemjax.train.step.host_scaled`): then another budget changes what was computed so far."""
+    return (options.get("lr_schedule") == "cosine" and options.get("decay_epochs") is None
+            and options.get("time_budget") is not None)
+
+
 def _check_resume_compatible(config: TrainConfig, saved: dict) -> None:
-    diffs = config_diff(config.to_dict(), saved, ignore=_RESUME_FREE)
+    """Raise :class:`ConfigError` unless ``config`` may continue the run whose config.json
+    ``"config"`` is ``saved``. A changed ``--time-budget`` is allowed (a run that stopped at its
+    budget goes on to the new one) unless the learning rate follows the budget."""
+    current = config.to_dict()
+    diffs = config_diff(current, saved, ignore=_RESUME_FREE | {"time_budget"})
     if diffs:
         k, (old, new) = next(iter(diffs.items()))
         raise ConfigError(
             f"--resume: option {k} is {new!r} but the run in {config.out} used {old!r}; "
             "pass the same options to continue it, or start a new --out"
         )
+    if current.get("time_budget") != saved.get("time_budget") and (_budget_sets_lr(current) or _budget_sets_lr(saved)):
+        raise ConfigError(
+            f"--resume: --time-budget is {current.get('time_budget')!r} but the run in {config.out} used "
+            f"{saved.get('time_budget')!r}, and its cosine learning rate spans the budget; pass the same budget "
+            "to continue it, or start a new --out"
+        )
+
+
+def extendable(config: TrainConfig, run) -> bool:
+    """Whether the finished run in ``run`` is ``config``'s run stopped at a smaller time budget, so that
+    resuming it with ``config`` continues it to ``config.time_budget`` (:func:`reuse_or_fit`): the
+    same options apart from bookkeeping and the budget, a learning rate that does not follow the
+    budget, and ``stop_reason == "time budget"``."""
+    run = pathlib.Path(run)
+    saved = json.loads((run / "config.json").read_text())["config"]
+    old, new = saved.get("time_budget"), config.time_budget
+    if old is None or new is None or new <= old or _budget_sets_lr(saved) or _budget_sets_lr(config.to_dict()):
+        return False
+    if config_diff(config.to_dict(), saved, ignore=BOOKKEEPING | {"time_budget"}):
+        return False
+    summary = json.loads((run / "summary.json").read_text())
+    return summary.get("stop_reason") == "time budget"
 
 
 def check_reusable(config: TrainConfig, run) -> None:
@@ -658,8 +703,15 @@ def check_reusable(config: TrainConfig, run) -> None:
 
 def reuse_or_fit(config: TrainConfig, tag: str = "") -> None:
     """Train ``config`` into ``config.out`` unless a finished run with the same options is there
-    (:func:`check_reusable`); an interrupted one continues (:func:`fit_or_resume`)."""
+    (:func:`check_reusable`); an interrupted one continues (:func:`fit_or_resume`), and so does one that
+    stopped at a smaller time budget (:func:`extendable`: a table rerun with a longer budget)."""
     run = pathlib.Path(config.out)
+    if (run / "summary.json").exists() and extendable(config, run):
+        if tag:
+            print(f"{tag}: {run} stopped at a smaller time budget; continuing it to {config.time_budget:g} s",
+                  file=sys.stderr)
+        fit_or_resume(config)
+        return
     if (run / "summary.json").exists():
         check_reusable(config, run)
         if tag:
