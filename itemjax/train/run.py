@@ -680,7 +680,8 @@ def extendable(config: TrainConfig, run) -> bool:
     run = pathlib.Path(run)
     saved = json.loads((run / "config.json").read_text())["config"]
     old, new = saved.get("time_budget"), config.time_budget
-    if old is None or new is None or new <= old or _budget_sets_lr(saved) or _budget_sets_lr(config.to_dict()):
+    # the same options otherwise (below), so the saved run's schedule is config's
+    if old is None or new is None or new <= old or _budget_sets_lr(saved):
         return False
     if config_diff(config.to_dict(), saved, ignore=BOOKKEEPING | {"time_budget"}):
         return False
