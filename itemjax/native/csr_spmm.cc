@@ -21,6 +21,7 @@
 // this library with ctypes and registers each with jax.ffi.register_ffi_target.
 
 #include <algorithm>
+#include <cmath>
 #include <cerrno>
 #include <cstdint>
 #include <cstdlib>
@@ -307,19 +308,25 @@ struct Kernels<double> {
 // One head of additive attention over a CSR graph whose pattern is symmetric (c in N(r) <=> r in N(c)),
 // float32, width d = 8 * V (V vectors of 8 floats held in registers). For the entry (r, c) of row r:
 //
-//   pre_rc = dst[r] + src[c],  l_rc = LeakyReLU(pre_rc) (slope below 0; 1 at 0),  lambda_rc = dl/dpre
+//   pre_rc = dst[r] + src[c],  l_rc = LeakyReLU(pre_rc),  lambda_rc = dl/dpre (1 if pre_rc >= 0, else slope)
 //   m_r = max_c l_rc (0 on a row without entries),  w_rc = exp(l_rc - m_r),  den_r = sum_c w_rc (1 if none)
 //   alpha_rc = w_rc / den_r,  y_r = sum_c alpha_rc x_c                                  (forward, one pass)
 //
-// Backward, from y_bar, with q_r = y_bar_r . y_r and the softmax's l_bar_rc = alpha_rc (y_bar_r . x_c - q_r):
+// Backward, from y_bar, with q_r = y_bar_r . y_r and the softmax's l_bar_rc = alpha_rc (y_bar_r . x_c - q_r),
+// each per-entry dot product taken out of the sum (so a row costs one horizontal sum, not one per entry):
 //
-//   dst_bar_r = sum_{c in N(r)} lambda_rc l_bar_rc              (pass A over rows r: gathers x_c)
-//   src_bar_c = sum_{r in N(c)} lambda_rc l_bar_rc              (pass B over rows c: gathers y_bar_r;
-//   x_bar_c   = sum_{r in N(c)} alpha_rc y_bar_r                 the pattern's symmetry turns the column sums
-//                                                                into row sums, with no scatter)
+//   dst_bar_r = y_bar_r . (sum_{c in N(r)} lambda alpha_rc x_c) - q_r sum_c lambda alpha_rc
+//                                                     (pass A over rows r: gathers x_c)
+//   x_bar_c   = sum_{r in N(c)} alpha_rc y_bar_r      (pass B over rows c: gathers y_bar_r; the pattern's
+//   src_bar_c = x_c . (sum_{r in N(c)} lambda alpha_rc y_bar_r) - sum_r lambda alpha_rc q_r
+//                                                      symmetry turns the column sums into row sums)
 //
-// Each output element is summed by one thread in entry order; dot products sum 8 lanes, then the lanes.
+// Every pass over a row first computes its entries' scalars into a scratch buffer (the logits, then the
+// weights, eight entries at a time with a vectorised exp), then gathers the neighbour rows in a loop
+// shaped like the product's. Each output element is summed by one thread in entry order.
 #if defined(ITEMJAX_FIXED_WIDTH)
+typedef int32_t I32x8 __attribute__((vector_size(32)));
+
 ITEMJAX_INLINE float HorizontalSum(const F8& v) {
   float lanes[8];
   std::memcpy(lanes, &v, sizeof(lanes));
@@ -328,9 +335,92 @@ ITEMJAX_INLINE float HorizontalSum(const F8& v) {
 
 ITEMJAX_INLINE float Leaky(float pre, float slope) { return pre >= 0.0f ? pre : slope * pre; }
 
+ITEMJAX_INLINE F8 Splat(float v) { return F8{v, v, v, v, v, v, v, v}; }
+
+// e^x for x <= 0, lane-wise: Cephes' expf (range reduction by ln 2 in two parts, a degree-6 polynomial,
+// the power of two built in the exponent bits), within 2 ulp of expf; 0 below -87 (e^-87 ~ 1.6e-38, where
+// the power of two would leave the normal range) and for -inf.
+ITEMJAX_INLINE F8 ExpNonPositive(F8 x) {
+  const F8 low = Splat(-87.0f);
+  const auto underflow = x < low;
+  x = underflow ? low : x;
+  const F8 n = __builtin_convertvector(__builtin_convertvector(x * 1.44269504088896341f - 0.5f, I32x8), F8);
+  // (x log2 e - 0.5 truncates toward zero to -round(|x| log2 e) for x <= 0, up to ties)
+  F8 r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  F8 p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  const I32x8 bits = (__builtin_convertvector(n, I32x8) + 127) << 23;
+  F8 scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return underflow ? F8{} : p * scale;
+}
+
 ITEMJAX_INLINE void PrefetchRow(const float* row, int lines) {
   const char* line = reinterpret_cast<const char*>(row);
   for (int l = 0; l < lines; ++l) ITEMJAX_PREFETCH(line + 64 * l);
+}
+
+// Scratch of a thread: `count` buffers of at least `size` floats each, padded to whole vectors of 8.
+struct Scratch {
+  std::vector<float> data;
+  int64_t stride = 0;
+  float* Buffers(int64_t size, int count) {
+    const int64_t padded = (size + 7) / 8 * 8;
+    if (padded > stride) {
+      stride = padded;
+      data.assign(static_cast<size_t>(stride * count), 0.0f);
+    }
+    return data.data();
+  }
+};
+
+// pre[k] = dst_r + src[c_k] for the entries k of a row (-inf for an out-of-range column, whose weight is
+// then 0), padded with -inf to whole vectors; returns max_k LeakyReLU(pre[k]) over the valid entries (0 if
+// none).
+ITEMJAX_INLINE float RowLogits(int64_t begin, int64_t end, const int32_t* indices, const float* src, float dr,
+                               float slope, int64_t n, float* pre) {
+  float mx = 0.0f;
+  bool any = false;
+  const int64_t len = end - begin;
+  for (int64_t k = 0; k < len; ++k) {
+    const uint32_t c = static_cast<uint32_t>(indices[begin + k]);
+    if (c >= static_cast<uint64_t>(n)) {
+      pre[k] = -INFINITY;
+      continue;
+    }
+    const float p = dr + src[c];
+    pre[k] = p;
+    const float l = Leaky(p, slope);
+    mx = any ? std::max(mx, l) : l;
+    any = true;
+  }
+  for (int64_t k = len; k < (len + 7) / 8 * 8; ++k) pre[k] = -INFINITY;
+  return mx;
+}
+
+// The attention weights of a row from its logits' pre-activations: w[k] = exp(LeakyReLU(pre[k]) - mx)
+// (0 for pre = -inf), and lw[k] = lambda_k w[k] when lw is not null; returns sum_k w[k].
+ITEMJAX_INLINE float RowWeights(int64_t len, const float* pre, float mx, float slope, float* w, float* lw) {
+  F8 sum = F8{};
+  for (int64_t k = 0; k < len; k += 8) {
+    const F8 p = Load8(pre + k);
+    const auto positive = p >= 0.0f;
+    const F8 l = positive ? p : p * slope;
+    F8 e = ExpNonPositive(l - mx);
+    e = p == -INFINITY ? F8{} : e;
+    std::memcpy(w + k, &e, sizeof(e));
+    sum += e;
+    if (lw != nullptr) {
+      const F8 le = positive ? e : e * slope;
+      std::memcpy(lw + k, &le, sizeof(le));
+    }
+  }
+  return HorizontalSum(sum);
 }
 
 template <int V>
@@ -339,33 +429,26 @@ ITEMJAX_INLINE void GatForwardRows(int64_t r0, int64_t r1, const int32_t* indptr
                                    int64_t n, float* y, float* row_max, float* denominator) {
   constexpr int D = 8 * V;
   constexpr int kLines = (D * 4 + 63) / 64;
+  Scratch scratch;
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t begin = std::clamp<int64_t>(indptr[r], 0, nnz);
     const int64_t end = std::clamp<int64_t>(indptr[r + 1], begin, nnz);
-    const float dr = dst[r];
-    float mx = 0.0f;
-    bool any = false;
-    for (int64_t j = begin; j < end; ++j) {
-      const uint32_t c = static_cast<uint32_t>(indices[j]);
-      if (c >= static_cast<uint64_t>(n)) continue;
-      const float l = Leaky(dr + src[c], slope);
-      mx = any ? std::max(mx, l) : l;
-      any = true;
-    }
+    const int64_t len = end - begin;
+    float* pre = scratch.Buffers(len, 2);
+    float* w = pre + scratch.stride;
+    const float mx = RowLogits(begin, end, indices, src, dst[r], slope, n, pre);
+    float den = RowWeights(len, pre, mx, slope, w, nullptr);
     F8 acc[V];
     for (int i = 0; i < V; ++i) acc[i] = F8{};
-    float den = 0.0f;
-    for (int64_t j = begin; j < end; ++j) {
-      if (j + kFixedPrefetchDistance < end) {
-        const uint32_t ahead = static_cast<uint32_t>(indices[j + kFixedPrefetchDistance]);
+    for (int64_t k = 0; k < len; ++k) {
+      if (k + kFixedPrefetchDistance < len) {
+        const uint32_t ahead = static_cast<uint32_t>(indices[begin + k + kFixedPrefetchDistance]);
         if (ahead < static_cast<uint64_t>(n)) PrefetchRow(x + static_cast<int64_t>(ahead) * D, kLines);
       }
-      const uint32_t c = static_cast<uint32_t>(indices[j]);
+      const uint32_t c = static_cast<uint32_t>(indices[begin + k]);
       if (c >= static_cast<uint64_t>(n)) continue;
-      const float w = std::exp(Leaky(dr + src[c], slope) - mx);
-      den += w;
       const float* row = x + static_cast<int64_t>(c) * D;
-      for (int i = 0; i < V; ++i) acc[i] += w * Load8(row + 8 * i);
+      for (int i = 0; i < V; ++i) acc[i] += w[k] * Load8(row + 8 * i);
     }
     if (!(den > 0.0f)) den = 1.0f;  // no entries: y_r = 0
     for (int i = 0; i < V; ++i) acc[i] /= den;
@@ -375,17 +458,19 @@ ITEMJAX_INLINE void GatForwardRows(int64_t r0, int64_t r1, const int32_t* indptr
   }
 }
 
-// Pass A: dst_bar over rows [r0, r1), and q_r = y_bar_r . y_r into q.
+// Pass A: dst_bar over rows [r0, r1), and each row's (dst_r, m_r, 1 / den_r, q_r) into info[4 r ..] for pass B.
 template <int V>
 ITEMJAX_INLINE void GatBackwardRowsA(int64_t r0, int64_t r1, const int32_t* indptr, const int32_t* indices,
                                      const float* x, const float* src, const float* dst, const float* y,
                                      const float* row_max, const float* denominator, const float* y_bar,
-                                     float slope, int64_t nnz, int64_t n, float* q, float* dst_bar) {
+                                     float slope, int64_t nnz, int64_t n, float* info, float* dst_bar) {
   constexpr int D = 8 * V;
   constexpr int kLines = (D * 4 + 63) / 64;
+  Scratch scratch;
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t begin = std::clamp<int64_t>(indptr[r], 0, nnz);
     const int64_t end = std::clamp<int64_t>(indptr[r + 1], begin, nnz);
+    const int64_t len = end - begin;
     F8 g[V];
     F8 dot_y = F8{};
     for (int i = 0; i < V; ++i) {
@@ -393,65 +478,105 @@ ITEMJAX_INLINE void GatBackwardRowsA(int64_t r0, int64_t r1, const int32_t* indp
       dot_y += g[i] * Load8(y + r * D + 8 * i);
     }
     const float qr = HorizontalSum(dot_y);
-    q[r] = qr;
     const float dr = dst[r], mx = row_max[r], inv = 1.0f / denominator[r];
-    float sum = 0.0f;
-    for (int64_t j = begin; j < end; ++j) {
-      if (j + kFixedPrefetchDistance < end) {
-        const uint32_t ahead = static_cast<uint32_t>(indices[j + kFixedPrefetchDistance]);
+    info[4 * r] = dr;
+    info[4 * r + 1] = mx;
+    info[4 * r + 2] = inv;
+    info[4 * r + 3] = qr;
+    float* pre = scratch.Buffers(len, 3);
+    float* w = pre + scratch.stride;
+    float* lw = w + scratch.stride;
+    RowLogits(begin, end, indices, src, dr, slope, n, pre);  // the row's max is the forward's, m_r
+    RowWeights(len, pre, mx, slope, w, lw);  // lw_k = lambda_rc w_rc (w and the row's sum are not needed here)
+    F8 acc[V];
+    for (int i = 0; i < V; ++i) acc[i] = F8{};
+    float coefficient_sum = 0.0f;
+    for (int64_t k = 0; k < len; ++k) {
+      if (k + kFixedPrefetchDistance < len) {
+        const uint32_t ahead = static_cast<uint32_t>(indices[begin + k + kFixedPrefetchDistance]);
         if (ahead < static_cast<uint64_t>(n)) PrefetchRow(x + static_cast<int64_t>(ahead) * D, kLines);
       }
-      const uint32_t c = static_cast<uint32_t>(indices[j]);
+      const uint32_t c = static_cast<uint32_t>(indices[begin + k]);
       if (c >= static_cast<uint64_t>(n)) continue;
-      const float pre = dr + src[c];
-      const float alpha = std::exp(Leaky(pre, slope) - mx) * inv;
+      const float coefficient = lw[k] * inv;  // lambda_rc alpha_rc
+      coefficient_sum += coefficient;
       const float* row = x + static_cast<int64_t>(c) * D;
-      F8 dot = F8{};
-      for (int i = 0; i < V; ++i) dot += g[i] * Load8(row + 8 * i);
-      sum += (pre >= 0.0f ? 1.0f : slope) * alpha * (HorizontalSum(dot) - qr);
+      for (int i = 0; i < V; ++i) acc[i] += coefficient * Load8(row + 8 * i);
     }
-    dst_bar[r] = sum;
+    F8 dot = F8{};
+    for (int i = 0; i < V; ++i) dot += g[i] * acc[i];
+    dst_bar[r] = HorizontalSum(dot) - qr * coefficient_sum;
   }
 }
 
 // Pass B: x_bar and src_bar over rows [c0, c1) (as columns: their entries r are the edges c -> r).
 template <int V>
 ITEMJAX_INLINE void GatBackwardRowsB(int64_t c0, int64_t c1, const int32_t* indptr, const int32_t* indices,
-                                     const float* x, const float* src, const float* dst, const float* row_max,
-                                     const float* denominator, const float* y_bar, const float* q, float slope,
-                                     int64_t nnz, int64_t n, float* x_bar, float* src_bar) {
+                                     const float* x, const float* src, const float* info, const float* y_bar,
+                                     float slope, int64_t nnz, int64_t n, float* x_bar, float* src_bar) {
   constexpr int D = 8 * V;
   constexpr int kLines = (D * 4 + 63) / 64;
+  Scratch scratch;
   for (int64_t c = c0; c < c1; ++c) {
     const int64_t begin = std::clamp<int64_t>(indptr[c], 0, nnz);
     const int64_t end = std::clamp<int64_t>(indptr[c + 1], begin, nnz);
-    F8 xc[V], acc[V];
-    for (int i = 0; i < V; ++i) {
-      xc[i] = Load8(x + c * D + 8 * i);
-      acc[i] = F8{};
-    }
+    const int64_t len = end - begin;
+    const int64_t padded = (len + 7) / 8 * 8;
+    float* pre = scratch.Buffers(len, 4);  // pre, then alpha
+    float* mx = pre + scratch.stride;      // m_r, then lambda alpha
+    float* inv = mx + scratch.stride;
+    float* q = inv + scratch.stride;
     const float sc = src[c];
-    float sum = 0.0f;
-    for (int64_t j = begin; j < end; ++j) {
-      if (j + kFixedPrefetchDistance < end) {
-        const uint32_t ahead = static_cast<uint32_t>(indices[j + kFixedPrefetchDistance]);
+    for (int64_t k = 0; k < len; ++k) {
+      const uint32_t r = static_cast<uint32_t>(indices[begin + k]);
+      if (r >= static_cast<uint64_t>(n)) {
+        pre[k] = -INFINITY;
+        mx[k] = inv[k] = q[k] = 0.0f;
+        continue;
+      }
+      const float* node = info + 4 * static_cast<int64_t>(r);
+      pre[k] = node[0] + sc;
+      mx[k] = node[1];
+      inv[k] = node[2];
+      q[k] = node[3];
+    }
+    for (int64_t k = len; k < padded; ++k) {
+      pre[k] = -INFINITY;
+      mx[k] = inv[k] = q[k] = 0.0f;
+    }
+    F8 q_sum = F8{};
+    for (int64_t k = 0; k < padded; k += 8) {
+      const F8 p = Load8(pre + k);
+      const auto positive = p >= 0.0f;
+      const F8 l = positive ? p : p * slope;
+      F8 alpha = ExpNonPositive(l - Load8(mx + k)) * Load8(inv + k);
+      alpha = p == -INFINITY ? F8{} : alpha;
+      const F8 lambda_alpha = positive ? alpha : alpha * slope;
+      q_sum += lambda_alpha * Load8(q + k);
+      std::memcpy(pre + k, &alpha, sizeof(alpha));
+      std::memcpy(mx + k, &lambda_alpha, sizeof(lambda_alpha));
+    }
+    F8 acc[V], lacc[V];
+    for (int i = 0; i < V; ++i) acc[i] = lacc[i] = F8{};
+    for (int64_t k = 0; k < len; ++k) {
+      if (k + kFixedPrefetchDistance < len) {
+        const uint32_t ahead = static_cast<uint32_t>(indices[begin + k + kFixedPrefetchDistance]);
         if (ahead < static_cast<uint64_t>(n)) PrefetchRow(y_bar + static_cast<int64_t>(ahead) * D, kLines);
       }
-      const uint32_t r = static_cast<uint32_t>(indices[j]);
+      const uint32_t r = static_cast<uint32_t>(indices[begin + k]);
       if (r >= static_cast<uint64_t>(n)) continue;
-      const float pre = dst[r] + sc;
-      const float alpha = std::exp(Leaky(pre, slope) - row_max[r]) / denominator[r];
       const float* row = y_bar + static_cast<int64_t>(r) * D;
-      F8 dot = F8{};
+      const float alpha = pre[k], lambda_alpha = mx[k];
       for (int i = 0; i < V; ++i) {
-        const F8 g = Load8(row + 8 * i);
-        acc[i] += alpha * g;
-        dot += xc[i] * g;
+        const F8 gr = Load8(row + 8 * i);
+        acc[i] += alpha * gr;
+        lacc[i] += lambda_alpha * gr;
       }
-      sum += (pre >= 0.0f ? 1.0f : slope) * alpha * (HorizontalSum(dot) - q[r]);
     }
+    F8 dot = F8{};
+    for (int i = 0; i < V; ++i) dot += Load8(x + c * D + 8 * i) * lacc[i];
     std::memcpy(x_bar + c * D, acc, sizeof(acc));
-    src_bar[c] = sum;
+    src_bar[c] = HorizontalSum(dot) - HorizontalSum(q_sum);
   }
 }
 
@@ -465,15 +590,14 @@ ITEMJAX_INLINE void GatBackwardRowsB(int64_t c0, int64_t c1, const int32_t* indp
                                             const float* x, const float* src, const float* dst,              \
                                             const float* y, const float* mx, const float* den,               \
                                             const float* y_bar, float slope, int64_t nnz, int64_t n,         \
-                                            float* q, float* dst_bar) {                                      \
-    GatBackwardRowsA<V>(r0, r1, ip, ix, x, src, dst, y, mx, den, y_bar, slope, nnz, n, q, dst_bar);         \
+                                            float* info, float* dst_bar) {                                   \
+    GatBackwardRowsA<V>(r0, r1, ip, ix, x, src, dst, y, mx, den, y_bar, slope, nnz, n, info, dst_bar);      \
   }                                                                                                          \
   ITEMJAX_MULTIVERSION void GatBackwardB##V(int64_t c0, int64_t c1, const int32_t* ip, const int32_t* ix,    \
-                                            const float* x, const float* src, const float* dst,              \
-                                            const float* mx, const float* den, const float* y_bar,           \
-                                            const float* q, float slope, int64_t nnz, int64_t n,             \
+                                            const float* x, const float* src, const float* info,             \
+                                            const float* y_bar, float slope, int64_t nnz, int64_t n,         \
                                             float* x_bar, float* src_bar) {                                  \
-    GatBackwardRowsB<V>(c0, c1, ip, ix, x, src, dst, mx, den, y_bar, q, slope, nnz, n, x_bar, src_bar);     \
+    GatBackwardRowsB<V>(c0, c1, ip, ix, x, src, info, y_bar, slope, nnz, n, x_bar, src_bar);                 \
   }
 ITEMJAX_GAT_FUNCTIONS(2)
 ITEMJAX_GAT_FUNCTIONS(4)
@@ -720,18 +844,18 @@ ffi::Error GatBackwardF32(ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::S32> in
   const int32_t* ip = indptr.typed_data();
   const GatKernels kernels = GatKernelsFor(d);
   try {
-    std::vector<float> q(static_cast<size_t>(n));
+    std::vector<float> info(static_cast<size_t>(4 * n));  // (dst_r, m_r, 1 / den_r, q_r) per row
     const int64_t count = ThreadCount(threads, n, nnz * d);
     const std::vector<int64_t> bounds = RowBounds(count, n, ip, nnz);
     RunTasks(count, [&](int64_t t) {
       kernels.backward_a(bounds[t], bounds[t + 1], ip, indices.typed_data(), x.typed_data(), src.typed_data(),
                          dst.typed_data(), y.typed_data(), row_max.typed_data(), denominator.typed_data(),
-                         y_bar.typed_data(), slope, nnz, n, q.data(), dst_bar->typed_data());
+                         y_bar.typed_data(), slope, nnz, n, info.data(), dst_bar->typed_data());
     });
-    RunTasks(count, [&](int64_t t) {  // after every q_r is known
+    RunTasks(count, [&](int64_t t) {  // after every row's info is known
       kernels.backward_b(bounds[t], bounds[t + 1], ip, indices.typed_data(), x.typed_data(), src.typed_data(),
-                         dst.typed_data(), row_max.typed_data(), denominator.typed_data(), y_bar.typed_data(),
-                         q.data(), slope, nnz, n, x_bar->typed_data(), src_bar->typed_data());
+                         info.data(), y_bar.typed_data(), slope, nnz, n, x_bar->typed_data(),
+                         src_bar->typed_data());
     });
   } catch (const std::exception& error) {
     return ffi::Error::Internal(std::string(name) + ": " + error.what());
