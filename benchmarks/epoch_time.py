@@ -65,6 +65,10 @@ def run_case(args) -> dict:
 
     from itemjax.parallel.distributed import initialize
 
+    if not args.no_malloc_tuning:
+        from itemjax.parallel.host_memory import restart_with_huge_pages
+
+        restart_with_huge_pages()  # as the itemjax command and experiments/*.py do
     initialize(False, tune_allocator=not args.no_malloc_tuning)  # as itemjax.train.run.fit does, before JAX starts
     record = {"dataset": args.dataset, "loss": args.loss, "backend": args.backend, "load_before": os.getloadavg(),
               "malloc_tuning": not args.no_malloc_tuning}
@@ -194,7 +198,7 @@ def main() -> None:
     p.add_argument("--eval-chunk", type=int, default=1024)
     p.add_argument("--no-eval", action="store_true")
     p.add_argument("--no-malloc-tuning", action="store_true",
-                   help="leave glibc malloc as is (see itemjax.parallel.host_memory.tune_host_allocator)")
+                   help="leave glibc malloc as is (see itemjax.parallel.host_memory: no huge pages, no tuning)")
     p.add_argument("--ppr-cache", default="", help="cache PPR tables in this directory (a cached table is not timed)")
     p.add_argument("--out", default=str(OUT / "epoch_time.json"))
     p.add_argument("--case", nargs=3, metavar=("DATASET", "LOSS", "BACKEND"), help=argparse.SUPPRESS)

@@ -12,6 +12,10 @@ Times, on the training graph of the LightGCN split ``<data-dir>/gowalla/train.tx
 * **product**: one ``A_hat @ x`` (:func:`itemjax.graph.propagation.propagate`, jitted);
 * **3-layer fwd+bwd**: ``value_and_grad`` of ``sum(c * mean_k A_hat^k x)``, ``k = 0..--layers``
   (as benchmarks/propagation.py; the backward pass is the same product ``--layers`` times more);
+* **GAT attention fwd+bwd**: ``value_and_grad`` (in ``x`` and both score vectors) of
+  ``sum(c * propagate_attention(A, x, src, dst))``, one head of one GAT layer (the native backend: the
+  fused forward pass and the two backward passes of :func:`itemjax.native.gat_forward` /
+  :func:`~itemjax.native.gat_backward`; csr: four XLA products and the per-edge scalar passes);
 * **PPR block** (``--ppr-users N``, default off): ``ppr_scores`` of users ``0..N-1`` with
   ``--ppr-backend device`` (XLA's products) and ``native``.
 
@@ -43,7 +47,7 @@ from itemjax import native
 from itemjax.errors import ConfigError, ItemjaxError
 from itemjax.graph.bipartite import build_graph
 from itemjax.graph.ppr import ppr_scores
-from itemjax.graph.propagation import propagate, to_device
+from itemjax.graph.propagation import propagate, propagate_attention, to_device
 
 from propagation import default_data_dir, load_lightgcn_train
 
@@ -64,6 +68,10 @@ def layer_mean(graph, x, coefficients, layers: int):
     for _ in range(layers):
         stack.append(propagate(graph, stack[-1]))
     return jnp.sum(coefficients * jnp.mean(jnp.stack(stack), axis=0))
+
+
+def attention_objective(graph, x, src, dst, coefficients):
+    return jnp.sum(coefficients * propagate_attention(graph, x, src, dst))
 
 
 class ThreadsEnv:
@@ -107,6 +115,9 @@ def main(argv=None) -> int:
     parser.add_argument("--ppr-users", type=int, default=0, help="also time ppr_scores of this many users (0: skip)")
     parser.add_argument("--out", type=pathlib.Path, default=OUT_PATH)
     args = parser.parse_args(argv)
+    from itemjax.parallel.host_memory import set_up_process
+
+    set_up_process()  # huge pages and the allocator tuning of a training process, before JAX computes
     try:
         if args.repeats < 1 or args.dim < 1 or args.layers < 1 or args.ppr_users < 0:
             raise ConfigError("--repeats, --dim and --layers must be >= 1 and --ppr-users >= 0.")
@@ -138,6 +149,9 @@ def main(argv=None) -> int:
     graphs = {"csr": to_device(host, "csr"), "native": to_device(host, "native")}
     product = jax.jit(propagate)
     fwd_bwd = jax.jit(jax.value_and_grad(layer_mean, argnums=1), static_argnums=3)
+    key_s, key_d = jax.random.split(key_c)
+    src, dst = jax.random.normal(key_s, (host.n_nodes,)), jax.random.normal(key_d, (host.n_nodes,))
+    attention = jax.jit(jax.value_and_grad(attention_objective, argnums=(1, 2, 3)))
 
     variants = [("csr", None)] + [("native", t) for t in thread_counts]
     label = {("csr", None): "csr (XLA)"} | {("native", t): f"native, {t or 'auto'} thread{'s' if t != 1 else ''}"
@@ -148,6 +162,8 @@ def main(argv=None) -> int:
         rows[("product", backend, threads)] = timed(lambda g=graph: product(g, x), threads)
         rows[("3-layer fwd+bwd", backend, threads)] = timed(lambda g=graph: fwd_bwd(g, x, coefficients, args.layers),
                                                             threads)
+        rows[("GAT attention fwd+bwd", backend, threads)] = timed(
+            lambda g=graph: attention(g, x, src, dst, coefficients), threads)
     if args.ppr_users:
         users = np.arange(min(args.ppr_users, host.n_users))
         for backend, threads in variants:

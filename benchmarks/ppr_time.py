@@ -141,6 +141,9 @@ def main():
 
     from itemjax.parallel.distributed import initialize
 
+    from itemjax.parallel.host_memory import restart_with_huge_pages
+
+    restart_with_huge_pages()  # as the itemjax command and experiments/*.py do
     initialize(False)  # allocator tuning, as a training run sets the process up before its table
     import jax
 

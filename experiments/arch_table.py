@@ -5,10 +5,7 @@ A thin script over :mod:`itemjax.commands.arch_table` (also ``itemjax arch-table
 the package is installed); ``python experiments/arch_table.py --help`` lists the options.
 """
 
-import sys
-
-from itemjax.cli import run_main
-from itemjax.commands.arch_table import main
+from itemjax.cli import script
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    script("arch-table")

@@ -5,10 +5,7 @@ A thin script over :mod:`itemjax.commands.headline` (also ``itemjax headline`` o
 the package is installed); ``python experiments/headline.py --help`` lists the options.
 """
 
-import sys
-
-from itemjax.cli import run_main
-from itemjax.commands.headline import main
+from itemjax.cli import script
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    script("headline")

@@ -5,10 +5,7 @@ A thin script over :mod:`itemjax.commands.methods` (also ``itemjax methods`` onc
 the package is installed); ``python experiments/methods.py --help`` lists the options.
 """
 
-import sys
-
-from itemjax.cli import run_main
-from itemjax.commands.methods import main
+from itemjax.cli import script
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    script("methods")

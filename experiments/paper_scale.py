@@ -5,10 +5,7 @@ A thin script over :mod:`itemjax.commands.paper_scale` (also ``itemjax paper-sca
 the package is installed); ``python experiments/paper_scale.py --help`` lists the options.
 """
 
-import sys
-
-from itemjax.cli import run_main
-from itemjax.commands.paper_scale import main
+from itemjax.cli import script
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    script("paper-scale")

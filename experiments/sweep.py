@@ -5,10 +5,7 @@ A thin script over :mod:`itemjax.commands.sweep` (also ``itemjax sweep`` once
 the package is installed); ``python experiments/sweep.py --help`` lists the options.
 """
 
-import sys
-
-from itemjax.cli import run_main
-from itemjax.commands.sweep import main
+from itemjax.cli import script
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    script("sweep")

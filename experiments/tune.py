@@ -5,10 +5,7 @@ A thin script over :mod:`itemjax.commands.tune` (also ``itemjax tune`` once
 the package is installed); ``python experiments/tune.py --help`` lists the options.
 """
 
-import sys
-
-from itemjax.cli import run_main
-from itemjax.commands.tune import main
+from itemjax.cli import script
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    script("tune")

@@ -9,7 +9,6 @@ uninterrupted reference run goes first and fills it.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -174,15 +173,10 @@ def test_corrupt_checkpoint_is_one_line_and_exit_2(reference_run, tiny_csv, cach
 # ----------------------------------------------------------------------------- in-process checks
 
 
-def _load_train():
-    spec = importlib.util.spec_from_file_location("itemjax_train_resume", TRAIN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _run_cli(argv, capsys):
-    status = run_main(_load_train().main, argv)
+    from itemjax.commands import train
+
+    status = run_main(train.main, argv)
     return status, capsys.readouterr().err
 
 

@@ -30,6 +30,16 @@ COMMANDS = {"train": "train", "compare": "compare", "sweep": "sweep", "arch-tabl
             "headline": "headline"}
 
 
+def entry() -> None:
+    """The ``itemjax`` console script and ``python -m itemjax``: :func:`main` on ``sys.argv`` in a process
+    set up first by :func:`itemjax.parallel.host_memory.restart_with_huge_pages` (nothing has imported
+    JAX yet); exits with its status."""
+    from itemjax.parallel.host_memory import restart_with_huge_pages
+
+    restart_with_huge_pages()
+    sys.exit(main())
+
+
 def main(argv=None) -> int:
     """Dispatch ``itemjax <command> ...`` to ``itemjax.commands.<command>.main``."""
     from itemjax.cli import run_main
