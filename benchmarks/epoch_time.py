@@ -65,10 +65,6 @@ def run_case(args) -> dict:
 
     from itemjax.parallel.distributed import initialize
 
-    if not args.no_malloc_tuning:
-        from itemjax.parallel.host_memory import restart_with_huge_pages
-
-        restart_with_huge_pages()  # as the itemjax command and experiments/*.py do
     initialize(False, tune_allocator=not args.no_malloc_tuning)  # as itemjax.train.run.fit does, before JAX starts
     record = {"dataset": args.dataset, "loss": args.loss, "backend": args.backend, "load_before": os.getloadavg(),
               "malloc_tuning": not args.no_malloc_tuning}
@@ -240,4 +236,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    if "--no-malloc-tuning" not in sys.argv[1:]:
+        from itemjax.parallel.host_memory import restart_with_huge_pages
+
+        restart_with_huge_pages()  # as the itemjax command and experiments/*.py do (restarts once)
     main()

@@ -35,9 +35,6 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    from itemjax.parallel.host_memory import set_up_process
-
-    set_up_process()  # huge pages and the allocator tuning of a training process, before JAX computes
 
     rng = np.random.default_rng(0)
     user_emb = rng.normal(size=(N_USERS, DIM)).astype(np.float32)
@@ -64,4 +61,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from itemjax.parallel.host_memory import set_up_process
+
+    set_up_process()  # huge pages and the allocator tuning of a training process (restarts once), before JAX computes
     main()

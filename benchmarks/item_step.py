@@ -88,9 +88,6 @@ def main():
     p.add_argument("--item-users", type=int, default=None, help="ITEM's users per step (default: its default, 256)")
     p.add_argument("--out", default=str(pathlib.Path(__file__).parent / "out" / "item_step.json"))
     args = p.parse_args()
-    from itemjax.parallel.host_memory import set_up_process
-
-    set_up_process()  # huge pages and the allocator tuning of a training process, before JAX computes
 
     rows = []
     for dataset in args.datasets.split(","):
@@ -148,4 +145,7 @@ def main():
 
 
 if __name__ == "__main__":
+    from itemjax.parallel.host_memory import set_up_process
+
+    set_up_process()  # huge pages and the allocator tuning of a training process (restarts once), before JAX computes
     main()

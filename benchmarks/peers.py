@@ -295,9 +295,6 @@ def main(argv=None):
                         "run's default on this platform)")
     p.add_argument("--out", default=str(pathlib.Path(__file__).parent / "out" / "peers.json"))
     args = p.parse_args(argv)
-    from itemjax.parallel.host_memory import set_up_process
-
-    set_up_process()  # huge pages and the allocator tuning of a training process, before JAX computes
     for layout in args.torch_layouts.split(","):
         if layout not in ("coo", "csr"):
             p.error(f"unknown --torch-layouts entry {layout!r}; choose from coo, csr")
@@ -337,4 +334,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from itemjax.parallel.host_memory import set_up_process
+
+    set_up_process()  # huge pages and the allocator tuning of a training process (restarts once), before JAX computes
     main()

@@ -141,9 +141,6 @@ def main():
 
     from itemjax.parallel.distributed import initialize
 
-    from itemjax.parallel.host_memory import restart_with_huge_pages
-
-    restart_with_huge_pages()  # as the itemjax command and experiments/*.py do
     initialize(False)  # allocator tuning, as a training run sets the process up before its table
     import jax
 
@@ -258,4 +255,7 @@ def main():
 
 
 if __name__ == "__main__":
+    from itemjax.parallel.host_memory import restart_with_huge_pages
+
+    restart_with_huge_pages()  # as the itemjax command and experiments/*.py do (restarts once)
     main()

@@ -177,9 +177,6 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="*", default=None, help="subset of rows to time")
     parser.add_argument("--out", type=pathlib.Path, default=OUT_PATH)
     args = parser.parse_args(argv)
-    from itemjax.parallel.host_memory import set_up_process
-
-    set_up_process()  # huge pages and the allocator tuning of a training process, before JAX computes
     try:
         if args.repeats < 1 or args.dim < 1 or args.layers < 1:
             raise ConfigError("--repeats, --dim and --layers must be >= 1.")
@@ -277,4 +274,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from itemjax.parallel.host_memory import set_up_process
+
+    set_up_process()  # huge pages and the allocator tuning of a training process (restarts once), before JAX computes
     sys.exit(main())

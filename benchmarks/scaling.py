@@ -108,9 +108,6 @@ def run_size(n_edges: int, repeats: int) -> dict:
 
     from itemjax.parallel.distributed import initialize
 
-    from itemjax.parallel.host_memory import restart_with_huge_pages
-
-    restart_with_huge_pages()  # as the itemjax command and experiments/*.py do
     initialize(False)  # as itemjax.train.run.fit does (host allocator tuning), before JAX starts
     record = {"edges": n_edges, "load_before": os.getloadavg()}
     t0 = time.perf_counter()
@@ -279,4 +276,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from itemjax.parallel.host_memory import restart_with_huge_pages
+
+    restart_with_huge_pages()  # as the itemjax command and experiments/*.py do (restarts once)
     main()

@@ -67,9 +67,6 @@ def main(argv=None):
     p.add_argument("--all-events", action="store_true", help="also Python frames and executor events")
     p.add_argument("--out", default=str(pathlib.Path(__file__).parent / "out" / "step_profile.json"))
     args = p.parse_args(argv)
-    from itemjax.parallel.host_memory import set_up_process
-
-    set_up_process()  # huge pages and the allocator tuning of a training process, before JAX computes
 
     import jax
 
@@ -108,4 +105,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from itemjax.parallel.host_memory import set_up_process
+
+    set_up_process()  # huge pages and the allocator tuning of a training process (restarts once), before JAX computes
     main()

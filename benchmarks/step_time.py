@@ -146,9 +146,6 @@ def main():
                         "a comma list of YNNPACK fusion kinds)")
     p.add_argument("--out", default=str(pathlib.Path(__file__).parent / "out" / "step_time.json"))
     args = p.parse_args()
-    from itemjax.parallel.host_memory import set_up_process
-
-    set_up_process()  # huge pages and the allocator tuning of a training process, before JAX computes
     models = args.models.split(",")
     methods = args.methods.split(",")
     for model in models:
@@ -207,4 +204,7 @@ def main():
 
 
 if __name__ == "__main__":
+    from itemjax.parallel.host_memory import set_up_process
+
+    set_up_process()  # huge pages and the allocator tuning of a training process (restarts once), before JAX computes
     main()

@@ -5,7 +5,7 @@ A thin script over :mod:`itemjax.commands.arch_table` (also ``itemjax arch-table
 the package is installed); ``python experiments/arch_table.py --help`` lists the options.
 """
 
-from itemjax.cli import script
+from itemjax.commands import script
 
 if __name__ == "__main__":
     script("arch-table")

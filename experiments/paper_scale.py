@@ -5,7 +5,7 @@ A thin script over :mod:`itemjax.commands.paper_scale` (also ``itemjax paper-sca
 the package is installed); ``python experiments/paper_scale.py --help`` lists the options.
 """
 
-from itemjax.cli import script
+from itemjax.commands import script
 
 if __name__ == "__main__":
     script("paper-scale")

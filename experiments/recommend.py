@@ -5,7 +5,7 @@ A thin script over :mod:`itemjax.commands.recommend` (also ``itemjax recommend``
 the package is installed); ``python experiments/recommend.py --help`` lists the options.
 """
 
-from itemjax.cli import script
+from itemjax.commands import script
 
 if __name__ == "__main__":
     script("recommend")

@@ -5,7 +5,7 @@ A thin script over :mod:`itemjax.commands.sweep` (also ``itemjax sweep`` once
 the package is installed); ``python experiments/sweep.py --help`` lists the options.
 """
 
-from itemjax.cli import script
+from itemjax.commands import script
 
 if __name__ == "__main__":
     script("sweep")

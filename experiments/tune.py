@@ -5,7 +5,7 @@ A thin script over :mod:`itemjax.commands.tune` (also ``itemjax tune`` once
 the package is installed); ``python experiments/tune.py --help`` lists the options.
 """
 
-from itemjax.cli import script
+from itemjax.commands import script
 
 if __name__ == "__main__":
     script("tune")

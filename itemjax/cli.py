@@ -7,7 +7,6 @@ import argparse
 import dataclasses
 import json
 import pathlib
-import sys
 
 from itemjax.errors import ItemjaxError, report_error
 
@@ -40,18 +39,6 @@ def run_main(main, argv=None, *, resume: str | None = None) -> int:
         return main(argv) or 0
     except (ItemjaxError, KeyboardInterrupt) as e:
         return report_error(e, resume=resume)
-
-
-def script(command: str) -> None:
-    """Entry point of ``experiments/<command>.py``: the process's host memory set-up
-    (:func:`itemjax.parallel.host_memory.restart_with_huge_pages`, before anything imports JAX), then
-    ``itemjax <command>`` with this process's arguments; exits with its status."""
-    from itemjax.parallel.host_memory import restart_with_huge_pages
-
-    restart_with_huge_pages()
-    from itemjax.commands import main
-
-    sys.exit(main([command, *sys.argv[1:]]))
 
 
 def int_list(text: str) -> tuple:

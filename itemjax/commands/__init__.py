@@ -40,6 +40,15 @@ def entry() -> None:
     sys.exit(main())
 
 
+def script(command: str) -> None:
+    """Entry point of ``experiments/<command>.py``: as :func:`entry`, for ``itemjax <command>`` with this
+    process's arguments."""
+    from itemjax.parallel.host_memory import restart_with_huge_pages
+
+    restart_with_huge_pages()
+    sys.exit(main([command, *sys.argv[1:]]))
+
+
 def main(argv=None) -> int:
     """Dispatch ``itemjax <command> ...`` to ``itemjax.commands.<command>.main``."""
     from itemjax.cli import run_main
