@@ -194,7 +194,7 @@ def main() -> None:
     p.add_argument("--eval-chunk", type=int, default=1024)
     p.add_argument("--no-eval", action="store_true")
     p.add_argument("--no-malloc-tuning", action="store_true",
-                   help="leave glibc malloc as is (see itemjax.parallel.host_memory: no huge pages, no tuning)")
+                   help="leave glibc malloc as is (see itemjax.parallel.host_memory.tune_host_allocator)")
     p.add_argument("--ppr-cache", default="", help="cache PPR tables in this directory (a cached table is not timed)")
     p.add_argument("--out", default=str(OUT / "epoch_time.json"))
     p.add_argument("--case", nargs=3, metavar=("DATASET", "LOSS", "BACKEND"), help=argparse.SUPPRESS)
@@ -236,8 +236,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if "--no-malloc-tuning" not in sys.argv[1:]:
-        from itemjax.parallel.host_memory import restart_with_huge_pages
-
-        restart_with_huge_pages()  # as the itemjax command and experiments/*.py do (restarts once)
     main()

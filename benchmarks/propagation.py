@@ -274,7 +274,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from itemjax.parallel.host_memory import set_up_process
+    from itemjax.parallel.host_memory import tune_host_allocator
 
-    set_up_process()  # huge pages and the allocator tuning of a training process (restarts once), before JAX computes
+    tune_host_allocator()  # as every training run does (itemjax.parallel.distributed.initialize), before JAX computes
     sys.exit(main())

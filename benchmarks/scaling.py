@@ -276,7 +276,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from itemjax.parallel.host_memory import restart_with_huge_pages
-
-    restart_with_huge_pages()  # as the itemjax command and experiments/*.py do (restarts once)
     main()

@@ -1,5 +1,7 @@
 """``python -m itemjax <command>``: the same as the ``itemjax`` console script."""
 
-from itemjax.commands import entry
+import sys
 
-entry()
+from itemjax.commands import main
+
+sys.exit(main())

@@ -224,8 +224,7 @@ def _plain(values) -> list:
 
 def environment() -> dict:
     """Package versions, JAX backend and devices, JAX/XLA/itemjax environment variables and GLIBC_TUNABLES
-    (huge pages: itemjax.parallel.host_memory), the itemjax
-    git commit: recorded in config.json so that a run can be reproduced from its directory."""
+    (glibc's malloc settings, which change CPU step times), the itemjax git commit: recorded in config.json so that a run can be reproduced from its directory."""
     import importlib.metadata
     import platform
 

@@ -30,22 +30,9 @@ COMMANDS = {"train": "train", "compare": "compare", "sweep": "sweep", "arch-tabl
             "headline": "headline"}
 
 
-def entry() -> None:
-    """The ``itemjax`` console script and ``python -m itemjax``: :func:`main` on ``sys.argv`` in a process
-    set up first by :func:`itemjax.parallel.host_memory.restart_with_huge_pages` (nothing has imported
-    JAX yet); exits with its status."""
-    from itemjax.parallel.host_memory import restart_with_huge_pages
-
-    restart_with_huge_pages()
-    sys.exit(main())
-
-
 def script(command: str) -> None:
-    """Entry point of ``experiments/<command>.py``: as :func:`entry`, for ``itemjax <command>`` with this
-    process's arguments."""
-    from itemjax.parallel.host_memory import restart_with_huge_pages
-
-    restart_with_huge_pages()
+    """Entry point of ``experiments/<command>.py``: ``itemjax <command>`` with this process's arguments
+    (so with the command's ``RESUME`` advice on Ctrl-C); exits with its status."""
     sys.exit(main([command, *sys.argv[1:]]))
 
 

@@ -1,19 +1,9 @@
-"""Host memory settings for XLA's CPU backend on Linux with glibc, applied once per process.
-
-* :func:`tune_host_allocator` (``mallopt``): freed buffers stay in the heap instead of going back to
-  the kernel, so a step does not page-fault its temporaries in again;
-* :func:`restart_with_huge_pages` (the tunable ``glibc.malloc.hugetlb=1``, read by glibc at process
-  start only): malloc's memory is backed by transparent huge pages, so a step's buffers cost far fewer
-  page faults and its random row gathers far fewer TLB misses.
-
-Both are skipped when the environment sets ``ITEMJAX_MALLOC_TUNING=0``.
-"""
+"""Host memory settings for XLA's CPU backend (glibc ``mallopt``), applied once per process."""
 
 from __future__ import annotations
 
 import ctypes
 import os
-import platform
 import sys
 
 #: glibc ``mallopt`` parameters (malloc.h) and the values :func:`tune_host_allocator` sets.
@@ -46,80 +36,3 @@ def tune_host_allocator() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     return all(mallopt(param, value) == 1 for param, value in _MALLOPT_SETTINGS)
-
-
-#: The glibc tunable (glibc 2.35 and newer) that makes malloc ``madvise(MADV_HUGEPAGE)`` the memory it takes
-#: from the kernel, and the kernel file that says whether transparent huge pages need that advice.
-HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
-THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
-
-
-def transparent_huge_pages_mode(path: str = THP_MODE_FILE) -> str | None:
-    """The kernel's transparent huge page mode (``always``, ``madvise`` or ``never``: the bracketed word of
-    ``path``), or None where the file is missing or unreadable."""
-    try:
-        with open(path) as f:
-            words = f.read().split()
-    except OSError:
-        return None
-    chosen = [w.strip("[]") for w in words if w.startswith("[") and w.endswith("]")]
-    return chosen[0] if chosen else None
-
-
-def huge_pages_environment(environ=None, *, libc: tuple | None = None, thp_mode: str | None = None) -> dict | None:
-    """The environment to restart this process with so that glibc's malloc uses huge pages, or None when
-    a restart would change nothing.
-
-    None unless: ``ITEMJAX_MALLOC_TUNING`` is not ``0``; the C library is glibc 2.35 or newer
-    (``libc``, default :func:`platform.libc_ver`); the kernel gives huge pages on advice only
-    (``thp_mode`` ``madvise``, default :func:`transparent_huge_pages_mode`: under ``always`` they come
-    without it, under ``never`` not at all); and ``GLIBC_TUNABLES`` does not set ``glibc.malloc.hugetlb``
-    yet (so a restarted process never restarts again). Otherwise ``environ`` (default ``os.environ``)
-    with :data:`HUGE_PAGES_TUNABLE` appended to ``GLIBC_TUNABLES``.
-    """
-    environ = dict(os.environ if environ is None else environ)
-    if environ.get("ITEMJAX_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
-        return None
-    tunables = environ.get("GLIBC_TUNABLES", "")
-    if "glibc.malloc.hugetlb" in tunables:
-        return None
-    name, version = libc if libc is not None else platform.libc_ver()
-    try:
-        major_minor = tuple(int(part) for part in version.split(".")[:2])
-    except ValueError:
-        return None
-    if name != "glibc" or major_minor < (2, 35):
-        return None
-    if (thp_mode if thp_mode is not None else transparent_huge_pages_mode()) != "madvise":
-        return None
-    environ["GLIBC_TUNABLES"] = f"{tunables}:{HUGE_PAGES_TUNABLE}" if tunables else HUGE_PAGES_TUNABLE
-    return environ
-
-
-def restart_with_huge_pages() -> None:
-    """Replace this process by the same command under :func:`huge_pages_environment` (``os.execve`` of
-    ``sys.orig_argv``); return at once where that is None.
-
-    For a process's entry point only (``itemjax``, ``python -m itemjax``, ``experiments/*.py``,
-    ``benchmarks/*.py``), before it imports JAX: the process starts again from its first line. On
-    gowalla it cut a LightGCN + BPR step's minor page faults from ~2,000 to 3 and a GAT step's from
-    ~12,000-31,000 to under 100, and both steps by 10-20% (benchmarks/RESULTS.md). Where the restart
-    fails (``execve`` refused), the process goes on without huge pages.
-    """
-    environ = huge_pages_environment()
-    if environ is None or not sys.executable or not getattr(sys, "orig_argv", None):
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        os.execve(sys.executable, sys.orig_argv, environ)
-    except OSError:
-        return
-
-
-def set_up_process() -> None:
-    """The host memory set-up of a training process, for a script that is its own entry point
-    (``benchmarks/*.py``): :func:`restart_with_huge_pages`, then :func:`tune_host_allocator`. Call it
-    before the first JAX computation."""
-    restart_with_huge_pages()
-    tune_host_allocator()
