@@ -224,7 +224,8 @@ def _plain(values) -> list:
 
 def environment() -> dict:
     """Package versions, JAX backend and devices, JAX/XLA/itemjax environment variables and GLIBC_TUNABLES
-    (glibc's malloc settings, which change CPU step times), the itemjax git commit: recorded in config.json so that a run can be reproduced from its directory."""
+    (glibc's malloc settings, which change CPU step times), the itemjax git commit: recorded in
+    config.json so that a run can be reproduced from its directory."""
     import importlib.metadata
     import platform
 
@@ -247,7 +248,8 @@ def environment() -> dict:
         "jax_backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
         "process_count": jax.process_count(),
-        "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(("JAX_", "XLA_", "ITEMJAX_", "GLIBC_TUNABLES"))},
+        "env": {k: v for k, v in sorted(os.environ.items())
+                if k.startswith(("JAX_", "XLA_", "ITEMJAX_", "GLIBC_TUNABLES"))},
     }
 
 
