@@ -404,7 +404,7 @@ ITEMJAX_INLINE float RowLogits(int64_t begin, int64_t end, const int32_t* indice
 }
 
 // The attention weights of a row from its logits' pre-activations: w[k] = exp(LeakyReLU(pre[k]) - mx)
-// (0 for pre = -inf), and lw[k] = lambda_k w[k] when lw is not null; returns sum_k w[k].
+// (0 for pre = -inf) when w is not null, and lw[k] = lambda_k w[k] when lw is not null; returns sum_k w[k].
 ITEMJAX_INLINE float RowWeights(int64_t len, const float* pre, float mx, float slope, float* w, float* lw) {
   F8 sum = F8{};
   for (int64_t k = 0; k < len; k += 8) {
@@ -413,7 +413,7 @@ ITEMJAX_INLINE float RowWeights(int64_t len, const float* pre, float mx, float s
     const F8 l = positive ? p : p * slope;
     F8 e = ExpNonPositive(l - mx);
     e = p == -INFINITY ? F8{} : e;
-    std::memcpy(w + k, &e, sizeof(e));
+    if (w != nullptr) std::memcpy(w + k, &e, sizeof(e));
     sum += e;
     if (lw != nullptr) {
       const F8 le = positive ? e : e * slope;
@@ -483,11 +483,10 @@ ITEMJAX_INLINE void GatBackwardRowsA(int64_t r0, int64_t r1, const int32_t* indp
     info[4 * r + 1] = mx;
     info[4 * r + 2] = inv;
     info[4 * r + 3] = qr;
-    float* pre = scratch.Buffers(len, 3);
-    float* w = pre + scratch.stride;
-    float* lw = w + scratch.stride;
+    float* pre = scratch.Buffers(len, 2);
+    float* lw = pre + scratch.stride;
     RowLogits(begin, end, indices, src, dr, slope, n, pre);  // the row's max is the forward's, m_r
-    RowWeights(len, pre, mx, slope, w, lw);  // lw_k = lambda_rc w_rc (w and the row's sum are not needed here)
+    RowWeights(len, pre, mx, slope, nullptr, lw);  // lw_k = lambda_rc w_rc (w and the row's sum are not needed)
     F8 acc[V];
     for (int i = 0; i < V; ++i) acc[i] = F8{};
     float coefficient_sum = 0.0f;
