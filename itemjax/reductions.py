@@ -1,4 +1,5 @@
-"""Masked reductions shared by the losses (one place for the masked mean)."""
+"""Reductions shared by the layers above: the masked mean of the losses, the row L2 normalisation of the
+models, the propagation and the losses (one place for each)."""
 
 from __future__ import annotations
 
@@ -18,3 +19,13 @@ def masked_mean(values: jax.Array, where=None, axis=None) -> jax.Array:
     where = jnp.broadcast_to(jnp.asarray(where, bool), values.shape)
     total = jnp.sum(jnp.where(where, values, 0.0), axis=axis)
     return total / jnp.maximum(jnp.sum(where, axis=axis), 1).astype(values.dtype)
+
+
+#: Smallest norm :func:`l2_normalize` divides by (torch's ``F.normalize`` eps).
+NORMALIZE_EPS = 1e-12
+
+
+def l2_normalize(x: jax.Array, eps: float = NORMALIZE_EPS) -> jax.Array:
+    """Rows of ``x`` [n, d] divided by ``max(||x_r||_2, eps)``: zero rows stay 0, gradients finite."""
+    squared = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
+    return x * jax.lax.rsqrt(jnp.maximum(squared, eps * eps))

@@ -15,7 +15,7 @@ import scipy.sparse
 
 from itemjax.config import MODEL_NAMES, TrainConfig
 from itemjax.graph.bipartite import build_graph
-from itemjax.model.models import GAT, MODELS, NGCF, SAGE, LightGCN, neighbour_mean
+from itemjax.model.models import GAT, MODELS, NGCF, SAGE, LightGCN, neighbour_mean, split_rows
 from itemjax.graph.propagation import edge_softmax, to_device
 from itemjax.train.step import make_model
 
@@ -338,3 +338,30 @@ def test_registry_and_make_model():
         assert (model.n_users, model.n_items, model.dim) == (N_USERS, N_ITEMS, 8)
         if name != "mf":
             assert model.n_layers == 2
+
+
+@pytest.mark.parametrize("use", ["both", "first", "second"])
+def test_split_rows_values_and_gradient_equal_slicing(use):
+    """split_rows gives x's two row blocks, and its gradient (one concatenation) equals autodiff's of
+    plain slicing (two zero-padded arrays added), also when one block is unused."""
+    rng = np.random.default_rng(0)
+    x, w = (jnp.asarray(rng.normal(size=(7, 3))) for _ in range(2))
+
+    def objective(split):
+        def f(x):
+            first, second = split(x)
+            total = 0.0
+            if use != "second":
+                total = total + jnp.sum(w[:4] * jnp.tanh(first))
+            if use != "first":
+                total = total + jnp.sum(w[4:] * second ** 2)
+            return total
+        return f
+
+    first, second = split_rows(x, 4)
+    np.testing.assert_array_equal(np.asarray(first), np.asarray(x[:4]))
+    np.testing.assert_array_equal(np.asarray(second), np.asarray(x[4:]))
+    got = jax.grad(objective(lambda v: split_rows(v, 4)))(x)
+    want = jax.grad(objective(lambda v: (v[:4], v[4:])))(x)
+    assert np.count_nonzero(np.asarray(want)) >= 9
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-7)

@@ -25,7 +25,8 @@ from itemjax import native
 from itemjax.config import TrainConfig
 from itemjax.graph.bipartite import build_graph
 from itemjax.graph.ppr import ppr_scores
-from itemjax.graph.propagation import csr_matmul, native_available, propagate, propagate_attention, to_device
+from itemjax.graph.propagation import (csr_matmul, gat_layer, native_available, propagate, propagate_attention,
+                                      to_device)
 
 needs_kernel = pytest.mark.skipif(not native.available(), reason=f"native kernel not built: {native.unavailable_reason()}")
 N_LAYERS = 3
@@ -304,6 +305,54 @@ def test_fused_attention_passes_match_float64_autodiff(x64, d, scale):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     with pytest.raises(ValueError, match="width|d in"):
         native.gat_forward(*arrays[:2], args32[0][:, :8], *args32[1:3], negative_slope=0.2)
+
+
+@needs_kernel
+@pytest.mark.parametrize("d, scale", [(16, 1.0), (64, 1.0), (64, 30.0)], ids=["d16", "d64", "d64-wide-logits"])
+def test_fused_gat_layer_matches_float64_autodiff(x64, d, scale):
+    """The fused GAT layer (scores, attention, row normalisation: two native passes forward, two backward)
+    against float64 autodiff of its composition on the segment backend: the value and the gradients of z,
+    a_src and a_dst through both results (y, the next layer's input, and out = l2_normalize(y)), on a graph
+    with isolated nodes (y = 0 there, out = 0); one thread and two give the same bits."""
+    host = build_graph(skewed_train(seed=14))
+    n = host.n_nodes
+    rng = np.random.default_rng(14)
+    z, w_y, w_out = rng.normal(size=(3, n, d))
+    a_src, a_dst = rng.normal(size=(2, d)) * scale / np.sqrt(d)
+
+    def loss(graph, z, a_src, a_dst, w_y, w_out):
+        y, out = gat_layer(graph, z, a_src, a_dst)
+        return jnp.sum(w_y * jnp.tanh(y)) + jnp.sum(w_out * jnp.tanh(3.0 * out))
+
+    want = jax.value_and_grad(loss, argnums=(1, 2, 3))(
+        to_device(host, "segment"), *(jnp.asarray(a, jnp.float64) for a in (z, a_src, a_dst, w_y, w_out)))
+    native_graph = to_device(host, "native")
+    args32 = [jnp.asarray(a, jnp.float32) for a in (z, a_src, a_dst, w_y, w_out)]
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss, argnums=(1, 2, 3)))(native_graph, *args32))
+    assert "itemjax_gat_layer_forward_f32" in jaxpr and "itemjax_gat_layer_backward_f32" in jaxpr
+    assert "itemjax_gat_forward_f32" not in jaxpr
+    got = jax.jit(jax.value_and_grad(loss, argnums=(1, 2, 3)))(native_graph, *args32)
+    np.testing.assert_allclose(float(got[0]), float(want[0]), rtol=1e-5)
+    for name, a, b in zip(("z", "a_src", "a_dst"), got[1], want[1]):
+        assert a.dtype == jnp.float32
+        np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b), rtol=1e-4, atol=1e-4 * max(1.0, scale),
+                                   err_msg=name)
+    y, out = gat_layer(native_graph, *args32[:3])
+    isolated = np.asarray(jnp.diff(native_graph.indptr)) == 0
+    assert isolated.any() and np.all(np.asarray(y)[isolated] == 0) and np.all(np.asarray(out)[isolated] == 0)
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(out)[~isolated], axis=1), 1.0, rtol=1e-5)
+    arrays = (native_graph.indptr, native_graph.indices, *args32[:3])
+    one = native.gat_layer_forward(*arrays, negative_slope=0.2, eps=1e-12, threads=1)
+    two = native.gat_layer_forward(*arrays, negative_slope=0.2, eps=1e-12, threads=2)
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    residuals = (*one[2:4], one[0], *one[4:])  # src, dst, y, row_max, den, scale
+    back = [native.gat_layer_backward(*arrays, *residuals, args32[3], args32[4], negative_slope=0.2, eps=1e-12,
+                                      threads=t) for t in (1, 2)]
+    for a, b in zip(*back):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ValueError, match="a_src and a_dst"):
+        native.gat_layer_forward(*arrays[:3], args32[1][:8], args32[2], negative_slope=0.2, eps=1e-12)
 
 
 def test_config_accepts_native():

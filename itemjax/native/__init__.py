@@ -35,7 +35,7 @@ from itemjax.runio import log
 #: File name stem of the compiled library (``_csr_spmm.cpython-311-x86_64-linux-gnu.so`` on Linux).
 LIBRARY_STEM = "_csr_spmm"
 #: ``ItemjaxNativeAbiVersion()`` of the library this module calls (bumped when a handler's signature changes).
-ABI_VERSION = 2
+ABI_VERSION = 3
 #: FFI target name and C symbol of each ``(transpose, x dtype)``.
 TARGETS = {
     (False, "float32"): ("itemjax_csr_spmm_f32", "ItemjaxCsrSpmmF32"),
@@ -49,6 +49,8 @@ TARGETS = {
 GAT_TARGETS = {
     "forward": ("itemjax_gat_forward_f32", "ItemjaxGatForwardF32"),
     "backward": ("itemjax_gat_backward_f32", "ItemjaxGatBackwardF32"),
+    "layer_forward": ("itemjax_gat_layer_forward_f32", "ItemjaxGatLayerForwardF32"),
+    "layer_backward": ("itemjax_gat_layer_backward_f32", "ItemjaxGatLayerBackwardF32"),
 }
 #: Feature widths the GAT passes are compiled for (their sums held in registers).
 GAT_WIDTHS = (16, 32, 64, 128)
@@ -297,3 +299,60 @@ def gat_backward(indptr, indices, x, src_score, dst_score, y, row_max, den, y_ba
     call = jax.ffi.ffi_call(GAT_TARGETS["backward"][0], out, vmap_method="sequential")
     return call(*args, jnp.asarray(y, jnp.float32), jnp.asarray(row_max, jnp.float32), jnp.asarray(den, jnp.float32),
                 jnp.asarray(y_bar, jnp.float32), slope=np.float32(negative_slope), threads=np.int64(threads))
+
+
+def _gat_layer_arguments(indptr, indices, x, a_src, a_dst):
+    if not gat_supported(x):
+        raise ValueError(f"the native GAT layer takes float32 x [n, d] with d in {GAT_WIDTHS} (and a built kernel); "
+                         f"got {x.dtype} {tuple(x.shape)}: use itemjax.graph.propagation.gat_layer")
+    d = int(x.shape[1])
+    a_src, a_dst = (jnp.asarray(a, jnp.float32) for a in (a_src, a_dst))
+    if a_src.shape != (d,) or a_dst.shape != (d,):
+        raise ValueError(f"a_src and a_dst must have shape ({d},) for x of width {d}; got {a_src.shape}, {a_dst.shape}")
+    return jnp.asarray(indptr, jnp.int32), jnp.asarray(indices, jnp.int32), x, a_src, a_dst
+
+
+def gat_layer_forward(indptr, indices, x, a_src, a_dst, *, negative_slope: float, eps: float, threads: int = 0):
+    """One head's GAT layer in two native passes: the scores, then :func:`gat_forward` and the rows normalised.
+
+    ::
+
+        src_r = a_src . x_r,  dst_r = a_dst . x_r                               (one pass over x)
+        y_r   = gat_forward(x, src, dst)_r,  s_r = max(||y_r||_2, eps),  out_r = y_r / s_r
+
+    Args:
+      indptr: int32 ``[n + 1]``; indices: int32 ``[nnz]``; x: float32 ``[n, d]``, ``d`` in :data:`GAT_WIDTHS`;
+      a_src, a_dst: ``[d]``; negative_slope: LeakyReLU slope; eps: the smallest norm divided by (> 0);
+      threads: 0 = automatic.
+    Returns:
+      ``(y [n, d], out [n, d], src [n], dst [n], row_max [n], den [n], scale [n])``, float32: ``y`` (the next
+      layer's input in GAT) and ``out`` (the layer's output); all but ``out`` are :func:`gat_layer_backward`'s
+      residuals.
+    """
+    args = _gat_layer_arguments(indptr, indices, x, a_src, a_dst)
+    n, d = x.shape
+    vector, matrix = jax.ShapeDtypeStruct((n,), jnp.float32), jax.ShapeDtypeStruct((n, d), jnp.float32)
+    out = (matrix, matrix, vector, vector, vector, vector, vector)
+    call = jax.ffi.ffi_call(GAT_TARGETS["layer_forward"][0], out, vmap_method="sequential")
+    return call(*args, slope=np.float32(negative_slope), eps=np.float32(eps), threads=np.int64(threads))
+
+
+def gat_layer_backward(indptr, indices, x, a_src, a_dst, src, dst, y, row_max, den, scale, y_bar, out_bar, *,
+                       negative_slope: float, eps: float, threads: int = 0):
+    """The VJP of :func:`gat_layer_forward` (cotangents ``y_bar`` and ``out_bar``) for a SYMMETRIC pattern, in
+    :func:`gat_backward`'s two passes.
+
+    Pass A adds ``out_bar``'s share to ``y_bar`` (``(out_bar_r - out_r (out_r . out_bar_r)) / s_r`` where
+    ``s_r > eps``, else ``out_bar_r / eps``) and keeps the sum for pass B; pass B adds the scores' terms,
+    ``x_bar_c += src_bar_c a_src + dst_bar_c a_dst``.
+
+    Returns ``(x_bar [n, d], src_bar [n], dst_bar [n])``, float32: the gradients of ``x`` (complete) and of the
+    scores, from which the caller forms ``a_src_bar = x^T src_bar`` and ``a_dst_bar = x^T dst_bar``.
+    """
+    args = _gat_layer_arguments(indptr, indices, x, a_src, a_dst)
+    n, d = x.shape
+    result = (jax.ShapeDtypeStruct((n, d), jnp.float32), jax.ShapeDtypeStruct((n,), jnp.float32),
+              jax.ShapeDtypeStruct((n,), jnp.float32))
+    call = jax.ffi.ffi_call(GAT_TARGETS["layer_backward"][0], result, vmap_method="sequential")
+    residuals = (jnp.asarray(v, jnp.float32) for v in (src, dst, y, row_max, den, scale, y_bar, out_bar))
+    return call(*args, *residuals, slope=np.float32(negative_slope), eps=np.float32(eps), threads=np.int64(threads))

@@ -27,6 +27,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <memory>
 #include <string>
 #include <thread>
 #include <type_traits>
@@ -426,7 +427,8 @@ ITEMJAX_INLINE float RowWeights(int64_t len, const float* pre, float mx, float s
 template <int V>
 ITEMJAX_INLINE void GatForwardRows(int64_t r0, int64_t r1, const int32_t* indptr, const int32_t* indices,
                                    const float* x, const float* src, const float* dst, float slope, int64_t nnz,
-                                   int64_t n, float* y, float* row_max, float* denominator) {
+                                   int64_t n, float* y, float* row_max, float* denominator, float eps,
+                                   float* scale, float* out) {
   constexpr int D = 8 * V;
   constexpr int kLines = (D * 4 + 63) / 64;
   Scratch scratch;
@@ -453,6 +455,15 @@ ITEMJAX_INLINE void GatForwardRows(int64_t r0, int64_t r1, const int32_t* indptr
     if (!(den > 0.0f)) den = 1.0f;  // no entries: y_r = 0
     for (int i = 0; i < V; ++i) acc[i] /= den;
     std::memcpy(y + r * D, acc, sizeof(acc));
+    if (scale != nullptr) {  // the layer's row normalisation: out_r = y_r / s_r, s_r = max(||y_r||, eps)
+      F8 squares = F8{};
+      for (int i = 0; i < V; ++i) squares += acc[i] * acc[i];
+      const float norm = std::sqrt(HorizontalSum(squares));
+      const float s = norm > eps ? norm : eps;
+      for (int i = 0; i < V; ++i) acc[i] /= s;
+      std::memcpy(out + r * D, acc, sizeof(acc));
+      scale[r] = s;
+    }
     row_max[r] = mx;
     denominator[r] = den;
   }
@@ -463,7 +474,8 @@ template <int V>
 ITEMJAX_INLINE void GatBackwardRowsA(int64_t r0, int64_t r1, const int32_t* indptr, const int32_t* indices,
                                      const float* x, const float* src, const float* dst, const float* y,
                                      const float* row_max, const float* denominator, const float* y_bar,
-                                     float slope, int64_t nnz, int64_t n, float* info, float* dst_bar) {
+                                     float slope, int64_t nnz, int64_t n, float* info, float* dst_bar,
+                                     const float* out_bar, const float* scale, float eps, float* y_bar_total) {
   constexpr int D = 8 * V;
   constexpr int kLines = (D * 4 + 63) / 64;
   Scratch scratch;
@@ -473,9 +485,26 @@ ITEMJAX_INLINE void GatBackwardRowsA(int64_t r0, int64_t r1, const int32_t* indp
     const int64_t len = end - begin;
     F8 g[V];
     F8 dot_y = F8{};
-    for (int i = 0; i < V; ++i) {
-      g[i] = Load8(y_bar + r * D + 8 * i);
-      dot_y += g[i] * Load8(y + r * D + 8 * i);
+    if (out_bar == nullptr) {
+      for (int i = 0; i < V; ++i) {
+        g[i] = Load8(y_bar + r * D + 8 * i);
+        dot_y += g[i] * Load8(y + r * D + 8 * i);
+      }
+    } else {  // y_r is also read as out_r = y_r / s_r: its gradient joins y_bar_r, kept for pass B
+      F8 o[V], b[V];
+      F8 dot_o = F8{};
+      const float s = scale[r];
+      for (int i = 0; i < V; ++i) {
+        o[i] = Load8(y + r * D + 8 * i) / s;
+        b[i] = Load8(out_bar + r * D + 8 * i);
+        dot_o += b[i] * o[i];
+      }
+      const float project = s > eps ? HorizontalSum(dot_o) : 0.0f;  // s = ||y_r||: (b - o (o . b)) / s; else b / eps
+      for (int i = 0; i < V; ++i) {
+        g[i] = Load8(y_bar + r * D + 8 * i) + (b[i] - o[i] * project) / s;
+        dot_y += g[i] * Load8(y + r * D + 8 * i);
+      }
+      std::memcpy(y_bar_total + r * D, g, sizeof(g));
     }
     const float qr = HorizontalSum(dot_y);
     const float dr = dst[r], mx = row_max[r], inv = 1.0f / denominator[r];
@@ -512,7 +541,8 @@ ITEMJAX_INLINE void GatBackwardRowsA(int64_t r0, int64_t r1, const int32_t* indp
 template <int V>
 ITEMJAX_INLINE void GatBackwardRowsB(int64_t c0, int64_t c1, const int32_t* indptr, const int32_t* indices,
                                      const float* x, const float* src, const float* info, const float* y_bar,
-                                     float slope, int64_t nnz, int64_t n, float* x_bar, float* src_bar) {
+                                     float slope, int64_t nnz, int64_t n, float* x_bar, float* src_bar,
+                                     const float* a_src, const float* a_dst, const float* dst_bar) {
   constexpr int D = 8 * V;
   constexpr int kLines = (D * 4 + 63) / 64;
   Scratch scratch;
@@ -574,29 +604,65 @@ ITEMJAX_INLINE void GatBackwardRowsB(int64_t c0, int64_t c1, const int32_t* indp
     }
     F8 dot = F8{};
     for (int i = 0; i < V; ++i) dot += Load8(x + c * D + 8 * i) * lacc[i];
+    const float sb = HorizontalSum(dot) - HorizontalSum(q_sum);
+    if (a_src != nullptr) {  // the scores src_c = a_src . x_c, dst_c = a_dst . x_c depend on x_c too
+      const float db = dst_bar[c];
+      for (int i = 0; i < V; ++i) acc[i] += sb * Load8(a_src + 8 * i) + db * Load8(a_dst + 8 * i);
+    }
     std::memcpy(x_bar + c * D, acc, sizeof(acc));
-    src_bar[c] = HorizontalSum(dot) - HorizontalSum(q_sum);
+    src_bar[c] = sb;
+  }
+}
+
+// The attention scores of rows [r0, r1): src[r] = a_src . x_r, dst[r] = a_dst . x_r.
+template <int V>
+ITEMJAX_INLINE void GatScoresRows(int64_t r0, int64_t r1, const float* x, const float* a_src, const float* a_dst,
+                                  float* src, float* dst) {
+  constexpr int D = 8 * V;
+  F8 as[V], ad[V];
+  for (int i = 0; i < V; ++i) {
+    as[i] = Load8(a_src + 8 * i);
+    ad[i] = Load8(a_dst + 8 * i);
+  }
+  for (int64_t r = r0; r < r1; ++r) {
+    F8 s = F8{}, t = F8{};
+    for (int i = 0; i < V; ++i) {
+      const F8 xr = Load8(x + r * D + 8 * i);
+      s += as[i] * xr;
+      t += ad[i] * xr;
+    }
+    src[r] = HorizontalSum(s);
+    dst[r] = HorizontalSum(t);
   }
 }
 
 #define ITEMJAX_GAT_FUNCTIONS(V)                                                                             \
   ITEMJAX_MULTIVERSION void GatForward##V(int64_t r0, int64_t r1, const int32_t* ip, const int32_t* ix,      \
                                           const float* x, const float* src, const float* dst, float slope,   \
-                                          int64_t nnz, int64_t n, float* y, float* mx, float* den) {         \
-    GatForwardRows<V>(r0, r1, ip, ix, x, src, dst, slope, nnz, n, y, mx, den);                              \
+                                          int64_t nnz, int64_t n, float* y, float* mx, float* den, float eps,\
+                                          float* scale, float* out) {                                        \
+    GatForwardRows<V>(r0, r1, ip, ix, x, src, dst, slope, nnz, n, y, mx, den, eps, scale, out);             \
   }                                                                                                          \
   ITEMJAX_MULTIVERSION void GatBackwardA##V(int64_t r0, int64_t r1, const int32_t* ip, const int32_t* ix,    \
                                             const float* x, const float* src, const float* dst,              \
                                             const float* y, const float* mx, const float* den,               \
                                             const float* y_bar, float slope, int64_t nnz, int64_t n,         \
-                                            float* info, float* dst_bar) {                                   \
-    GatBackwardRowsA<V>(r0, r1, ip, ix, x, src, dst, y, mx, den, y_bar, slope, nnz, n, info, dst_bar);      \
+                                            float* info, float* dst_bar, const float* out_bar,               \
+                                            const float* scale, float eps, float* y_bar_total) {             \
+    GatBackwardRowsA<V>(r0, r1, ip, ix, x, src, dst, y, mx, den, y_bar, slope, nnz, n, info, dst_bar,        \
+                        out_bar, scale, eps, y_bar_total);                                                   \
   }                                                                                                          \
   ITEMJAX_MULTIVERSION void GatBackwardB##V(int64_t c0, int64_t c1, const int32_t* ip, const int32_t* ix,    \
                                             const float* x, const float* src, const float* info,             \
                                             const float* y_bar, float slope, int64_t nnz, int64_t n,         \
-                                            float* x_bar, float* src_bar) {                                  \
-    GatBackwardRowsB<V>(c0, c1, ip, ix, x, src, info, y_bar, slope, nnz, n, x_bar, src_bar);                 \
+                                            float* x_bar, float* src_bar, const float* a_src,                \
+                                            const float* a_dst, const float* dst_bar) {                      \
+    GatBackwardRowsB<V>(c0, c1, ip, ix, x, src, info, y_bar, slope, nnz, n, x_bar, src_bar, a_src, a_dst,    \
+                        dst_bar);                                                                            \
+  }                                                                                                          \
+  ITEMJAX_MULTIVERSION void GatScores##V(int64_t r0, int64_t r1, const float* x, const float* a_src,         \
+                                         const float* a_dst, float* src, float* dst) {                       \
+    GatScoresRows<V>(r0, r1, x, a_src, a_dst, src, dst);                                                     \
   }
 ITEMJAX_GAT_FUNCTIONS(2)
 ITEMJAX_GAT_FUNCTIONS(4)
@@ -608,16 +674,17 @@ struct GatKernels {
   decltype(&GatForward2) forward;
   decltype(&GatBackwardA2) backward_a;
   decltype(&GatBackwardB2) backward_b;
+  decltype(&GatScores2) scores;
 };
 
 // The kernels for width d (16, 32, 64 or 128), or all nullptr.
 GatKernels GatKernelsFor(int64_t d) {
   switch (d) {
-    case 16: return {GatForward2, GatBackwardA2, GatBackwardB2};
-    case 32: return {GatForward4, GatBackwardA4, GatBackwardB4};
-    case 64: return {GatForward8, GatBackwardA8, GatBackwardB8};
-    case 128: return {GatForward16, GatBackwardA16, GatBackwardB16};
-    default: return {nullptr, nullptr, nullptr};
+    case 16: return {GatForward2, GatBackwardA2, GatBackwardB2, GatScores2};
+    case 32: return {GatForward4, GatBackwardA4, GatBackwardB4, GatScores4};
+    case 64: return {GatForward8, GatBackwardA8, GatBackwardB8, GatScores8};
+    case 128: return {GatForward16, GatBackwardA16, GatBackwardB16, GatScores16};
+    default: return {nullptr, nullptr, nullptr, nullptr};
   }
 }
 #endif
@@ -813,7 +880,7 @@ ffi::Error GatForwardF32(ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::S32> ind
     RunTasks(count, [&](int64_t t) {
       kernels.forward(bounds[t], bounds[t + 1], ip, indices.typed_data(), x.typed_data(), src.typed_data(),
                       dst.typed_data(), slope, nnz, n, y->typed_data(), row_max->typed_data(),
-                      denominator->typed_data());
+                      denominator->typed_data(), 0.0f, nullptr, nullptr);
     });
   } catch (const std::exception& error) {
     return ffi::Error::Internal(std::string(name) + ": " + error.what());
@@ -849,12 +916,113 @@ ffi::Error GatBackwardF32(ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::S32> in
     RunTasks(count, [&](int64_t t) {
       kernels.backward_a(bounds[t], bounds[t + 1], ip, indices.typed_data(), x.typed_data(), src.typed_data(),
                          dst.typed_data(), y.typed_data(), row_max.typed_data(), denominator.typed_data(),
-                         y_bar.typed_data(), slope, nnz, n, info.data(), dst_bar->typed_data());
+                         y_bar.typed_data(), slope, nnz, n, info.data(), dst_bar->typed_data(), nullptr, nullptr,
+                         0.0f, nullptr);
     });
     RunTasks(count, [&](int64_t t) {  // after every row's info is known
       kernels.backward_b(bounds[t], bounds[t + 1], ip, indices.typed_data(), x.typed_data(), src.typed_data(),
                          info.data(), y_bar.typed_data(), slope, nnz, n, x_bar->typed_data(),
-                         src_bar->typed_data());
+                         src_bar->typed_data(), nullptr, nullptr, nullptr);
+    });
+  } catch (const std::exception& error) {
+    return ffi::Error::Internal(std::string(name) + ": " + error.what());
+  }
+#endif
+  return ffi::Error::Success();
+}
+
+// One GAT layer of one head, fused (GatLayerForwardF32 / GatLayerBackwardF32): the scores src = x a_src,
+// dst = x a_dst, the attention above (y, the next layer's input), and the row normalisation out_r = y_r / s_r
+// with s_r = max(||y_r||, eps) (the layer's output). The backward takes the gradients of both y and out and
+// returns those of x (through the attention and the scores) and of the scores; a_src's and a_dst's
+// (x^T src_bar, x^T dst_bar) are left to the caller, so that every result is summed in an order that does
+// not depend on the thread count.
+ffi::Error CheckGatLayer(const char* name, ffi::AnyBuffer::Dimensions indptr, ffi::AnyBuffer::Dimensions x,
+                         int64_t a_src_size, int64_t a_dst_size, float eps) {
+  const int64_t d = x.size() == 2 ? x[1] : 0;
+  const int64_t n = indptr.size() == 1 ? indptr[0] - 1 : -1;
+  if (ffi::Error error = CheckGat(name, indptr, 0, x, n, n, d); error.failure()) return error;
+  if (a_src_size != d || a_dst_size != d) {
+    return ffi::Error::InvalidArgument(std::string(name) + ": a_src and a_dst must have one weight per column of x");
+  }
+  if (!(eps > 0.0f)) return ffi::Error::InvalidArgument(std::string(name) + ": eps must be > 0");
+  return ffi::Error::Success();
+}
+
+ffi::Error GatLayerForwardF32(ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::S32> indices, ffi::Buffer<ffi::F32> x,
+                              ffi::Buffer<ffi::F32> a_src, ffi::Buffer<ffi::F32> a_dst,
+                              ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::F32> out,
+                              ffi::ResultBuffer<ffi::F32> src,
+                              ffi::ResultBuffer<ffi::F32> dst, ffi::ResultBuffer<ffi::F32> row_max,
+                              ffi::ResultBuffer<ffi::F32> denominator, ffi::ResultBuffer<ffi::F32> scale,
+                              float slope, float eps, int64_t threads) {
+  const char* name = "itemjax gat_layer_forward";
+  if (ffi::Error error = CheckGatLayer(name, indptr.dimensions(), x.dimensions(),
+                                       static_cast<int64_t>(a_src.element_count()),
+                                       static_cast<int64_t>(a_dst.element_count()), eps);
+      error.failure()) {
+    return error;
+  }
+#if defined(ITEMJAX_FIXED_WIDTH)
+  const int64_t n = x.dimensions()[0], d = x.dimensions()[1];
+  if (n == 0) return ffi::Error::Success();
+  const int64_t nnz = static_cast<int64_t>(indices.element_count());
+  const int32_t* ip = indptr.typed_data();
+  const GatKernels kernels = GatKernelsFor(d);
+  try {
+    const int64_t count = ThreadCount(threads, n, nnz * d);
+    const std::vector<int64_t> bounds = RowBounds(count, n, ip, nnz);
+    RunTasks(count, [&](int64_t t) {
+      kernels.scores(bounds[t], bounds[t + 1], x.typed_data(), a_src.typed_data(), a_dst.typed_data(),
+                     src->typed_data(), dst->typed_data());
+    });
+    RunTasks(count, [&](int64_t t) {  // after every score is known
+      kernels.forward(bounds[t], bounds[t + 1], ip, indices.typed_data(), x.typed_data(), src->typed_data(),
+                      dst->typed_data(), slope, nnz, n, y->typed_data(), row_max->typed_data(),
+                      denominator->typed_data(), eps, scale->typed_data(), out->typed_data());
+    });
+  } catch (const std::exception& error) {
+    return ffi::Error::Internal(std::string(name) + ": " + error.what());
+  }
+#endif
+  return ffi::Error::Success();
+}
+
+ffi::Error GatLayerBackwardF32(ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::S32> indices, ffi::Buffer<ffi::F32> x,
+                               ffi::Buffer<ffi::F32> a_src, ffi::Buffer<ffi::F32> a_dst, ffi::Buffer<ffi::F32> src,
+                               ffi::Buffer<ffi::F32> dst, ffi::Buffer<ffi::F32> y, ffi::Buffer<ffi::F32> row_max,
+                               ffi::Buffer<ffi::F32> denominator, ffi::Buffer<ffi::F32> scale,
+                               ffi::Buffer<ffi::F32> y_bar, ffi::Buffer<ffi::F32> out_bar,
+                               ffi::ResultBuffer<ffi::F32> x_bar, ffi::ResultBuffer<ffi::F32> src_bar,
+                               ffi::ResultBuffer<ffi::F32> dst_bar, float slope, float eps, int64_t threads) {
+  const char* name = "itemjax gat_layer_backward";
+  if (ffi::Error error = CheckGatLayer(name, indptr.dimensions(), x.dimensions(),
+                                       static_cast<int64_t>(a_src.element_count()),
+                                       static_cast<int64_t>(a_dst.element_count()), eps);
+      error.failure()) {
+    return error;
+  }
+#if defined(ITEMJAX_FIXED_WIDTH)
+  const int64_t n = x.dimensions()[0], d = x.dimensions()[1];
+  if (n == 0) return ffi::Error::Success();
+  const int64_t nnz = static_cast<int64_t>(indices.element_count());
+  const int32_t* ip = indptr.typed_data();
+  const GatKernels kernels = GatKernelsFor(d);
+  try {
+    std::vector<float> info(static_cast<size_t>(4 * n));  // (dst_r, m_r, 1 / den_r, q_r) per row
+    std::unique_ptr<float[]> y_bar_total(new float[static_cast<size_t>(n * d)]);  // y's, through out as well
+    const int64_t count = ThreadCount(threads, n, nnz * d);
+    const std::vector<int64_t> bounds = RowBounds(count, n, ip, nnz);
+    RunTasks(count, [&](int64_t t) {
+      kernels.backward_a(bounds[t], bounds[t + 1], ip, indices.typed_data(), x.typed_data(), src.typed_data(),
+                         dst.typed_data(), y.typed_data(), row_max.typed_data(), denominator.typed_data(),
+                         y_bar.typed_data(), slope, nnz, n, info.data(), dst_bar->typed_data(),
+                         out_bar.typed_data(), scale.typed_data(), eps, y_bar_total.get());
+    });
+    RunTasks(count, [&](int64_t t) {  // after every row's info, y_bar_total and dst_bar are known
+      kernels.backward_b(bounds[t], bounds[t + 1], ip, indices.typed_data(), x.typed_data(), src.typed_data(),
+                         info.data(), y_bar_total.get(), slope, nnz, n, x_bar->typed_data(),
+                         src_bar->typed_data(), a_src.typed_data(), a_dst.typed_data(), dst_bar->typed_data());
     });
   } catch (const std::exception& error) {
     return ffi::Error::Internal(std::string(name) + ": " + error.what());
@@ -906,6 +1074,19 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ItemjaxGatBackwardF32, GatBackwardF32,
                               ITEMJAX_GAT_INPUTS.Arg<ITEMJAX_F32>().Arg<ITEMJAX_F32>().Arg<ITEMJAX_F32>()
                                   .Arg<ITEMJAX_F32>() ITEMJAX_GAT_RESULTS);
 
+// GAT layer: (indptr, indices, x, a_src, a_dst) -> (y, out, src, dst, row_max, den, scale); backward: those inputs
+// plus (src, dst, y, row_max, den, scale, y_bar, out_bar) -> (x_bar, src_bar, dst_bar); slope, eps, threads.
+#define ITEMJAX_GAT_LAYER_ATTRS .Attr<float>("slope").Attr<float>("eps").Attr<int64_t>("threads")
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ItemjaxGatLayerForwardF32, GatLayerForwardF32,
+                              ITEMJAX_GAT_INPUTS.Ret<ITEMJAX_F32>().Ret<ITEMJAX_F32>().Ret<ITEMJAX_F32>()
+                                  .Ret<ITEMJAX_F32>().Ret<ITEMJAX_F32>().Ret<ITEMJAX_F32>().Ret<ITEMJAX_F32>()
+                                  ITEMJAX_GAT_LAYER_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ItemjaxGatLayerBackwardF32, GatLayerBackwardF32,
+                              ITEMJAX_GAT_INPUTS.Arg<ITEMJAX_F32>().Arg<ITEMJAX_F32>().Arg<ITEMJAX_F32>()
+                                  .Arg<ITEMJAX_F32>().Arg<ITEMJAX_F32>().Arg<ITEMJAX_F32>().Arg<ITEMJAX_F32>()
+                                  .Arg<ITEMJAX_F32>()
+                                  .Ret<ITEMJAX_F32>().Ret<ITEMJAX_F32>().Ret<ITEMJAX_F32>() ITEMJAX_GAT_LAYER_ATTRS);
+
 // ABI version of this library's handlers (their arguments and attributes), checked by the loader so
 // that a stale build from an older checkout is rebuilt rather than called with the wrong signature.
-extern "C" int ItemjaxNativeAbiVersion() { return 2; }
+extern "C" int ItemjaxNativeAbiVersion() { return 3; }

@@ -8,8 +8,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from itemjax.model.models import l2_normalize
-from itemjax.reductions import masked_mean
+from itemjax.reductions import l2_normalize, masked_mean
 
 
 def bpr_loss(pos_scores: jax.Array, neg_scores: jax.Array, where: jax.Array | None = None) -> jax.Array:
