@@ -32,6 +32,8 @@ attention logits per receiving node, then the weighted neighbour sum), on the sa
 ``"segment"`` composes :func:`edge_softmax` and :func:`propagate_weighted` over the padded edges
 with plain autodiff (the reference); ``"csr"`` is a fused :func:`jax.custom_vjp` whose forward
 and backward are CSR matmuls with per-edge scalar data, so no ``[n_edges, d]`` array is built.
+:func:`gat_layer` is one head of a whole GAT layer (scores, attention, row normalisation), fused
+into the native kernel's passes on ``"native"``.
 
 :func:`csr_matmul` is the ``"csr"`` kernel for any CSR matrix (the PPR power iteration of
 :mod:`itemjax.graph.ppr` multiplies by the two off-diagonal halves of the walk matrix with it);
