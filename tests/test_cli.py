@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gzip
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -181,6 +183,16 @@ def test_itemjax_command_dispatches_to_each_command(capsys):
         assert exit_.value.code == 0
         assert capsys.readouterr().out.startswith(f"usage: itemjax {name}")
     assert main(["fit"]) == 2 and "unknown command 'fit'" in capsys.readouterr().err
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    """``itemjax --help | head -0``: the reader is gone before the help is written; no traceback, status 1."""
+    proc = subprocess.Popen([sys.executable, "-m", "itemjax", "--help"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # long before the child has imported itemjax and printed
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err
 
 
 def test_ctrl_c_says_how_to_continue(monkeypatch, capsys):

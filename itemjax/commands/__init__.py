@@ -21,6 +21,7 @@ Each command's logic is the module of the same name in this package (``main(argv
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 #: command name -> module of itemjax.commands
@@ -37,10 +38,19 @@ def script(command: str) -> None:
 
 
 def main(argv=None) -> int:
-    """Dispatch ``itemjax <command> ...`` to ``itemjax.commands.<command>.main``."""
+    """Dispatch ``itemjax <command> ...`` to ``itemjax.commands.<command>.main``. Output piped into a
+    reader that stops early (``itemjax --help | head``) ends quietly, as Unix tools do."""
+    try:
+        return _dispatch(sys.argv[1:] if argv is None else list(argv))
+    except BrokenPipeError:
+        # the reader has gone: point stdout at /dev/null so that Python's flush at exit does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _dispatch(argv: list) -> int:
     from itemjax.cli import run_main
 
-    argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.split("\n\n")[0] + "\n\ncommands: " + ", ".join(COMMANDS)
               + "\n\n`itemjax <command> --help` lists a command's options.")
