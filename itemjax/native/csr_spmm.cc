@@ -949,14 +949,12 @@ ffi::Error CheckGatLayer(const char* name, ffi::AnyBuffer::Dimensions indptr, ff
   return ffi::Error::Success();
 }
 
-ffi::Error GatLayerForwardF32(ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::S32> indices, ffi::Buffer<ffi::F32> x,
-                              ffi::Buffer<ffi::F32> a_src, ffi::Buffer<ffi::F32> a_dst,
-                              ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::F32> out,
-                              ffi::ResultBuffer<ffi::F32> src,
-                              ffi::ResultBuffer<ffi::F32> dst, ffi::ResultBuffer<ffi::F32> row_max,
-                              ffi::ResultBuffer<ffi::F32> denominator, ffi::ResultBuffer<ffi::F32> scale,
-                              float slope, float eps, int64_t threads) {
-  const char* name = "itemjax gat_layer_forward";
+// Both GAT layer handlers: the shape checks, then run(n, nnz, d, kernels, count, bounds) over `count` threads'
+// row ranges (only where the GAT kernels are built), an exception from it (e.g. std::bad_alloc) turned into an error.
+template <typename Run>
+ffi::Error GatLayerCall(const char* name, ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::S32> indices,
+                        ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> a_src, ffi::Buffer<ffi::F32> a_dst, float eps,
+                        int64_t threads, const Run& run) {
   if (ffi::Error error = CheckGatLayer(name, indptr.dimensions(), x.dimensions(),
                                        static_cast<int64_t>(a_src.element_count()),
                                        static_cast<int64_t>(a_dst.element_count()), eps);
@@ -967,25 +965,36 @@ ffi::Error GatLayerForwardF32(ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::S32
   const int64_t n = x.dimensions()[0], d = x.dimensions()[1];
   if (n == 0) return ffi::Error::Success();
   const int64_t nnz = static_cast<int64_t>(indices.element_count());
-  const int32_t* ip = indptr.typed_data();
-  const GatKernels kernels = GatKernelsFor(d);
   try {
     const int64_t count = ThreadCount(threads, n, nnz * d);
-    const std::vector<int64_t> bounds = RowBounds(count, n, ip, nnz);
+    run(n, nnz, d, GatKernelsFor(d), count, RowBounds(count, n, indptr.typed_data(), nnz));
+  } catch (const std::exception& error) {
+    return ffi::Error::Internal(std::string(name) + ": " + error.what());
+  }
+#else
+  (void)indices, (void)threads, (void)run;
+#endif
+  return ffi::Error::Success();
+}
+
+ffi::Error GatLayerForwardF32(ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::S32> indices, ffi::Buffer<ffi::F32> x,
+                              ffi::Buffer<ffi::F32> a_src, ffi::Buffer<ffi::F32> a_dst,
+                              ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::F32> out,
+                              ffi::ResultBuffer<ffi::F32> src, ffi::ResultBuffer<ffi::F32> dst,
+                              ffi::ResultBuffer<ffi::F32> row_max, ffi::ResultBuffer<ffi::F32> denominator,
+                              ffi::ResultBuffer<ffi::F32> scale, float slope, float eps, int64_t threads) {
+  auto run = [&](int64_t n, int64_t nnz, int64_t, const auto& kernels, int64_t count, const auto& bounds) {
     RunTasks(count, [&](int64_t t) {
       kernels.scores(bounds[t], bounds[t + 1], x.typed_data(), a_src.typed_data(), a_dst.typed_data(),
                      src->typed_data(), dst->typed_data());
     });
     RunTasks(count, [&](int64_t t) {  // after every score is known
-      kernels.forward(bounds[t], bounds[t + 1], ip, indices.typed_data(), x.typed_data(), src->typed_data(),
-                      dst->typed_data(), slope, nnz, n, y->typed_data(), row_max->typed_data(),
+      kernels.forward(bounds[t], bounds[t + 1], indptr.typed_data(), indices.typed_data(), x.typed_data(),
+                      src->typed_data(), dst->typed_data(), slope, nnz, n, y->typed_data(), row_max->typed_data(),
                       denominator->typed_data(), eps, scale->typed_data(), out->typed_data());
     });
-  } catch (const std::exception& error) {
-    return ffi::Error::Internal(std::string(name) + ": " + error.what());
-  }
-#endif
-  return ffi::Error::Success();
+  };
+  return GatLayerCall("itemjax gat_layer_forward", indptr, indices, x, a_src, a_dst, eps, threads, run);
 }
 
 ffi::Error GatLayerBackwardF32(ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::S32> indices, ffi::Buffer<ffi::F32> x,
@@ -995,24 +1004,10 @@ ffi::Error GatLayerBackwardF32(ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::S3
                                ffi::Buffer<ffi::F32> y_bar, ffi::Buffer<ffi::F32> out_bar,
                                ffi::ResultBuffer<ffi::F32> x_bar, ffi::ResultBuffer<ffi::F32> src_bar,
                                ffi::ResultBuffer<ffi::F32> dst_bar, float slope, float eps, int64_t threads) {
-  const char* name = "itemjax gat_layer_backward";
-  if (ffi::Error error = CheckGatLayer(name, indptr.dimensions(), x.dimensions(),
-                                       static_cast<int64_t>(a_src.element_count()),
-                                       static_cast<int64_t>(a_dst.element_count()), eps);
-      error.failure()) {
-    return error;
-  }
-#if defined(ITEMJAX_FIXED_WIDTH)
-  const int64_t n = x.dimensions()[0], d = x.dimensions()[1];
-  if (n == 0) return ffi::Error::Success();
-  const int64_t nnz = static_cast<int64_t>(indices.element_count());
-  const int32_t* ip = indptr.typed_data();
-  const GatKernels kernels = GatKernelsFor(d);
-  try {
+  auto run = [&](int64_t n, int64_t nnz, int64_t d, const auto& kernels, int64_t count, const auto& bounds) {
     std::vector<float> info(static_cast<size_t>(4 * n));  // (dst_r, m_r, 1 / den_r, q_r) per row
     std::unique_ptr<float[]> y_bar_total(new float[static_cast<size_t>(n * d)]);  // y's, through out as well
-    const int64_t count = ThreadCount(threads, n, nnz * d);
-    const std::vector<int64_t> bounds = RowBounds(count, n, ip, nnz);
+    const int32_t* ip = indptr.typed_data();
     RunTasks(count, [&](int64_t t) {
       kernels.backward_a(bounds[t], bounds[t + 1], ip, indices.typed_data(), x.typed_data(), src.typed_data(),
                          dst.typed_data(), y.typed_data(), row_max.typed_data(), denominator.typed_data(),
@@ -1024,11 +1019,8 @@ ffi::Error GatLayerBackwardF32(ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::S3
                          info.data(), y_bar_total.get(), slope, nnz, n, x_bar->typed_data(),
                          src_bar->typed_data(), a_src.typed_data(), a_dst.typed_data(), dst_bar->typed_data());
     });
-  } catch (const std::exception& error) {
-    return ffi::Error::Internal(std::string(name) + ": " + error.what());
-  }
-#endif
-  return ffi::Error::Success();
+  };
+  return GatLayerCall("itemjax gat_layer_backward", indptr, indices, x, a_src, a_dst, eps, threads, run);
 }
 
 template <typename X, typename Acc, ffi::DataType XType, ffi::DataType AccType>
