@@ -9,8 +9,8 @@ through ``Placement.jit_step``), warms it up, then records ``--steps`` steps und
 :func:`jax.profiler.trace` with a Perfetto trace, reads the trace's complete events (``"ph": "X"``)
 and sums their durations by name over the steps. Prints the ``--top`` names by total time with their
 share of the traced wall time per step (an operation's events on several threads can add up to more
-than the wall time: the shares show where the work is, not a partition of it), and writes them to
-``--out`` as JSON. Run it alone: a profile of a loaded machine shows the load.
+than the wall time: the shares show where the work is, not a partition of it), then the same summed by
+kind (:func:`totals_by_kind`: ``dot.2`` and ``dot.7`` are both ``dot``), and writes both to ``--out`` as JSON. Run it alone: a profile of a loaded machine shows the load.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import gzip
 import json
 import os
 import pathlib
+import re
 import sys
 import tempfile
 import time
@@ -54,6 +55,18 @@ def totals_by_name(events: list, *, operations_only: bool = True) -> dict:
         total[e["name"]] += float(e["dur"])
         count[e["name"]] += 1
     return {name: (total[name], count[name]) for name in total}
+
+
+def totals_by_kind(totals: dict) -> dict:
+    """``{kind: (total microseconds, count)}``: the totals of :func:`totals_by_name` summed over names that
+    differ only in XLA's numeric suffix (``dot.2`` and ``dot.7`` are both ``dot``; ``ffi_call.12`` is
+    ``ffi_call``), so that forty small fusions of one kind show as one line."""
+    total, count = collections.defaultdict(float), collections.Counter()
+    for name, (microseconds, calls) in totals.items():
+        kind = re.sub(r"\.\d+$", "", name)
+        total[kind] += microseconds
+        count[kind] += calls
+    return {kind: (total[kind], count[kind]) for kind in total}
 
 
 def main(argv=None):
@@ -97,10 +110,18 @@ def main(argv=None):
     print("|---|---|---|---|")
     for r in rows[: args.top]:
         print(f"| `{r['name'][:80]}` | {r['ms_per_step']:.2f} | {r['calls_per_step']:.0f} | {r['share']:.2f} |")
+    kinds = sorted(({"kind": k, "ms_per_step": t / 1e3 / args.steps, "calls_per_step": c / args.steps}
+                    for k, (t, c) in totals_by_kind(totals).items()), key=lambda r: -r["ms_per_step"])
+    print(f"\nby kind (names without XLA's numeric suffix), {sum(r['ms_per_step'] for r in kinds):.1f} ms of "
+          "operations per step in all:\n")
+    print("| kind | ms / step | calls / step |")
+    print("|---|---|---|")
+    for r in kinds[: args.top]:
+        print(f"| `{r['kind'][:80]}` | {r['ms_per_step']:.2f} | {r['calls_per_step']:.0f} |")
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(dict(args=vars(args), wall_seconds_per_step=wall, load_before=load_before,
-                                   backend=prep.batch.graph.backend, rows=rows), indent=2))
+                                   backend=prep.batch.graph.backend, rows=rows, kinds=kinds), indent=2))
     print(f"\nwrote {out}")
 
 
