@@ -246,10 +246,15 @@ def gat_supported(x) -> bool:
             and int(x.shape[1]) in GAT_WIDTHS)
 
 
-def _gat_arguments(indptr, indices, x, src_score, dst_score):
+def _check_gat_x(x, what: str, instead: str) -> None:
+    """ValueError naming ``instead`` (the differentiable wrapper) unless :func:`gat_supported` takes ``x``."""
     if not gat_supported(x):
-        raise ValueError(f"the native GAT passes take float32 x [n, d] with d in {GAT_WIDTHS} (and a built kernel); "
-                         f"got {x.dtype} {tuple(x.shape)}: use itemjax.graph.propagation.propagate_attention")
+        raise ValueError(f"the native GAT {what} take float32 x [n, d] with d in {GAT_WIDTHS} (and a built kernel); "
+                         f"got {x.dtype} {tuple(x.shape)}: use itemjax.graph.propagation.{instead}")
+
+
+def _gat_arguments(indptr, indices, x, src_score, dst_score):
+    _check_gat_x(x, "passes", "propagate_attention")
     return (jnp.asarray(indptr, jnp.int32), jnp.asarray(indices, jnp.int32), x,
             jnp.asarray(src_score, jnp.float32), jnp.asarray(dst_score, jnp.float32))
 
@@ -302,9 +307,7 @@ def gat_backward(indptr, indices, x, src_score, dst_score, y, row_max, den, y_ba
 
 
 def _gat_layer_arguments(indptr, indices, x, a_src, a_dst):
-    if not gat_supported(x):
-        raise ValueError(f"the native GAT layer takes float32 x [n, d] with d in {GAT_WIDTHS} (and a built kernel); "
-                         f"got {x.dtype} {tuple(x.shape)}: use itemjax.graph.propagation.gat_layer")
+    _check_gat_x(x, "layer passes", "gat_layer")
     d = int(x.shape[1])
     a_src, a_dst = (jnp.asarray(a, jnp.float32) for a in (a_src, a_dst))
     if a_src.shape != (d,) or a_dst.shape != (d,):
