@@ -40,9 +40,14 @@ def register_before(path: pathlib.Path) -> dict:
 
     from itemjax import native
 
-    library = ctypes.CDLL(str(path))
-    library.ItemjaxNativeAbiVersion.restype = ctypes.c_int
-    version = library.ItemjaxNativeAbiVersion()
+    try:
+        library = ctypes.CDLL(str(path))
+        version_of = library.ItemjaxNativeAbiVersion
+    except (OSError, AttributeError) as error:
+        raise SystemExit(f"--before {path}: not a loadable itemjax _csr_spmm library ({error}); build the other "
+                         "checkout with python setup.py build_ext --inplace and pass its itemjax/native/_csr_spmm*.so")
+    version_of.restype = ctypes.c_int
+    version = version_of()
     if version != native.ABI_VERSION:
         raise SystemExit(f"{path} has ABI version {version}, this checkout {native.ABI_VERSION}: the handlers' "
                          "signatures differ, so the two builds cannot be called alike; compare builds of one ABI")
