@@ -35,7 +35,8 @@ from itemjax.parallel.host_memory import tune_host_allocator  # noqa: E402
 
 def register_before(path: pathlib.Path) -> dict:
     """Load the library at ``path`` and register its handlers as ``before_<target>``; returns
-    ``{table name: {key: (target name, symbol)}}`` for :data:`itemjax.native.TARGETS` and ``GAT_TARGETS``."""
+    ``{table name: {key: (target name, symbol)}}`` for :data:`itemjax.native.TARGETS` and ``GAT_TARGETS``.
+    ValueError when ``path`` is not a loadable kernel library or has another ABI version."""
     import jax
 
     from itemjax import native
@@ -44,12 +45,12 @@ def register_before(path: pathlib.Path) -> dict:
         library = ctypes.CDLL(str(path))
         version_of = library.ItemjaxNativeAbiVersion
     except (OSError, AttributeError) as error:
-        raise SystemExit(f"--before {path}: not a loadable itemjax _csr_spmm library ({error}); build the other "
+        raise ValueError(f"--before {path}: not a loadable itemjax _csr_spmm library ({error}); build the other "
                          "checkout with python setup.py build_ext --inplace and pass its itemjax/native/_csr_spmm*.so")
     version_of.restype = ctypes.c_int
     version = version_of()
     if version != native.ABI_VERSION:
-        raise SystemExit(f"{path} has ABI version {version}, this checkout {native.ABI_VERSION}: the handlers' "
+        raise ValueError(f"--before {path} has ABI version {version}, this checkout {native.ABI_VERSION}: the handlers' "
                          "signatures differ, so the two builds cannot be called alike; compare builds of one ABI")
     tables = {}
     for table_name in ("TARGETS", "GAT_TARGETS"):
@@ -127,8 +128,11 @@ def main():
     from step_time import METHODS, median_seconds, step_runner
 
     if not native.available():
-        raise SystemExit(f"this checkout's native kernel is unavailable: {native.unavailable_reason()}")
-    before = register_before(args.before)
+        p.error(f"this checkout's native kernel is unavailable: {native.unavailable_reason()}")
+    try:
+        before = register_before(args.before)
+    except ValueError as error:
+        p.error(str(error))  # one line, exit status 2
     after = {name: dict(getattr(native, name)) for name in before}
 
     def point_at(tables):
